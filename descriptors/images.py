@@ -7,6 +7,7 @@ says what to do about it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -80,10 +81,9 @@ def decode_image(
         lowered = text.lower()
         reason = "truncated" if "truncated" in lowered or "broken data stream" in lowered else "not-an-image"
         raise ImageDecodeError(reason, f"{label}: image data is damaged ({text})") from exc
-    try:
+    # a broken EXIF block should not make a good image unusable
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not make a good image unusable
-        pass
     img = img.convert("RGB")
     if min(img.size) < min_side:
         raise ImageDecodeError(

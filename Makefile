@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FOLDER ?=
+QUERY ?=
+
+.PHONY: install demo test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# index FOLDER (default: real sample photos shipped by scikit-image), serve it over gRPC,
+# query it once through the client, print the ranking, stop the server
+demo: install
+	$(BIN)/dff-demo $(FOLDER) $(if $(QUERY),--query $(QUERY),)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_descriptors.py
