@@ -1,0 +1,66 @@
+"""Local descriptors from NMF factors (design.md "The method", steps 4 and 5).
+
+``nmf_v_rows``: the rows of V. ``nmf_vu_rows``: ``V' = (Ū Ūᵀ) V`` where ``Ū`` are the heatmaps U
+blurred with a 2D Gaussian, flattened and l2-normalized, so factors whose heatmaps overlap share
+their descriptors in proportion to the overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["blurred_heatmap_rows", "gaussian_kernel2d", "nmf_v_rows", "nmf_vu_rows"]
+
+
+def gaussian_kernel2d(
+    size: int = 13,
+    variance: float = 2.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Normalized (sums to 1) isotropic Gaussian ``exp(-d²/(2·variance))`` on a ``size x size`` grid."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(f"gaussian_kernel2d: size must be a positive odd int, got {size!r}")
+    if not variance > 0:
+        raise ValueError(f"gaussian_kernel2d: variance must be > 0, got {variance!r}")
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    profile = torch.exp(-(offsets**2) / (2.0 * variance))
+    kernel = profile[:, None] * profile[None, :]
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+def nmf_v_rows(V: Tensor) -> Tensor:
+    """The NMF V descriptor's rows: V itself, ``(K, C)``."""
+    if not isinstance(V, Tensor) or V.dim() != 2:
+        raise ValueError(
+            f"nmf_v_rows: V must be a (K, C) tensor, got {getattr(V, 'shape', type(V).__name__)}"
+        )
+    return V
+
+
+def blurred_heatmap_rows(U: Tensor, size: int = 13, variance: float = 2.0) -> Tensor:
+    """``Ū (K, h*w)``: each heatmap convolved with the Gaussian (same-size output, zero padding),
+    flattened and l2-normalized (an all-zero heatmap stays zero)."""
+    if not isinstance(U, Tensor) or U.dim() != 3:
+        raise ValueError(
+            f"blurred_heatmap_rows: U must be a (K, h, w) tensor, got {getattr(U, 'shape', None)}"
+        )
+    kernel = gaussian_kernel2d(size, variance, dtype=U.dtype, device=U.device)
+    blurred = F.conv2d(U.unsqueeze(1), kernel[None, None], padding=size // 2).squeeze(1)
+    rows = blurred.flatten(1)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return rows / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def nmf_vu_rows(U: Tensor, V: Tensor, size: int = 13, variance: float = 2.0) -> Tensor:
+    """The NMF V·U descriptor's rows ``(Ū Ūᵀ) V``, ``(K, C)``, for ``U (K, h, w)`` and ``V (K, C)``."""
+    if not isinstance(V, Tensor) or V.dim() != 2:
+        raise ValueError(f"nmf_vu_rows: V must be a (K, C) tensor, got {getattr(V, 'shape', None)}")
+    if not isinstance(U, Tensor) or U.dim() != 3 or U.shape[0] != V.shape[0]:
+        raise ValueError(
+            f"nmf_vu_rows: U must be (K, h, w) with K = V.shape[0] = {V.shape[0]}, got {getattr(U, 'shape', None)}"
+        )
+    rows = blurred_heatmap_rows(U, size, variance)
+    return (rows @ rows.transpose(0, 1)) @ V

@@ -1,0 +1,147 @@
+"""Localization of the query object in matched images (design.md "The method", step 9).
+
+Joint NMF on the stacked rows of the query and the matches, keep the factors whose *query*
+heatmap lies inside the query box, average those heatmaps per match, binarize the top 30% of
+values and take the box of the largest connected component. Connectivity: 8 (diagonal neighbours
+join a component), so a thin diagonal object is one box rather than several.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import Tensor
+
+from .boxes import box_to_grid, select_factors_in_grid_box
+from .crow import crow_channel_weights
+from .nmf import nmf
+
+__all__ = ["binarize_top_fraction", "colocalize", "heatmap_to_box", "iou", "largest_component_box"]
+
+Box = tuple[float, float, float, float]
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _as_numpy_map(heatmap: np.ndarray | Tensor, name: str) -> np.ndarray:
+    if isinstance(heatmap, Tensor):
+        heatmap = heatmap.detach().cpu().numpy()
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim != 2 or heatmap.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D map (h, w), got shape {heatmap.shape}")
+    return heatmap
+
+
+def binarize_top_fraction(heatmap: np.ndarray | Tensor, fraction: float = 0.3) -> np.ndarray:
+    """Bool mask of the ``ceil(fraction * h * w)`` largest values (ties at the cut are all kept);
+    values <= 0 are never kept, so an all-zero map gives an empty mask."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"binarize_top_fraction: fraction must be in (0, 1], got {fraction!r}")
+    values = _as_numpy_map(heatmap, "binarize_top_fraction").astype(np.float64)
+    count = max(1, math.ceil(fraction * values.size))
+    cut = np.partition(values.ravel(), values.size - count)[values.size - count]
+    return (values >= cut) & (values > 0)
+
+
+def largest_component_box(mask: np.ndarray | Tensor) -> Box | None:
+    """Box ``(x0, y0, x1, y1)`` (cells, x1/y1 exclusive) of the largest 8-connected component of
+    ``mask``; ties go to the component met first in row-major order; None when mask is empty."""
+    mask = _as_numpy_map(mask, "largest_component_box").astype(bool)
+    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    ys, xs = np.nonzero(labels == biggest)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def heatmap_to_box(
+    heatmap: np.ndarray | Tensor, fraction: float = 0.3, out_wh: tuple[int, int] | None = None
+) -> Box | None:
+    """Box around the largest component of the top ``fraction`` of ``heatmap``; with ``out_wh`` the
+    map is first upsampled bilinearly to ``out_wh`` (the image's pixels) and the box is in pixels."""
+    if isinstance(heatmap, np.ndarray):
+        heatmap = torch.from_numpy(np.ascontiguousarray(heatmap))
+    if not isinstance(heatmap, Tensor) or heatmap.dim() != 2:
+        raise ValueError(f"heatmap_to_box: expected a 2-D map (h, w), got {getattr(heatmap, 'shape', None)}")
+    if out_wh is not None:
+        out_w, out_h = (int(v) for v in out_wh)
+        if out_w < 1 or out_h < 1:
+            raise ValueError(f"heatmap_to_box: out_wh must be positive, got {out_wh!r}")
+        heatmap = F.interpolate(
+            heatmap.detach().float().cpu()[None, None],
+            size=(out_h, out_w),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
+    return largest_component_box(binarize_top_fraction(heatmap, fraction))
+
+
+def iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (x1/y1 exclusive); 0 if either is None
+    or empty."""
+    if a is None or b is None:
+        return 0.0
+    ax0, ay0, ax1, ay1 = (float(v) for v in a)
+    bx0, by0, bx1, by1 = (float(v) for v in b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = max(0.0, ax1 - ax0) * max(0.0, ay1 - ay0) + max(0.0, bx1 - bx0) * max(0.0, by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def colocalize(
+    query_act: Tensor,
+    query_box: Sequence[float],
+    query_wh: tuple[int, int],
+    match_acts: Sequence[Tensor],
+    match_whs: Sequence[tuple[int, int]],
+    k: int = 8,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int = 0,
+    threshold: float = 0.75,
+    fraction: float = 0.3,
+    crow_weighting: bool = True,
+) -> list[Box | None]:
+    """Predicted box (pixels of each match image, size ``match_whs[i]``) of the query-box object.
+
+    One NMF on the rows of all images stacked (query first), columns weighted by the CroW channel
+    weights of all the positions together; the factors whose query heatmap has more than
+    ``threshold`` of its mass in the query box (fallback: the largest share) are averaged per match.
+    A match whose averaged heatmap is all zero gets None.
+    """
+    if len(match_acts) != len(match_whs):
+        raise ValueError(f"colocalize: {len(match_acts)} match activations but {len(match_whs)} match sizes")
+    acts = [query_act, *match_acts]
+    for i, A in enumerate(acts):
+        if not isinstance(A, Tensor) or A.dim() != 3 or A.shape[0] != query_act.shape[0]:
+            raise ValueError(
+                f"colocalize: activation {i} must be (C, h, w) with C = {query_act.shape[0]}, "
+                f"got {getattr(A, 'shape', type(A).__name__)}"
+            )
+    if not match_acts:
+        return []
+    rows = torch.cat([A.flatten(1) for A in acts], dim=1)  # (C, sum of h*w)
+    X = rows.transpose(0, 1)
+    if crow_weighting:
+        X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
+    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]  # (sum of h*w, K)
+
+    heatmaps: list[Tensor] = []
+    start = 0
+    for A in acts:
+        h, w = A.shape[1:]
+        heatmaps.append(U[start : start + h * w].transpose(0, 1).reshape(k, h, w))
+        start += h * w
+
+    grid_box = box_to_grid(query_box, query_wh, tuple(query_act.shape[1:]))
+    chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
+    boxes: list[Box | None] = []
+    for heatmap, wh in zip(heatmaps[1:], match_whs, strict=True):
+        boxes.append(heatmap_to_box(heatmap[chosen].mean(dim=0), fraction=fraction, out_wh=wh))
+    return boxes

@@ -1,0 +1,246 @@
+"""From activations (or images) to local descriptor rows: one config dataclass, one registry.
+
+``METHODS`` maps a method name to ``fn(acts, config, grid_boxes) -> list[np.ndarray (n, C)]``.
+Baselines (``mac spoc gem crow``: 1 row, ``rmac``: one row per region) ignore grid boxes: the
+``Extractor`` crops the image for them. The NMF methods (``nmf-v``, ``nmf-vu``) factorize the whole
+list in one batched call and, given a grid box, keep only the factors inside it (design step 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .aggregate import aggregate_rows
+from .boxes import box_to_grid, select_factors_in_grid_box
+from .factorized import nmf_v_rows, nmf_vu_rows
+from .nmf import factorize_activations
+from .pooling import crow, gem, mac, rmac_region_vectors, spoc
+from .whitening import PCAWhitening
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+
+__all__ = ["METHODS", "NMF_METHODS", "DescriptorConfig", "Extractor", "local_descriptors"]
+
+Box = tuple[float, float, float, float]
+MethodFn = Callable[[Sequence[Tensor], "DescriptorConfig", "Sequence[Box | None] | None"], list[np.ndarray]]
+
+
+def _rows_to_numpy(rows: Tensor) -> np.ndarray:
+    return rows.detach().to("cpu", torch.float32).numpy()
+
+
+def _single_row(pool: Callable[[Tensor, DescriptorConfig], Tensor]) -> MethodFn:
+    def method(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
+        return [_rows_to_numpy(pool(A, config).unsqueeze(0)) for A in acts]
+
+    return method
+
+
+def _rmac(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
+    return [_rows_to_numpy(rmac_region_vectors(A, levels=config.rmac_levels)) for A in acts]
+
+
+def _nmf_method(use_heatmaps: bool) -> MethodFn:
+    def method(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
+        factors = factorize_activations(
+            list(acts),
+            config.k,
+            max_iter=config.max_iter,
+            tol=config.tol,
+            seed=config.seed,
+            crow_weighting=config.crow_weighting,
+        )
+        out = []
+        for i, (U, V) in enumerate(factors):
+            box = grid_boxes[i] if grid_boxes is not None else None
+            if box is not None:
+                # design step 7: only the K' factors inside the box go through steps 4-5, so
+                # V·U mixes the kept factors among themselves, never with the background ones
+                chosen = select_factors_in_grid_box(U, box, config.box_threshold)
+                U, V = U[chosen], V[chosen]
+            if use_heatmaps:
+                rows = nmf_vu_rows(U, V, size=config.gaussian_size, variance=config.gaussian_variance)
+            else:
+                rows = nmf_v_rows(V)
+            out.append(_rows_to_numpy(rows))
+        return out
+
+    return method
+
+
+METHODS: dict[str, MethodFn] = {
+    "mac": _single_row(lambda A, cfg: mac(A)),
+    "spoc": _single_row(lambda A, cfg: spoc(A)),
+    "gem": _single_row(lambda A, cfg: gem(A, p=cfg.gem_p)),
+    "crow": _single_row(lambda A, cfg: crow(A)),
+    "rmac": _rmac,
+    "nmf-v": _nmf_method(use_heatmaps=False),
+    "nmf-vu": _nmf_method(use_heatmaps=True),
+}
+NMF_METHODS = frozenset({"nmf-v", "nmf-vu"})
+
+
+@dataclass
+class DescriptorConfig:
+    """Everything that decides a descriptor (the index manifest records it)."""
+
+    method: str = "nmf-vu"
+    k: int = 8
+    max_iter: int = 200
+    tol: float = 1e-4
+    seed: int = 0
+    crow_weighting: bool = True
+    gaussian_size: int = 13
+    gaussian_variance: float = 2.0
+    box_threshold: float = 0.75
+    rmac_levels: int = 3
+    gem_p: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown descriptor method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("k", "max_iter", "gaussian_size", "rmac_levels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DescriptorConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"DescriptorConfig.seed must be a non-negative int, got {self.seed!r}")
+        if self.gaussian_size % 2 == 0:
+            raise ValueError(f"DescriptorConfig.gaussian_size must be odd, got {self.gaussian_size}")
+        if not (isinstance(self.tol, int | float) and math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"DescriptorConfig.tol must be a finite number >= 0, got {self.tol!r}")
+        if not (isinstance(self.gaussian_variance, int | float) and self.gaussian_variance > 0):
+            raise ValueError(
+                f"DescriptorConfig.gaussian_variance must be > 0, got {self.gaussian_variance!r}"
+            )
+        if not (isinstance(self.box_threshold, int | float) and 0.0 <= self.box_threshold <= 1.0):
+            raise ValueError(f"DescriptorConfig.box_threshold must be in [0, 1], got {self.box_threshold!r}")
+        if not (isinstance(self.gem_p, int | float) and math.isfinite(self.gem_p) and self.gem_p > 0):
+            raise ValueError(f"DescriptorConfig.gem_p must be a finite number > 0, got {self.gem_p!r}")
+        if not isinstance(self.crow_weighting, bool):
+            raise ValueError(f"DescriptorConfig.crow_weighting must be a bool, got {self.crow_weighting!r}")
+
+    @property
+    def uses_nmf(self) -> bool:
+        return self.method in NMF_METHODS
+
+
+def _prepare(acts: Sequence[Tensor]) -> list[Tensor]:
+    """Float32; on the CPU unless already on CUDA (the NMF runs where its input is)."""
+    prepared = []
+    for i, A in enumerate(acts):
+        if not isinstance(A, Tensor) or A.dim() != 3:
+            raise ValueError(
+                f"activations[{i}] must be a (C, h, w) tensor, got {getattr(A, 'shape', type(A).__name__)}"
+            )
+        A = A.detach().float()
+        prepared.append(A if A.device.type == "cuda" else A.cpu())
+    return prepared
+
+
+def local_descriptors(
+    acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes: Sequence[Box | None] | None = None
+) -> list[np.ndarray]:
+    """Local descriptor rows ``(n, C)`` float32 for each activation ``(C, h, w)``.
+
+    ``grid_boxes`` (one per activation, in feature-grid cells, or None) restricts the NMF methods to
+    the factors inside the box; baselines ignore it (crop before extraction instead).
+    """
+    if grid_boxes is not None and len(grid_boxes) != len(acts):
+        raise ValueError(f"local_descriptors: {len(acts)} activations but {len(grid_boxes)} grid boxes")
+    if not acts:
+        return []
+    return METHODS[config.method](_prepare(acts), config, grid_boxes)
+
+
+def _crop_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel box -> integer crop rectangle (outward rounding), clipped to the image."""
+    if len(box) != 4:
+        raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
+    width, height = size
+    x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    x1, y1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {tuple(box)!r} does not overlap the image of size {width}x{height}")
+    return x0, y0, x1, y1
+
+
+class Extractor:
+    """Images -> activations -> local rows -> global descriptor, for one backbone and config."""
+
+    def __init__(self, backbone: Backbone, config: DescriptorConfig, image_size: int = 512) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"Extractor: image_size must be an int >= 8, got {image_size!r}")
+        self.backbone = backbone
+        self.config = config
+        self.image_size = image_size
+
+    def activations(self, images: Sequence[Image.Image]) -> list[Tensor]:
+        """Backbone activations ``(C, h, w)`` of each image at ``image_size``."""
+        tensors = [self.backbone.preprocess(img, self.image_size) for img in images]
+        return self.backbone.extract(tensors) if tensors else []
+
+    def rows_from_activations(
+        self,
+        acts: Sequence[Tensor],
+        image_whs: Sequence[tuple[int, int]],
+        boxes: Sequence[Box | None] | None = None,
+    ) -> list[np.ndarray]:
+        """Rows from cached activations; ``boxes`` in pixels of images of size ``image_whs``.
+
+        NMF methods map each box onto the activation's grid. Baselines crop the activation map to
+        the cells the box touches (only this cache path; ``local_rows`` crops the image instead).
+        """
+        if len(image_whs) != len(acts) or (boxes is not None and len(boxes) != len(acts)):
+            raise ValueError(
+                f"rows_from_activations: {len(acts)} activations, {len(image_whs)} sizes, "
+                f"{'no' if boxes is None else len(boxes)} boxes"
+            )
+        if boxes is None or all(b is None for b in boxes):
+            return local_descriptors(acts, self.config)
+        grid_boxes = [
+            None if box is None else box_to_grid(box, wh, (A.shape[1], A.shape[2]))
+            for A, wh, box in zip(acts, image_whs, boxes, strict=True)
+        ]
+        if self.config.uses_nmf:
+            return local_descriptors(acts, self.config, grid_boxes)
+        cropped = []
+        for A, grid_box in zip(acts, grid_boxes, strict=True):
+            if grid_box is None:
+                cropped.append(A)
+                continue
+            x0, y0 = math.floor(grid_box[0]), math.floor(grid_box[1])
+            x1, y1 = max(math.ceil(grid_box[2]), x0 + 1), max(math.ceil(grid_box[3]), y0 + 1)
+            cropped.append(A[:, y0:y1, x0:x1])
+        return local_descriptors(cropped, self.config)
+
+    def local_rows(
+        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+    ) -> list[np.ndarray]:
+        """Local rows of each image; a box (pixels of that image) selects NMF factors on the full
+        image, and crops the image for the baselines."""
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"local_rows: {len(images)} images but {len(boxes)} boxes")
+        images = list(images)
+        boxes = list(boxes) if boxes is not None else [None] * len(images)
+        if not self.config.uses_nmf:
+            images = [
+                img if box is None else img.crop(_crop_box(box, img.size))
+                for img, box in zip(images, boxes, strict=True)
+            ]
+            return local_descriptors(self.activations(images), self.config)
+        whs = [img.size for img in images]
+        return self.rows_from_activations(self.activations(images), whs, boxes)
+
+    def global_descriptor(self, rows: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
+        """l2 -> whiten -> l2 -> sum -> l2 of ``rows`` (``aggregate_rows``)."""
+        return aggregate_rows(rows, whitening)

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+
+from descriptors.aggregate import aggregate_rows
+from descriptors.whitening import PCAWhitening
+
+
+def test_rows_are_normalized_before_summing():
+    # [3, 4] -> [0.6, 0.8]; [0, 5] -> [0, 1]; sum [0.6, 1.8] / sqrt(0.36 + 3.24) = [0.3162278, 0.9486833]
+    out = aggregate_rows(np.array([[3.0, 4.0], [0.0, 5.0]]), None)
+    assert out.dtype == np.float32
+    assert out.tolist() == pytest.approx([0.3162278, 0.9486833], abs=1e-6)
+
+
+def test_zero_row_stays_zero_through_the_whitening():
+    # mean (1, 0), projection diag(2, 1): [0.6, 0.8] -> [-0.8, 0.8] -> [-0.7071068, 0.7071068]
+    whitening = PCAWhitening(
+        mean=np.array([1.0, 0.0], dtype=np.float32),
+        projection=np.diag([2.0, 1.0]).astype(np.float32),
+        eigenvalues=np.array([0.25, 1.0], dtype=np.float32),
+    )
+    out = aggregate_rows(np.array([[3.0, 4.0], [0.0, 0.0]]), whitening)
+    assert not np.isnan(out).any()
+    assert out.tolist() == pytest.approx([-0.7071068, 0.7071068], abs=1e-6)
+
+
+def test_whitening_can_change_the_dimension_and_torch_input_is_accepted():
+    whitening = PCAWhitening(
+        mean=np.zeros(3, dtype=np.float32),
+        projection=np.array([[1.0], [1.0], [0.0]], dtype=np.float32),
+        eigenvalues=np.ones(1, dtype=np.float32),
+    )
+    out = aggregate_rows(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]]), whitening)
+    # second row whitens to 0 and stays 0; first -> [1] -> l2 -> [1]
+    assert out.shape == (1,) and out.tolist() == [1.0]
+
+
+def test_all_zero_rows_give_a_zero_vector():
+    assert aggregate_rows(np.zeros((2, 3)), None).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_empty_or_bad_rows_are_rejected():
+    with pytest.raises(ValueError, match="non-empty"):
+        aggregate_rows(np.zeros((0, 3)), None)
+    with pytest.raises(ValueError, match="NaN"):
+        aggregate_rows(np.array([[np.nan, 1.0]]), None)
