@@ -1,0 +1,321 @@
+"""Load test of the gRPC searcher: QPS and latency vs concurrent clients, per-stage breakdown,
+and the bare backbone forward rate on the same images in the same run as the reference.
+
+    python benchmarks/load_search.py --clients 1,4,8 --duration 20 [--json out.json]
+    python benchmarks/load_search.py --target host:port [--token-file F] ...
+
+Without --target it builds a small real index (the Paris subset in ../shared/data when present,
+else scikit-image's sample photos) with the default backbone at --image-size (default 512, the
+product default), starts `dff-serve` on a free port, and stops it at the end. Each client is a
+thread with its own channel sending Search requests back to back (the indexed photos, cycled).
+Also measures FAISS search on --faiss-vectors random unit vectors (exact, inner product) with
+the real query descriptors, against the measured query time.
+
+--json FILE writes {"errors": n, "forward_qps": x, "forward_ms": x, "qps": {"1": x, ...},
+"p50_ms": {...}, "p99_ms": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STAGES = ("queue", "decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
+
+
+def collection(count: int, folder: Path) -> list[Path]:
+    """Write `count` real photos into `folder` (Paris subset if present, else scikit-image)."""
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = Path(os.environ.get("DFF_SHARED_DATA", REPO.parent / "shared" / "data")) / "paris6k-subset" / "jpg"
+    if shared.is_dir():
+        files = sorted(shared.rglob("*.jpg"))[:: max(1, len(list(shared.rglob("*.jpg"))) // count)][:count]
+        out = []
+        for path in files:
+            target = folder / path.name
+            target.write_bytes(path.read_bytes())
+            out.append(target)
+        return out
+    names = ["chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
+             "colorwheel", "camera", "coins", "brick", "grass", "gravel", "moon", "retina"][:count]
+    out = []
+    for name in names:
+        array = getattr(skimage.data, name)()
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        target = folder / f"{name}.jpg"
+        Image.fromarray(array[..., :3].astype(np.uint8)).save(target, quality=92)
+        out.append(target)
+    return out
+
+
+def start_server(index: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    command = [str(Path(sys.executable).parent / "dff-serve"), "--index", str(index), "--port", "0", *extra]
+    log = open(index.parent / "serve.log", "w")  # noqa: SIM115 - the server's stderr
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    while True:
+        line = process.stdout.readline()
+        match = re.search(r"listening on [^:]+:(\d+)", line)
+        if match:
+            return process, int(match.group(1))
+        if process.poll() is not None:
+            raise SystemExit(f"dff-serve failed: {(index.parent / 'serve.log').read_text()}")
+
+
+def bare_forward(images: list[bytes], image_size: int, seconds: float, threads: int) -> float:
+    """ms per image of the backbone forward alone (batch 1, `threads` torch threads, same images),
+    run in a worker thread like the server's."""
+    import torch
+
+    from descriptors.backbones import load_backbone
+    from descriptors.images import decode_image
+
+    backbone = load_backbone("efficientnet-lite0")
+    tensors = [backbone.preprocess(decode_image(data), image_size) for data in images]
+    result: list[float] = []
+
+    def measure() -> None:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for shape in {tuple(t.shape) for t in tensors}:  # first call per input shape is slow (oneDNN setup)
+                first = next(t for t in tensors if tuple(t.shape) == shape)
+                backbone.forward(first[None])
+                backbone.forward(first[None])
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds or count < len(tensors):
+                backbone.forward(tensors[count % len(tensors)][None])
+                count += 1
+        result.append((time.perf_counter() - start) * 1000.0 / count)
+
+    default_threads = torch.get_num_threads()
+    worker = threading.Thread(target=measure)
+    worker.start()
+    worker.join()
+    torch.set_num_threads(default_threads)
+    return result[0]
+
+
+def run_clients(target: str, token: str | None, images: list[bytes], clients: int, duration: float,
+                warmup: float, request: dict) -> dict:
+    from searcher.client import SearchClient
+
+    host, port = target.rsplit(":", 1)
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_at = time.monotonic() + 0.2
+    measure_from, stop_at = start_at + warmup, start_at + warmup + duration
+
+    def worker(offset: int) -> None:
+        with SearchClient(host, int(port), token=token, timeout=120) as client:
+            i = offset
+            while time.monotonic() < start_at:
+                time.sleep(0.001)
+            while True:
+                began = time.monotonic()
+                if began >= stop_at:
+                    return
+                try:
+                    response = client.search(images[i % len(images)], **request)
+                except Exception as exc:  # counted, reported, never hidden
+                    detail = exc.details() if hasattr(exc, "details") else str(exc)
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {detail}")
+                    i += 1
+                    continue
+                ended = time.monotonic()
+                i += 1
+                if began >= measure_from and ended <= stop_at:
+                    with lock:
+                        latencies.append((ended - began) * 1000.0)
+                        for stage in response.stages:
+                            stages[stage.stage].append(stage.milliseconds)
+
+    threads = [threading.Thread(target=worker, args=(c * 3,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return float(np.percentile(ordered, q)) if ordered else float("nan")
+
+    return {
+        "clients": clients, "requests": len(ordered), "qps": len(ordered) / duration, "errors": len(errors),
+        "error_samples": errors[:3], "p50": pct(50), "p95": pct(95), "p99": pct(99),
+        "stages": {s: statistics.fmean(v) for s, v in stages.items()},
+    }
+
+
+def faiss_share(index_dir: Path, n_vectors: int, query_ms: float, images: list[bytes]) -> list[dict]:
+    """Exact inner-product search (one thread, as dff-serve runs it) on n random unit vectors of
+    the index's dimension and of 256 (a whitened index), timed with the real query descriptors
+    (first 256 dims for the latter), as a share of the measured query time."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+    from searcher.engine import SearchEngine
+
+    engine = SearchEngine(index_dir)
+    queries = []
+    for data in images[:8]:
+        tensor = engine.backbone.preprocess(engine._decode(data), engine.extractor.image_size)
+        act = engine._forward_many([tensor])[0]
+        rows = engine.extractor.rows_from_activations([act], [(1, 1)], None)[0]
+        queries.append(engine.extractor.global_descriptor(rows, engine.index.whitening))
+    engine.close()
+    full = np.asarray(queries, dtype=np.float32)
+    return [_time_flat(full[:, :dim], n_vectors, query_ms) for dim in sorted({full.shape[1], 256}, reverse=True)]
+
+
+def _time_flat(queries: np.ndarray, n_vectors: int, query_ms: float) -> dict:
+    import faiss
+
+    queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    dim = queries.shape[1]
+    rng = np.random.default_rng(0)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for start in range(0, n_vectors, 20_000):
+        block = rng.standard_normal((min(20_000, n_vectors - start), dim)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+    index.search(queries[:1], 10)
+    samples = []
+    for _ in range(5):
+        for q in queries:
+            began = time.perf_counter()
+            index.search(q[None], 10)
+            samples.append((time.perf_counter() - began) * 1000.0)
+    ms = statistics.median(samples)
+    return {"vectors": n_vectors, "dim": dim, "search_ms": ms, "share": ms / query_ms if query_ms else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per client count")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--target", help="host:port of a running dff-serve (default: start one)")
+    parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--images", type=int, default=12, help="photos in the small index / query set")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--qe", type=int, default=0)
+    parser.add_argument("--localize", action="store_true")
+    parser.add_argument("--forward-seconds", type=float, default=10.0)
+    parser.add_argument("--faiss-vectors", type=int, default=100_000, help="0 skips the FAISS share")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra dff-serve flag (repeatable)")
+    parser.add_argument("--workdir", type=Path, help="keep the index here (default: a temp dir)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.clients.split(",")]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dff-load-"))
+    token = None
+    if args.token_file:
+        from searcher.auth import read_token_file
+
+        token = read_token_file(args.token_file)
+    photos = collection(args.images, workdir / "photos")
+    images = [p.read_bytes() for p in photos]
+    index = workdir / "index"
+    process = None
+    if args.target is None:
+        if not index.exists():
+            from indexer import IndexConfig, build_index
+
+            print(f"building a {len(photos)}-image index at {args.image_size} px ...", file=sys.stderr)
+            build_index(workdir / "photos", index, IndexConfig(image_size=args.image_size), progress=False)
+        process, port = start_server(index, [a for extra in args.serve_arg for a in extra.split()])
+        target = f"127.0.0.1:{port}"
+    else:
+        target = args.target
+    try:
+        from searcher.client import SearchClient
+
+        host, port = target.rsplit(":", 1)
+        with SearchClient(host, int(port), token=token, timeout=600) as client:
+            client.wait_until_serving(300)
+            info = client.info()
+            for data in images:  # warm pass: the first forward of each input shape is slow
+                client.search(data, top_k=args.top_k)
+        import torch
+
+        cores = torch.get_num_threads()
+        thread_counts = sorted({1, cores})
+        # the machine may be shared: measure the reference before and after the load, average
+        before = {t: bare_forward(images, info.image_size, args.forward_seconds / 2, t) for t in thread_counts}
+        request = {"top_k": args.top_k, "query_expansion": args.qe, "localize": args.localize}
+        rows = [run_clients(target, token, images, c, args.duration, args.warmup, request) for c in counts]
+        after = {t: bare_forward(images, info.image_size, args.forward_seconds / 2, t) for t in thread_counts}
+        forward_by_threads = {t: (before[t] + after[t]) / 2 for t in thread_counts}
+        forward_ms = min(forward_by_threads.values())
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=120)
+            print(f"dff-serve stopped with exit code {code}", file=sys.stderr)
+
+    forward_qps = 1000.0 / forward_ms
+    print(f"\nindex: {info.count} images, {info.backbone} at {info.image_size} px, {info.method}; target {target}")
+    measured = ", ".join(
+        f"{t} thread(s) {forward_by_threads[t]:.1f} ms (before {before[t]:.1f}, after {after[t]:.1f})"
+        for t in thread_counts
+    )
+    print(f"bare backbone forward, batch 1, same images, this process: {measured}")
+    print(f"reference (the faster): {forward_ms:.1f} ms = {forward_qps:.2f} img/s")
+    header = f"{'clients':>7} {'QPS':>6} {'xfwd':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4}  " + " ".join(
+        f"{s[:6]:>7}" for s in STAGES
+    )
+    print(header + "   (latency and stage columns: ms)")
+    for row in rows:
+        stage_cells = " ".join(f"{row['stages'].get(s, float('nan')):7.1f}" for s in STAGES)
+        print(
+            f"{row['clients']:>7} {row['qps']:6.2f} {row['qps'] / forward_qps:5.2f} {row['p50']:7.1f} "
+            f"{row['p95']:7.1f} {row['p99']:7.1f} {row['errors']:>4}  {stage_cells}"
+        )
+        for sample in row["error_samples"]:
+            print(f"        error: {sample}")
+    one = next((r for r in rows if r["clients"] == 1), rows[0])
+    print(f"p50 at {one['clients']} client(s) / one bare forward: {one['p50'] / forward_ms:.2f}")
+    if args.faiss_vectors and args.target is None:
+        for share in faiss_share(index, args.faiss_vectors, one["p50"], images):
+            print(
+                f"FAISS exact search (1 thread), {share['vectors']:,} vectors x {share['dim']}: "
+                f"{share['search_ms']:.2f} ms = {100 * share['share']:.1f}% of the {one['p50']:.0f} ms query"
+            )
+    if args.json:
+        payload = {
+            "errors": sum(r["errors"] for r in rows),
+            "forward_qps": forward_qps,
+            "forward_ms": forward_ms,
+            "qps": {str(r["clients"]): r["qps"] for r in rows},
+            "p50_ms": {str(r["clients"]): r["p50"] for r in rows},
+            "p99_ms": {str(r["clients"]): r["p99"] for r in rows},
+        }
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

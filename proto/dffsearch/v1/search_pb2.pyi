@@ -1,0 +1,161 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Box(_message.Message):
+    __slots__ = ("x0", "y0", "x1", "y1")
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    def __init__(self, x0: _Optional[float] = ..., y0: _Optional[float] = ..., x1: _Optional[float] = ..., y1: _Optional[float] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("height", "width", "values")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    LOCALIZE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    box: Box
+    top_k: int
+    query_expansion: int
+    localize: bool
+    return_heatmaps: bool
+    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("id", "path", "key", "score", "rank", "box", "image_missing", "heatmap", "width", "height")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    path: str
+    key: str
+    score: float
+    rank: int
+    box: Box
+    image_missing: bool
+    heatmap: Heatmap
+    width: int
+    height: int
+    def __init__(self, id: _Optional[int] = ..., path: _Optional[str] = ..., key: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., image_missing: _Optional[bool] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class StageLatency(_message.Message):
+    __slots__ = ("stage", "milliseconds")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MILLISECONDS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    milliseconds: float
+    def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("results", "stages", "query_factors", "query_heatmap", "query_width", "query_height")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FACTORS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    QUERY_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    QUERY_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    stages: _containers.RepeatedCompositeFieldContainer[StageLatency]
+    query_factors: int
+    query_heatmap: Heatmap
+    query_width: int
+    query_height: int
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ...) -> None: ...
+
+class AddImageRequest(_message.Message):
+    __slots__ = ("image", "key")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    key: str
+    def __init__(self, image: _Optional[bytes] = ..., key: _Optional[str] = ...) -> None: ...
+
+class AddedImage(_message.Message):
+    __slots__ = ("id", "key", "path", "duplicate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    key: str
+    path: str
+    duplicate: bool
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., path: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class AddImagesResponse(_message.Message):
+    __slots__ = ("added", "count")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedCompositeFieldContainer[AddedImage]
+    count: int
+    def __init__(self, added: _Optional[_Iterable[_Union[AddedImage, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RemoveImagesRequest(_message.Message):
+    __slots__ = ("ids", "paths")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveImagesResponse(_message.Message):
+    __slots__ = ("removed", "count")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    count: int
+    def __init__(self, removed: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class GetIndexInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("count", "backbone", "method", "image_size", "dimension", "max_top_k", "manifest_json", "index_dir")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DIR_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    backbone: str
+    method: str
+    image_size: int
+    dimension: int
+    max_top_k: int
+    manifest_json: str
+    index_dir: str
+    def __init__(self, count: _Optional[int] = ..., backbone: _Optional[str] = ..., method: _Optional[str] = ..., image_size: _Optional[int] = ..., dimension: _Optional[int] = ..., max_top_k: _Optional[int] = ..., manifest_json: _Optional[str] = ..., index_dir: _Optional[str] = ...) -> None: ...

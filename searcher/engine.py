@@ -1,0 +1,407 @@
+"""The search engine: query image -> descriptor -> FAISS -> query expansion -> localization.
+
+No gRPC in here: the servicer, the tests, the benchmarks and the evaluation harness all call
+`SearchEngine` directly. Errors are exceptions with a message a person can act on
+(`InvalidQueryError`, `QueryDeadlineError`); the servicer maps them to gRPC status codes.
+
+Concurrency: searches share no Python lock during compute. All torch work (forward, NMF,
+localization) runs on small fixed thread pools of `compute_slots` threads (one pool for the
+backbone, one for the NMF, so that one request's NMF overlaps the next one's forward): few,
+stable OpenMP teams, and N concurrent requests do not oversubscribe the cores. FAISS search +
+catalog lookup run under the read side of a readers-writer lock and use one `OpenIndex`
+snapshot; add/remove build a new `OpenIndex` and swap the reference, and removal (which edits
+the catalog in place) takes the write side, so a search sees the old or the new index, never a
+mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+from .batching import ForwardBatcher
+from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
+from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
+from .localize import LocalizationResult, Localizer
+from .uploads import UploadKeys
+
+STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
+_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+
+Box = tuple[float, float, float, float]
+__all__ = [
+    "QUEUE_STAGE", "STAGES", "AddedImage", "EngineConfig", "InvalidQueryError", "QueryDeadlineError",
+    "SearchEngine", "SearchEngineError", "SearchHit", "SearchOutcome", "validate_box",
+]
+
+
+@dataclass
+class EngineConfig:
+    """Everything `SearchEngine` can be told; `dff-serve` flags map onto it one to one."""
+
+    index_dir: Path
+    device: str = "cpu"
+    max_top_k: int = 100
+    max_query_expansion: int = 50
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = 16
+    # dynamic batching of concurrent forwards: <= 1 means off (the right choice on a CPU)
+    max_batch: int = 1
+    batch_timeout_ms: float = 5.0
+    # how many requests may run backbone/NMF work at once (None: cores // torch threads)
+    compute_slots: int | None = None
+    # separate slots for the backbone (forward, localization) and for the NMF, so that one
+    # request's NMF can overlap the next one's forward; False = one slot pool for all of it
+    pipelined: bool = True
+    # torch threads of the NMF pool when pipelined: its ops are small (h*w x C times C x K) and
+    # gain little from threads, and a 1-thread NMF leaves the cores to the concurrent forward
+    nmf_threads: int | None = 1
+    localization_size: int = 224
+    localization_k: int | None = None  # None: the index's K
+
+
+@dataclass
+class SearchHit:
+    id: int
+    path: str
+    score: float
+    rank: int
+    key: str = ""
+    box: Box | None = None
+    image_missing: bool = False
+    width: int = 0
+    height: int = 0
+    heatmap: np.ndarray | None = None  # (h, w) in [0, 1], localization grid
+
+
+@dataclass
+class SearchOutcome:
+    hits: list[SearchHit]
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    query_factors: int = 0
+    query_size: tuple[int, int] = (0, 0)
+    query_heatmap: np.ndarray | None = None
+
+
+@dataclass
+class AddedImage:
+    id: int
+    key: str
+    path: str
+    duplicate: bool = False
+
+
+def _container_format(data: bytes) -> str:
+    """PIL's format name from the header (decode_image's result no longer carries it)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.format or ""
+
+
+def _l2(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+class SearchEngine:
+    """An index directory, loaded with its extractor, answering searches and taking changes."""
+
+    def __init__(self, index_dir: str | Path | EngineConfig, device: str = "cpu", **options) -> None:
+        import indexer
+
+        if isinstance(index_dir, EngineConfig):
+            config = index_dir
+        else:
+            config = EngineConfig(index_dir=Path(index_dir), device=device, **options)
+        config.index_dir = Path(config.index_dir)
+        self.config = config
+        self._index = indexer.open_index(config.index_dir)
+        self.extractor = indexer.build_extractor(self._index.manifest, config.device)
+        self.backbone = self.extractor.backbone
+        self._write_lock = threading.Lock()  # one writer at a time
+        self._catalog_guard = ReadWriteLock()
+        slots = config.compute_slots or max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+        if self.backbone.device.type != "cpu":
+            slots = max(slots, config.max_batch)  # the batcher needs concurrent submitters
+        self.compute_slots = slots
+        forward_threads = torch.get_num_threads()
+        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
+        self._nmf_pool = (
+            ComputePool(slots, "nmf", torch_threads=config.nmf_threads) if config.pipelined else self._backbone_pool
+        )
+        self._batcher = ForwardBatcher(self._forward_many, config.max_batch, config.batch_timeout_ms / 1000.0)
+        self.localizer = Localizer(
+            self.backbone,
+            self.extractor.config,
+            image_size=config.localization_size,
+            k=config.localization_k,
+        )
+        self._keys = UploadKeys(config.index_dir)
+
+    # ------------------------------------------------------------------------------------------
+    # read side
+
+    @property
+    def index(self):
+        """The current `OpenIndex` (replaced as a whole by add/remove)."""
+        return self._index
+
+    @property
+    def count(self) -> int:
+        return int(self._index.count)
+
+    def search(
+        self,
+        image: bytes,
+        box: Sequence[float] | None = None,
+        top_k: int = 10,
+        query_expansion: int = 0,
+        localize: bool = False,
+    ) -> list[SearchHit]:
+        return self.query(image, box, top_k, query_expansion, localize).hits
+
+    def query(
+        self,
+        image: bytes,
+        box: Sequence[float] | None = None,
+        top_k: int = 10,
+        query_expansion: int = 0,
+        localize: bool = False,
+        *,
+        with_heatmaps: bool = False,
+        deadline: float | None = None,
+    ) -> SearchOutcome:
+        """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
+        self._check_numbers(top_k, query_expansion)
+        clock = StageClock(deadline)
+        with clock.stage("decode"):
+            img = self._decode(image)
+            query_box = validate_box(box, *img.size)
+            tensor = self.backbone.preprocess(img, self.extractor.image_size)
+        activation = self._backbone_pool.run(clock, "forward", self._batcher.run, tensor)
+        rows = self._nmf_pool.run(
+            clock, "nmf", self.extractor.rows_from_activations, [activation], [img.size], [query_box]
+        )[0]
+        with clock.stage("descriptor"):
+            descriptor = np.asarray(self.extractor.global_descriptor(rows, self._index.whitening), dtype=np.float32)
+        with self._catalog_guard.read():
+            index = self._index  # FAISS ids and catalog paths from one and the same state
+            k = min(int(top_k), max(1, int(index.count)))
+            with clock.stage("faiss"):
+                scores, ids = index.search(descriptor[None, :], k)
+            scores, ids = scores[0], ids[0]
+            if query_expansion > 0:
+                with clock.stage("expansion"):
+                    scores, ids = self._expand(index, descriptor, scores, ids, int(query_expansion), k)
+            keep = ids >= 0
+            scores, ids = scores[keep], ids[keep]
+            paths = index.paths([int(i) for i in ids])
+        hits = [
+            SearchHit(
+                id=int(i),
+                path=str(p) if p is not None else "",
+                score=float(s),
+                rank=rank,
+                key=self._keys.key_for(p),
+            )
+            for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
+        ]
+        outcome = SearchOutcome(hits=hits, query_factors=int(rows.shape[0]), query_size=img.size)
+        if localize and hits:
+            result = self._backbone_pool.run(
+                clock,
+                "localization",
+                partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
+                img,
+                query_box,
+                [self._resolve(hit.path) for hit in hits],
+            )
+            self._apply_localization(outcome, result, with_heatmaps)
+        outcome.stages_ms = clock.ms
+        return outcome
+
+    def info(self) -> dict:
+        index = self._index
+        manifest = dict(index.manifest)
+        return {
+            "index_dir": str(self.config.index_dir),
+            "count": int(index.count),
+            "backbone": self.backbone.name,
+            "image_size": int(self.extractor.image_size),
+            "method": str(getattr(self.extractor.config, "method", manifest.get("method", ""))),
+            "dimension": int(manifest.get("dim", 0)),
+            "max_top_k": self.config.max_top_k,
+            "device": str(self.backbone.device),
+            "max_batch": self._batcher.max_batch,
+            "compute_slots": self.compute_slots,
+            "pipelined": self.config.pipelined,
+            "manifest": manifest,
+        }
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._backbone_pool.close()
+        self._nmf_pool.close()
+
+    # ------------------------------------------------------------------------------------------
+    # write side (one writer at a time; readers never wait)
+
+    def add_images(self, items: Sequence[tuple[str, bytes]]) -> list[AddedImage]:
+        """Store uploads under INDEX_DIR/uploads/<sha256>.<ext>, index them, swap the index in.
+
+        Every item is decoded first: one bad image rejects the whole request and changes nothing.
+        Content that is already indexed (same sha256) is not added again: its existing id comes
+        back with `duplicate=True`.
+        """
+        import indexer
+
+        if not items:
+            raise InvalidQueryError("empty", "AddImages received no images; send at least one")
+        prepared: list[tuple[str, bytes, str]] = []  # (key, bytes to store, extension)
+        for position, (key, data) in enumerate(items):
+            try:
+                img = decode_image(data, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
+            except ImageDecodeError as exc:
+                label = f"image {position}" + (f" (key {key!r})" if key else "")
+                raise InvalidQueryError(exc.reason, f"{label}: {exc}; nothing was added") from exc
+            extension = _FORMAT_EXTENSIONS.get(_container_format(data))
+            if extension is None:  # a format the indexer does not list (GIF, BMP, TIFF...): store PNG
+                buffer = io.BytesIO()
+                img.save(buffer, format="PNG")
+                data, extension = buffer.getvalue(), ".png"
+            prepared.append((key, bytes(data), extension))
+        with self._write_lock:
+            uploads = self._keys.folder
+            uploads.mkdir(exist_ok=True)
+            stored: list[tuple[str, Path, str, bool]] = []  # key, file, sha256, created now
+            for key, data, extension in prepared:
+                digest = hashlib.sha256(data).hexdigest()
+                target = uploads / f"{digest}{extension}"
+                created = not target.exists()
+                if created:
+                    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, target)
+                stored.append((key, target, digest, created))
+            files = sorted({str(path) for _, path, _, _ in stored})
+            summary = indexer.add_images(self.config.index_dir, files, extractor=self.extractor, progress=False)
+            fresh = indexer.open_index(self.config.index_dir)
+            new_ids = [int(i) for i in summary.ids]
+            id_by_file = {
+                os.path.realpath(p): i for p, i in zip(fresh.paths(new_ids), new_ids, strict=True) if p is not None
+            }
+            by_sha: dict[str, int] | None = None
+            added: list[AddedImage] = []
+            for key, path, digest, created in stored:
+                image_id = id_by_file.get(os.path.realpath(path))
+                duplicate = image_id is None
+                if duplicate:  # already indexed with this content (maybe under another path)
+                    if by_sha is None:
+                        by_sha = fresh.catalog.indexed_by_sha256()
+                    if digest not in by_sha:
+                        raise SearchEngineError(f"{path} was stored but the indexer did not index it")
+                    image_id = int(by_sha[digest])
+                    indexed_path = fresh.paths([image_id])[0]
+                    if created and indexed_path is not None and Path(indexed_path) != path:
+                        path.unlink(missing_ok=True)  # the content lives elsewhere; keep no orphan
+                    path = Path(indexed_path) if indexed_path else path
+                added.append(AddedImage(image_id, key, str(path), duplicate=duplicate))
+            self._keys.update(set_keys={a.path: a.key for a in added if a.key})
+            self._index = fresh
+        return added
+
+    def remove_images(self, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> int:
+        """Remove by id and/or path; returns how many indexed images were removed.
+
+        Uploaded files (INDEX_DIR/uploads/) of removed images are deleted with them.
+        """
+        import indexer
+
+        if not len(ids) and not len(paths):
+            raise InvalidQueryError("empty", "RemoveImages needs ids or paths; got neither")
+        with self._write_lock:
+            candidates = {str(p) for p in self._index.paths([int(i) for i in ids]) if p} | {str(p) for p in paths}
+            # the catalog is changed in place: searches between FAISS and the path lookup must
+            # not see it half-way, so they are held off (briefly) while the removal runs
+            with self._catalog_guard.write():
+                removed = indexer.remove_images(
+                    self.config.index_dir, ids=[int(i) for i in ids] or None, paths=[str(p) for p in paths] or None
+                )
+                if removed:
+                    self._index = indexer.open_index(self.config.index_dir)
+            if removed:
+                # uploads are named by content and deduplicated, so a removed entry owns its file
+                uploaded = [c for c in candidates if self._keys.name(c)]
+                for candidate in uploaded:
+                    Path(candidate).unlink(missing_ok=True)
+                self._keys.update(drop=uploaded)
+        return int(removed)
+
+    # ------------------------------------------------------------------------------------------
+    # internals
+
+    def _check_numbers(self, top_k: int, query_expansion: int) -> None:
+        if not 1 <= int(top_k) <= self.config.max_top_k:
+            raise InvalidQueryError(
+                "bad-top-k", f"top_k={top_k} is out of range; ask for 1 to {self.config.max_top_k} results"
+            )
+        if not 0 <= int(query_expansion) <= self.config.max_query_expansion:
+            raise InvalidQueryError(
+                "bad-query-expansion",
+                f"query_expansion={query_expansion} is out of range; use 0 (off) to "
+                f"{self.config.max_query_expansion}",
+            )
+
+    def _decode(self, image: bytes):
+        try:
+            return decode_image(image, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
+        except ImageDecodeError as exc:
+            raise InvalidQueryError(exc.reason, str(exc)) from exc
+
+    @torch.inference_mode()
+    def _forward_many(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One forward per group of equal-sized images (the batcher's unit of work)."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for position, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
+        for positions in by_size.values():
+            maps = self.backbone.forward(torch.stack([images[p] for p in positions])).float()
+            for position, activation in zip(positions, maps, strict=True):
+                out[position] = activation.contiguous()
+        return out  # type: ignore[return-value]
+
+    def _expand(self, index, query: np.ndarray, scores, ids, n: int, k: int):
+        top = [int(i) for i in ids[:n] if i >= 0]
+        if not top:
+            return scores, ids
+        neighbours = np.asarray(index.vectors(top), dtype=np.float32)
+        expanded = _l2(query + neighbours.sum(axis=0)).astype(np.float32)
+        new_scores, new_ids = index.search(expanded[None, :], k)
+        return new_scores[0], new_ids[0]
+
+    def _resolve(self, path: str) -> Path:
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.config.index_dir / candidate
+
+    def _apply_localization(self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:
+        for hit, match in zip(outcome.hits, result.matches, strict=True):
+            hit.box = match.box
+            hit.image_missing = match.missing
+            hit.width, hit.height = match.size
+            if with_heatmaps:
+                hit.heatmap = match.heatmap
+        if with_heatmaps:
+            outcome.query_heatmap = result.query_heatmap

@@ -1,0 +1,154 @@
+"""Localization of the query region in the search results (design step 9), for the engine.
+
+Loads each result image from the catalog path, runs the backbone at `image_size` (224 by
+default) on the query and the readable results, and calls
+`descriptors.localization.colocalize` (joint NMF, factors inside the query box, top-30%
+binarization, largest connected component). A result whose image is gone from disk or cannot
+be decoded gets no box and `missing=True`; it never fails the request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from descriptors.images import ImageDecodeError, decode_image
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class MatchLocalization:
+    box: Box | None
+    missing: bool
+    size: tuple[int, int]  # (width, height) of the result image, (0, 0) when missing
+    heatmap: np.ndarray | None = None
+
+
+@dataclass
+class LocalizationResult:
+    matches: list[MatchLocalization]
+    query_heatmap: np.ndarray | None = None
+
+
+class Localizer:
+    """Joint-NMF localization with the engine's backbone at a fixed small image size."""
+
+    def __init__(self, backbone, descriptor_config, image_size: int = 224, k: int | None = None) -> None:
+        self.backbone = backbone
+        self.descriptor_config = descriptor_config
+        self.image_size = int(image_size)
+        self.k = int(k if k is not None else getattr(descriptor_config, "k", 8))
+
+    def localize(
+        self,
+        query: Image.Image,
+        query_box: Box | None,
+        match_paths: Sequence[str | Path],
+        deadline: float | None = None,
+        with_heatmaps: bool = False,
+    ) -> LocalizationResult:
+        from descriptors.localization import colocalize
+
+        width, height = query.size
+        box = query_box if query_box is not None else (0.0, 0.0, float(width), float(height))
+        images: list[Image.Image | None] = []
+        for path in match_paths:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("deadline exceeded while loading result images for localization")
+            try:
+                images.append(decode_image(path))
+            except ImageDecodeError:
+                images.append(None)
+        readable = [img for img in images if img is not None]
+        tensors = [self.backbone.preprocess(img, self.image_size) for img in [query, *readable]]
+        with torch.inference_mode():
+            acts = self.backbone.extract(tensors)
+        match_whs = [img.size for img in readable]
+        query_heatmap, match_heatmaps = None, None
+        if with_heatmaps:
+            boxes, query_heatmap, match_heatmaps = colocalize_with_heatmaps(
+                acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options()
+            )
+        else:
+            boxes = colocalize(acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options())
+        matches: list[MatchLocalization] = []
+        position = 0
+        for img in images:
+            if img is None:
+                matches.append(MatchLocalization(box=None, missing=True, size=(0, 0)))
+                continue
+            heatmap = match_heatmaps[position] if match_heatmaps is not None else None
+            matches.append(MatchLocalization(boxes[position], False, img.size, _normalized(heatmap)))
+            position += 1
+        return LocalizationResult(matches, _normalized(query_heatmap))
+
+    def _nmf_options(self) -> dict:
+        config = self.descriptor_config
+        return {
+            "max_iter": config.max_iter,
+            "tol": config.tol,
+            "seed": config.seed,
+            "threshold": config.box_threshold,
+            "crow_weighting": config.crow_weighting,
+        }
+
+
+def colocalize_with_heatmaps(
+    query_act: torch.Tensor,
+    query_box: Box,
+    query_wh: tuple[int, int],
+    match_acts: Sequence[torch.Tensor],
+    match_whs: Sequence[tuple[int, int]],
+    k: int = 8,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int = 0,
+    threshold: float = 0.75,
+    fraction: float = 0.3,
+    crow_weighting: bool = True,
+) -> tuple[list[Box | None], torch.Tensor, list[torch.Tensor]]:
+    """`descriptors.localization.colocalize`, step for step, also returning the averaged heatmaps
+    of the kept factors (query's, then each match's) for `dff-query --show`.
+
+    tests/searcher/test_localize.py checks that its boxes equal colocalize's on real activations.
+    """
+    from descriptors.boxes import box_to_grid, select_factors_in_grid_box
+    from descriptors.crow import crow_channel_weights
+    from descriptors.localization import heatmap_to_box
+    from descriptors.nmf import nmf
+
+    if not match_acts:
+        return [], torch.zeros(query_act.shape[1:]), []
+    acts = [query_act, *match_acts]
+    rows = torch.cat([A.flatten(1) for A in acts], dim=1)
+    X = rows.transpose(0, 1)
+    if crow_weighting:
+        X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
+    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]
+    heatmaps = []
+    start = 0
+    for A in acts:
+        h, w = A.shape[1:]
+        heatmaps.append(U[start : start + h * w].transpose(0, 1).reshape(k, h, w))
+        start += h * w
+    grid_box = box_to_grid(query_box, query_wh, tuple(query_act.shape[1:]))
+    chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
+    averaged = [heatmap[chosen].mean(dim=0) for heatmap in heatmaps]
+    boxes = [heatmap_to_box(m, fraction=fraction, out_wh=wh) for m, wh in zip(averaged[1:], match_whs, strict=True)]
+    return boxes, averaged[0], averaged[1:]
+
+
+def _normalized(heatmap) -> np.ndarray | None:
+    if heatmap is None:
+        return None
+    array = heatmap.detach().cpu().numpy() if isinstance(heatmap, torch.Tensor) else np.asarray(heatmap)
+    array = array.astype(np.float32)
+    peak = float(array.max()) if array.size else 0.0
+    return array / peak if peak > 0 else array

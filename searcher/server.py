@@ -1,0 +1,218 @@
+"""`dff-serve`: the gRPC search service over an index directory.
+
+    dff-serve --index DIR [--host 127.0.0.1] [--port 50051] [--max-batch N] [--batch-timeout-ms 5]
+              [--token-file F] [--tls-cert C --tls-key K] [--metrics-port P] [--device cpu|cuda]
+
+Serves `dffsearch.v1.SearchService`, the standard `grpc.health.v1` health service (SERVING once
+the index and model are loaded) and server reflection. SIGTERM/SIGINT: health goes NOT_SERVING,
+no new RPCs are accepted, in-flight ones get `--grace` seconds to finish, exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from dffsearch.v1 import search_pb2, search_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .auth import BearerTokenInterceptor, is_loopback, read_token_file
+from .engine import EngineConfig, SearchEngine
+from .metrics import SearcherMetrics
+from .servicer import SearchServicer
+
+log = logging.getLogger("dff-serve")
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """All of dff-serve's settings (the CLI flags)."""
+
+    index: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    device: str = "cpu"
+    max_batch: int | None = None  # None: 1 on CPU (measured: batching is slower there), 16 on CUDA
+    batch_timeout_ms: float = 5.0
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_port: int | None = None
+    max_top_k: int = 100
+    max_message_mb: float = 32.0
+    workers: int = 16
+    # torch intra-op threads; FAISS shares the same OpenMP pool, so this sets both.
+    torch_threads: int | None = None  # None: torch's default (all cores)
+    compute_slots: int | None = None
+    pipelined: bool = True
+    nmf_threads: int | None = 1
+    grace_s: float = 30.0
+
+    def resolved_max_batch(self) -> int:
+        if self.max_batch is not None:
+            return max(1, self.max_batch)
+        return 16 if self.device.startswith("cuda") else 1
+
+
+class RunningServer:
+    """A started server: `.port`, `.engine`, `.metrics`, `.stop(grace)`."""
+
+    def __init__(self, server: grpc.Server, port: int, engine: SearchEngine, health_servicer, metrics) -> None:
+        self.server, self.port, self.engine, self.health, self.metrics = server, port, engine, health_servicer, metrics
+        self._metrics_http = None
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.engine.close()
+        if self._metrics_http is not None:
+            self._metrics_http[0].shutdown()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _credentials(config: ServerConfig):
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+
+
+def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
+    """Load the index (unless an engine is given), bind, register services, start serving."""
+    import torch
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    token = read_token_file(config.token_file) if config.token_file else None
+    loopback = is_loopback(config.host)
+    if engine is None:
+        engine = SearchEngine(
+            EngineConfig(
+                index_dir=Path(config.index),
+                device=config.device,
+                max_top_k=config.max_top_k,
+                max_batch=config.resolved_max_batch(),
+                batch_timeout_ms=config.batch_timeout_ms,
+                compute_slots=config.compute_slots,
+                pipelined=config.pipelined,
+                nmf_threads=config.nmf_threads,
+            )
+        )
+    metrics = SearcherMetrics()
+    max_bytes = int(config.max_message_mb * 1024 * 1024)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+        interceptors=[BearerTokenInterceptor(token, require_for_writes_without_token=not loopback)],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    credentials = _credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}: the port is in use or the address is not local")
+    server.start()
+    running = RunningServer(server, port, engine, health_servicer, metrics)
+    if config.metrics_port is not None:
+        running._metrics_http = metrics.serve(config.metrics_port, host=config.host)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dff-serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", required=True, type=Path, help="index directory built by dff-index")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--max-batch", type=int, default=None,
+        help="dynamic batching of concurrent forwards (default: 1 = off on CPU, 16 on CUDA)",
+    )
+    parser.add_argument("--batch-timeout-ms", type=float, default=5.0)
+    parser.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>'")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--max-top-k", type=int, default=100)
+    parser.add_argument("--max-message-mb", type=float, default=32.0)
+    parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
+    parser.add_argument(
+        "--no-pipeline", action="store_true",
+        help="one slot pool for forward and NMF (default: separate, so NMF overlaps the next forward)",
+    )
+    parser.add_argument("--nmf-threads", type=int, default=1, help="torch threads of the NMF pool (0: default)")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        index=args.index, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms, token_file=args.token_file, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
+        max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
+        compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
+        nmf_threads=args.nmf_threads or None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = config_from_args(build_parser().parse_args(argv))
+    if not Path(config.index).is_dir():
+        print(f"dff-serve: index directory {config.index} does not exist; build it with dff-index", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        running = start_server(config)
+    except Exception as exc:
+        print(f"dff-serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    info = running.engine.info()
+    if not is_loopback(config.host) and config.token_file is None:
+        log.warning("listening on %s without --token-file: AddImages/RemoveImages are refused", config.host)
+    log.info(
+        "serving %s (%d images, %s, %s px) on %s:%d; batch %d, compute slots %d, pid %d",
+        config.index, info["count"], info["backbone"], info["image_size"], config.host, running.port,
+        info["max_batch"], info["compute_slots"], os.getpid(),
+    )
+    print(f"dff-serve: listening on {config.host}:{running.port}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down: draining in-flight requests (grace %.0f s)", config.grace_s)
+    running.stop(config.grace_s)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

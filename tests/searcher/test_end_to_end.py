@@ -1,0 +1,105 @@
+"""End to end: `dff-index`-built index, `dff-serve` as a subprocess on a free port, `dff-query --json`,
+add / find / remove over gRPC, SIGTERM (exit 0), restart: the state is kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from searcher_fixtures import jpeg_bytes, photo
+
+from searcher.client import SearchClient
+
+BIN = Path(sys.executable).parent
+
+
+def _start(index: Path, token_file: Path) -> tuple[subprocess.Popen, int]:
+    log = open(index.parent / "serve.log", "a")  # noqa: SIM115 - the server's stderr, read on failure
+    process = subprocess.Popen(
+        [str(BIN / "dff-serve"), "--index", str(index), "--port", "0", "--token-file", str(token_file),
+         "--torch-threads", "1"],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            return process, int(match.group(1))
+        if process.poll() is not None:
+            raise AssertionError(f"dff-serve exited {process.returncode}: {(index.parent / 'serve.log').read_text()}")
+    process.kill()
+    raise AssertionError("dff-serve did not print its port within 120 s")
+
+
+def _stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_serve_query_add_remove_restart(index_copy: Path, photo_folder: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("e2e-token")
+    process, port = _start(index_copy, token_file)
+    try:
+        with SearchClient("127.0.0.1", port, token="e2e-token") as client:
+            client.wait_until_serving(60)
+            start_count = client.info().count
+
+            query = photo_folder / "rocket.jpg"
+            cli = subprocess.run(
+                [str(BIN / "dff-query"), str(query), "--port", str(port), "--top-k", "5", "--json",
+                 "--token-file", str(token_file)],
+                capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )
+            assert cli.returncode == 0, cli.stderr
+            results = json.loads(cli.stdout)["results"]
+            assert results[0]["rank"] == 1 and Path(results[0]["path"]).stem == "rocket"
+            assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+            kept, dropped = jpeg_bytes(photo("retina")), jpeg_bytes(photo("grass"))
+            added = client.add_images([("retina", kept), ("grass", dropped)])
+            assert [a.key for a in added.added] == ["retina", "grass"] and added.count == start_count + 2
+            kept_id, dropped_id = added.added[0].id, added.added[1].id
+            top = client.search(dropped, top_k=1).results[0]
+            assert (top.id, top.key) == (dropped_id, "grass")
+
+            removed = client.remove_images(ids=[dropped_id])
+            assert removed.removed == 1 and removed.count == start_count + 1
+            assert dropped_id not in [r.id for r in client.search(dropped, top_k=20).results]
+        assert _stop(process) == 0
+
+        process, port = _start(index_copy, token_file)
+        with SearchClient("127.0.0.1", port, token="e2e-token") as client:
+            client.wait_until_serving(60)
+            assert client.info().count == start_count + 1
+            top = client.search(kept, top_k=1).results[0]
+            assert (top.id, top.key) == (kept_id, "retina")
+            assert dropped_id not in [r.id for r in client.search(dropped, top_k=20).results]
+
+            # SIGTERM while a (slow, localizing) search is in flight: it completes, then exit 0
+            in_flight: list = []
+            thread = threading.Thread(
+                target=lambda: in_flight.append(client.search(kept, top_k=11, localize=True, timeout=120))
+            )
+            thread.start()
+            time.sleep(0.5)
+            assert _stop(process) == 0
+            thread.join()
+            assert in_flight and in_flight[0].results[0].id == kept_id
+    finally:
+        if process.poll() is None:
+            process.kill()
