@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -94,6 +95,67 @@ def iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@dataclass
+class Colocalization:
+    """Joint-NMF localization: per match a box (or None), and the averaged heatmaps of the kept
+    factors on each feature grid (query first), for display."""
+
+    boxes: list[Box | None]
+    query_heatmap: Tensor
+    match_heatmaps: list[Tensor]
+    kept_factors: Tensor
+
+
+def colocalize_heatmaps(
+    query_act: Tensor,
+    query_box: Sequence[float],
+    query_wh: tuple[int, int],
+    match_acts: Sequence[Tensor],
+    match_whs: Sequence[tuple[int, int]],
+    k: int = 8,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int = 0,
+    threshold: float = 0.75,
+    fraction: float = 0.3,
+    crow_weighting: bool = True,
+) -> Colocalization:
+    """Design step 9, returning the heatmaps too (see `colocalize`)."""
+    if len(match_acts) != len(match_whs):
+        raise ValueError(f"colocalize: {len(match_acts)} match activations but {len(match_whs)} match sizes")
+    acts = [query_act, *match_acts]
+    for i, A in enumerate(acts):
+        if not isinstance(A, Tensor) or A.dim() != 3 or A.shape[0] != query_act.shape[0]:
+            raise ValueError(
+                f"colocalize: activation {i} must be (C, h, w) with C = {query_act.shape[0]}, "
+                f"got {getattr(A, 'shape', type(A).__name__)}"
+            )
+    if not match_acts:
+        empty = torch.zeros(tuple(query_act.shape[1:]))
+        return Colocalization([], empty, [], torch.zeros(0, dtype=torch.long))
+    rows = torch.cat([A.flatten(1) for A in acts], dim=1)  # (C, sum of h*w)
+    X = rows.transpose(0, 1)
+    if crow_weighting:
+        X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
+    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]  # (sum of h*w, K)
+
+    heatmaps: list[Tensor] = []
+    start = 0
+    for A in acts:
+        h, w = A.shape[1:]
+        heatmaps.append(U[start : start + h * w].transpose(0, 1).reshape(k, h, w))
+        start += h * w
+
+    grid_box = box_to_grid(query_box, query_wh, tuple(query_act.shape[1:]))
+    chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
+    averaged = [heatmap[chosen].mean(dim=0) for heatmap in heatmaps]
+    boxes = [
+        heatmap_to_box(heatmap, fraction=fraction, out_wh=wh)
+        for heatmap, wh in zip(averaged[1:], match_whs, strict=True)
+    ]
+    return Colocalization(boxes, averaged[0], averaged[1:], chosen)
+
+
 def colocalize(
     query_act: Tensor,
     query_box: Sequence[float],
@@ -115,33 +177,17 @@ def colocalize(
     ``threshold`` of its mass in the query box (fallback: the largest share) are averaged per match.
     A match whose averaged heatmap is all zero gets None.
     """
-    if len(match_acts) != len(match_whs):
-        raise ValueError(f"colocalize: {len(match_acts)} match activations but {len(match_whs)} match sizes")
-    acts = [query_act, *match_acts]
-    for i, A in enumerate(acts):
-        if not isinstance(A, Tensor) or A.dim() != 3 or A.shape[0] != query_act.shape[0]:
-            raise ValueError(
-                f"colocalize: activation {i} must be (C, h, w) with C = {query_act.shape[0]}, "
-                f"got {getattr(A, 'shape', type(A).__name__)}"
-            )
-    if not match_acts:
-        return []
-    rows = torch.cat([A.flatten(1) for A in acts], dim=1)  # (C, sum of h*w)
-    X = rows.transpose(0, 1)
-    if crow_weighting:
-        X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
-    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]  # (sum of h*w, K)
-
-    heatmaps: list[Tensor] = []
-    start = 0
-    for A in acts:
-        h, w = A.shape[1:]
-        heatmaps.append(U[start : start + h * w].transpose(0, 1).reshape(k, h, w))
-        start += h * w
-
-    grid_box = box_to_grid(query_box, query_wh, tuple(query_act.shape[1:]))
-    chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
-    boxes: list[Box | None] = []
-    for heatmap, wh in zip(heatmaps[1:], match_whs, strict=True):
-        boxes.append(heatmap_to_box(heatmap[chosen].mean(dim=0), fraction=fraction, out_wh=wh))
-    return boxes
+    return colocalize_heatmaps(
+        query_act,
+        query_box,
+        query_wh,
+        match_acts,
+        match_whs,
+        k,
+        max_iter,
+        tol,
+        seed,
+        threshold,
+        fraction,
+        crow_weighting,
+    ).boxes

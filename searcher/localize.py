@@ -54,7 +54,7 @@ class Localizer:
         deadline: float | None = None,
         with_heatmaps: bool = False,
     ) -> LocalizationResult:
-        from descriptors.localization import colocalize
+        from descriptors.localization import colocalize, colocalize_heatmaps
 
         width, height = query.size
         box = query_box if query_box is not None else (0.0, 0.0, float(width), float(height))
@@ -73,11 +73,14 @@ class Localizer:
         match_whs = [img.size for img in readable]
         query_heatmap, match_heatmaps = None, None
         if with_heatmaps:
-            boxes, query_heatmap, match_heatmaps = colocalize_with_heatmaps(
+            found = colocalize_heatmaps(
                 acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options()
             )
+            boxes, query_heatmap, match_heatmaps = found.boxes, found.query_heatmap, found.match_heatmaps
         else:
-            boxes = colocalize(acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options())
+            boxes = colocalize(
+                acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options()
+            )
         matches: list[MatchLocalization] = []
         position = 0
         for img in images:
@@ -98,51 +101,6 @@ class Localizer:
             "threshold": config.box_threshold,
             "crow_weighting": config.crow_weighting,
         }
-
-
-def colocalize_with_heatmaps(
-    query_act: torch.Tensor,
-    query_box: Box,
-    query_wh: tuple[int, int],
-    match_acts: Sequence[torch.Tensor],
-    match_whs: Sequence[tuple[int, int]],
-    k: int = 8,
-    max_iter: int = 200,
-    tol: float = 1e-4,
-    seed: int = 0,
-    threshold: float = 0.75,
-    fraction: float = 0.3,
-    crow_weighting: bool = True,
-) -> tuple[list[Box | None], torch.Tensor, list[torch.Tensor]]:
-    """`descriptors.localization.colocalize`, step for step, also returning the averaged heatmaps
-    of the kept factors (query's, then each match's) for `dff-query --show`.
-
-    tests/searcher/test_localize.py checks that its boxes equal colocalize's on real activations.
-    """
-    from descriptors.boxes import box_to_grid, select_factors_in_grid_box
-    from descriptors.crow import crow_channel_weights
-    from descriptors.localization import heatmap_to_box
-    from descriptors.nmf import nmf
-
-    if not match_acts:
-        return [], torch.zeros(query_act.shape[1:]), []
-    acts = [query_act, *match_acts]
-    rows = torch.cat([A.flatten(1) for A in acts], dim=1)
-    X = rows.transpose(0, 1)
-    if crow_weighting:
-        X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
-    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]
-    heatmaps = []
-    start = 0
-    for A in acts:
-        h, w = A.shape[1:]
-        heatmaps.append(U[start : start + h * w].transpose(0, 1).reshape(k, h, w))
-        start += h * w
-    grid_box = box_to_grid(query_box, query_wh, tuple(query_act.shape[1:]))
-    chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
-    averaged = [heatmap[chosen].mean(dim=0) for heatmap in heatmaps]
-    boxes = [heatmap_to_box(m, fraction=fraction, out_wh=wh) for m, wh in zip(averaged[1:], match_whs, strict=True)]
-    return boxes, averaged[0], averaged[1:]
 
 
 def _normalized(heatmap) -> np.ndarray | None:

@@ -127,16 +127,16 @@ def test_localization_finds_a_planted_object(index_copy: Path) -> None:
     assert "localization" in outcome.stages_ms
 
 
-def test_heatmap_twin_gives_the_same_boxes_as_colocalize(engine, photo_folder: Path) -> None:
-    from descriptors.localization import colocalize
-    from searcher.localize import colocalize_with_heatmaps
+def test_heatmaps_for_show_come_with_the_same_boxes_as_colocalize(engine, photo_folder: Path) -> None:
+    from descriptors.localization import colocalize, colocalize_heatmaps
 
     backbone = engine.backbone
     images = [photo("chelsea"), photo("coffee"), photo("astronaut")]
     acts = backbone.extract([backbone.preprocess(img, 224) for img in images])
     box, whs = (60.0, 0.0, 230.0, 213.0), [img.size for img in images[1:]]
     expected = colocalize(acts[0], box, images[0].size, acts[1:], whs, 4)
-    boxes, query_map, match_maps = colocalize_with_heatmaps(acts[0], box, images[0].size, acts[1:], whs, 4)
+    found = colocalize_heatmaps(acts[0], box, images[0].size, acts[1:], whs, 4)
+    boxes, query_map, match_maps = found.boxes, found.query_heatmap, found.match_heatmaps
     assert boxes == expected
     assert query_map.shape == acts[0].shape[1:]
     assert [m.shape for m in match_maps] == [a.shape[1:] for a in acts[1:]]
