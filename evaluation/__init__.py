@@ -1,0 +1,1 @@
+"""Evaluation harness (`dff-eval`): datasets, metrics, activation cache, runners. Nothing imports it."""

@@ -1,0 +1,130 @@
+"""Cached activations -> every method's global descriptors, from one forward per image.
+
+The database and whitening images are encoded from their cached full-image activations. A
+query with a box is encoded the way each method uses a box: NMF methods select the factors
+inside the box on the *full* image's activations; the baselines crop the *image* to the box,
+which costs one more (cached) forward per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from descriptors.aggregate import aggregate_rows, l2_normalize_rows
+from descriptors.pipeline import NMF_METHODS, DescriptorConfig, Extractor, local_descriptors
+from descriptors.whitening import PCAWhitening
+from evaluation.cache import ActivationCache, Box, ImageRequest
+
+# PCA on more rows than this adds time, not accuracy (1280-D); a fixed-seed subsample keeps memory bounded
+MAX_WHITENING_ROWS = 60_000
+
+
+class MethodEncoder:
+    """Global descriptors of several methods from the same cached activations."""
+
+    def __init__(
+        self, cache: ActivationCache, methods: Sequence[str], k: int = 8, progress: bool | None = None
+    ) -> None:
+        self.cache = cache
+        self.methods = list(methods)
+        self.configs = {m: DescriptorConfig(method=m, k=k) for m in self.methods}
+        self.extractors = {
+            m: Extractor(cache.backbone, self.configs[m], cache.image_size) for m in self.methods
+        }
+        self.progress = progress
+        self.whitenings: dict[str, PCAWhitening | None] = dict.fromkeys(self.methods)
+
+    @property
+    def needs_crops(self) -> bool:
+        return any(m not in NMF_METHODS for m in self.methods)
+
+    def _bar(self, total: int, label: str) -> tqdm:
+        import sys
+
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        return tqdm(total=total, desc=label, disable=not show)
+
+    def local_rows(
+        self, requests: Sequence[ImageRequest], label: str = "descriptors"
+    ) -> dict[str, list[np.ndarray]]:
+        """Full-image local rows of every request for every method (chunked: bounded memory)."""
+        self.cache.ensure(requests, progress=self.progress, label=f"{label}: activations")
+        out: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
+        with self._bar(len(requests), f"{label}: rows") as bar:
+            for chunk in self.cache.iter_chunks(requests):
+                acts = [c.activation for c in chunk]
+                for m in self.methods:
+                    out[m].extend(local_descriptors(acts, self.configs[m]))
+                bar.update(len(chunk))
+        return out
+
+    def fit_whitening(self, requests: Sequence[ImageRequest], dim: int | None = None) -> None:
+        """PCA-whitening per method, learned on the l2-normalized rows of `requests`."""
+        rows = self.local_rows(requests, label="whitening set")
+        rng = np.random.default_rng(0)
+        for m in self.methods:
+            stacked = l2_normalize_rows(np.concatenate(rows[m], axis=0))
+            stacked = stacked[np.any(stacked != 0, axis=1)]
+            if len(stacked) > MAX_WHITENING_ROWS:
+                stacked = stacked[np.sort(rng.choice(len(stacked), MAX_WHITENING_ROWS, replace=False))]
+            self.whitenings[m] = PCAWhitening.fit(stacked, dim, allow_clamp=dim is None)
+
+    def _aggregate(self, method: str, rows: list[np.ndarray]) -> np.ndarray:
+        return np.stack([aggregate_rows(r, self.whitenings[method]) for r in rows])
+
+    def database(self, requests: Sequence[ImageRequest], label: str = "database") -> dict[str, np.ndarray]:
+        rows = self.local_rows(requests, label)
+        return {m: self._aggregate(m, rows[m]) for m in self.methods}
+
+    def queries(self, requests: Sequence[ImageRequest], boxes: Sequence[Box | None]) -> dict[str, np.ndarray]:
+        """Query descriptors; `boxes` in pixels of each (EXIF-transposed) query image, or None."""
+        crops = [ImageRequest(r.path, b) for r, b in zip(requests, boxes, strict=True) if b is not None]
+        self.cache.ensure(
+            list(requests) + (crops if self.needs_crops else []), progress=self.progress, label="queries"
+        )
+        full = [self.cache.load(r) for r in requests]
+        acts = [c.activation for c in full]
+        out = {}
+        for m in self.methods:
+            if m in NMF_METHODS:
+                rows = self.extractors[m].rows_from_activations(acts, [c.image_wh for c in full], list(boxes))
+            else:
+                cropped: list[torch.Tensor] = [
+                    a if b is None else self.cache.load(ImageRequest(r.path, b)).activation
+                    for a, r, b in zip(acts, requests, boxes, strict=True)
+                ]
+                rows = local_descriptors(cropped, self.configs[m])
+            out[m] = self._aggregate(m, rows)
+        return out
+
+
+def rank_database(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """(n_q, n_db) database indices by decreasing inner product (ties: lower index first)."""
+    return np.argsort(-(queries @ database.T), axis=1, kind="stable")
+
+
+def expand_queries(
+    queries: np.ndarray,
+    database: np.ndarray,
+    ranking: np.ndarray,
+    n: int,
+    exclude: Sequence[int | None] | None = None,
+) -> np.ndarray:
+    """Average query expansion: query + its top-n database descriptors, l2-normalized.
+
+    `exclude[i]` (a database index, e.g. the query's own image in leave-one-out) is skipped.
+    """
+    if n == 0:
+        return queries
+    expanded = np.empty_like(queries)
+    for i in range(len(queries)):
+        skip = None if exclude is None else exclude[i]
+        top = [j for j in ranking[i, : n + 1] if j != skip][:n]
+        v = queries[i] + database[top].sum(axis=0)
+        norm = np.linalg.norm(v)
+        expanded[i] = v / norm if norm > 0 else v
+    return expanded
