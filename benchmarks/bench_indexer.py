@@ -1,0 +1,198 @@
+"""Indexing throughput vs the bare backbone, and peak memory vs collection size.
+
+    python benchmarks/bench_indexer.py                      # defaults: 48 photos at 512 px, RSS 200 vs 2000
+    python benchmarks/bench_indexer.py --n 16 --rss-sizes 50 200 --json out.json   # quick
+
+Throughput: the same JPEG files (crops of scikit-image's sample photos, 800x600) are
+(a) decoded + preprocessed up front, then only `backbone.extract` is timed (the bare forward), and
+(b) indexed end to end by `build_index` with an already loaded extractor (decode threads, forward,
+NMF, descriptor, shard commits, FAISS, catalog). ratio = (b) images/s / (a) images/s.
+RSS: `dff-index build` runs as a child process on N synthetic images; its peak RSS comes from
+wait4's rusage. Streaming means it must not grow with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
+
+
+def write_photo_set(folder: Path, n: int, size: tuple[int, int] = (800, 600)) -> list[Path]:
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bases = []
+    for name in PHOTOS:
+        array = getattr(skimage.data, name)()
+        array = array[0] if isinstance(array, tuple) else array
+        bases.append(Image.fromarray(array[..., :3].astype(np.uint8)).resize((1000, 750)))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        x0, y0 = int(rng.integers(0, 150)), int(rng.integers(0, 100))
+        crop = base.crop((x0, y0, x0 + 850, y0 + 640)).resize(size)
+        path = folder / f"photo_{i:05d}.jpg"
+        crop.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def write_synthetic_set(folder: Path, n: int, side: int) -> None:
+    """Smooth random colour fields (cheap to make, compress like photos, all different)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((side, side * 3 // 4), Image.BICUBIC)
+        image.save(folder / f"syn_{i:05d}.jpg", quality=85)
+
+
+def bare_forward_ips(extractor, paths: list[Path], repeats: int = 1) -> float:
+    from descriptors.images import decode_image
+
+    tensors = [extractor.backbone.preprocess(decode_image(p), extractor.image_size) for p in paths]
+    extractor.backbone.extract(tensors[:2])  # warm-up (first-call kernel selection)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for tensor in tensors:
+            extractor.backbone.extract([tensor])
+    return repeats * len(tensors) / (time.perf_counter() - start)
+
+
+def end_to_end_ips(extractor, folder: Path, config, work: Path) -> tuple[float, float]:
+    from indexer.build import build_index
+
+    out = work / f"index-{time.monotonic_ns()}"
+    start = time.perf_counter()
+    summary = build_index(folder, out, config, progress=False, extractor=extractor)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return summary.indexed / seconds, seconds
+
+
+def nmf_ips(extractor, paths: list[Path]) -> float:
+    """Descriptor stage alone (CroW + NMF + rows) on precomputed activations."""
+    from descriptors.images import decode_image
+    from descriptors.pipeline import local_descriptors
+
+    acts = [extractor.backbone.extract([extractor.backbone.preprocess(decode_image(p), extractor.image_size)])[0] for p in paths]
+    start = time.perf_counter()
+    local_descriptors(acts, extractor.config)
+    return len(acts) / (time.perf_counter() - start)
+
+
+def peak_rss_mb_of_build(folder: Path, out: Path, image_size: int, extra: list[str]) -> tuple[float, float]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "indexer.cli", "build", str(folder), "--out", str(out), "--image-size", str(image_size), "--quiet", *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024.0, seconds  # ru_maxrss is in kB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=48, help="photos for the throughput comparison")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--descriptor", default="nmf-vu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="decode threads to try (first = default)")
+    parser.add_argument("--rss-sizes", type=int, nargs="*", default=[200, 2000], help="collection sizes for peak RSS")
+    parser.add_argument("--rss-image-size", type=int, default=128, help="--image-size of the RSS builds (time)")
+    parser.add_argument("--rss-whiten-dim", type=int, default=0, help="also stress the two-pass path (0: off)")
+    parser.add_argument("--overlap", action="store_true", help="NMF in a background thread (IndexConfig.overlap_nmf)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved bare / end-to-end rounds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS builds")
+    parser.add_argument("--json", default=None, help="write the numbers to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    args = parser.parse_args()
+
+    import torch
+
+    from indexer.config import IndexConfig
+    from indexer.extraction import make_extractor
+
+    work = Path(tempfile.mkdtemp(prefix="bench_indexer_"))
+    results: dict = {"image_size": args.image_size, "n": args.n, "descriptor": args.descriptor,
+                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        photos = work / "photos"
+        paths = write_photo_set(photos, args.n) if not args.rss_only else []
+        config = IndexConfig(image_size=args.image_size, descriptor=args.descriptor, batch_size=args.batch_size,
+                             overlap_nmf=args.overlap)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.rss_only:
+            args.rounds = 0
+        results["torch_threads"] = torch.get_num_threads()
+        extractor = make_extractor(config) if not args.rss_only else None
+        nmf = nmf_ips(extractor, paths[: min(16, len(paths))]) if paths else float("nan")
+        results["descriptor_stage_images_per_s"] = nmf
+        print(f"torch threads {torch.get_num_threads()}, load average before: {os.getloadavg()[0]:.1f}")
+        print(f"{'descriptor stage alone (CroW+NMF+rows)':<42} {nmf:9.2f} images/s")
+        # Rounds interleave the bare forward and the end-to-end runs so that both see the same
+        # background load (the shared machine's load swings by 2x within minutes); the ratio is
+        # the median of the per-round ratios.
+        print(f"{'round':<6} {'workers':>7} {'bare img/s':>10} {'e2e img/s':>10} {'ratio':>6}")
+        per_workers: dict[int, list[tuple[float, float]]] = {w: [] for w in args.workers}
+        for round_index in range(args.rounds):
+            for workers in args.workers:
+                bare = bare_forward_ips(extractor, paths)
+                ips, _ = end_to_end_ips(extractor, photos, config.replace(workers=workers), work)
+                per_workers[workers].append((bare, ips))
+                print(f"{round_index:<6} {workers:>7} {bare:10.2f} {ips:10.2f} {ips / bare:6.3f}", flush=True)
+        summary = {}
+        for workers, pairs in per_workers.items() if args.rounds else ():
+            summary[workers] = {
+                "bare_images_per_s": float(np.median([b for b, _ in pairs])),
+                "end_to_end_images_per_s": float(np.median([e for _, e in pairs])),
+                "ratio": float(np.median([e / b for b, e in pairs])),
+            }
+            print(f"median, --workers {workers}: ratio {summary[workers]['ratio']:.3f} "
+                  f"(bare {summary[workers]['bare_images_per_s']:.2f}, end-to-end {summary[workers]['end_to_end_images_per_s']:.2f} images/s)")
+        if args.rounds:
+            default = summary[args.workers[0]]
+            results["by_workers"] = summary
+            results["bare_forward_images_per_s"] = default["bare_images_per_s"]
+            results["end_to_end_images_per_s"] = default["end_to_end_images_per_s"]
+            results["throughput_ratio"] = default["ratio"]
+            print(f"throughput_ratio (end-to-end / bare forward, --workers {args.workers[0]}) = {default['ratio']:.3f}")
+
+        if args.rss_sizes:
+            print(f"\n{'images':>7} {'peak RSS MB':>12} {'seconds':>8}   (dff-index build, {args.rss_image_size} px, synthetic)")
+            extra = ["--descriptor", args.descriptor, "--whiten-dim", str(args.rss_whiten_dim)]
+            for n in args.rss_sizes:
+                folder = work / f"syn{n}"
+                write_synthetic_set(folder, n, side=max(160, args.rss_image_size * 2))
+                rss, seconds = peak_rss_mb_of_build(folder, work / f"index{n}", args.rss_image_size, extra)
+                results[f"rss_mb_{n}"] = rss
+                results[f"rss_seconds_{n}"] = seconds
+                print(f"{n:>7} {rss:12.1f} {seconds:8.1f}")
+            results["rss_image_size"] = args.rss_image_size
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

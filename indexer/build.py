@@ -1,0 +1,270 @@
+"""`build_index`: an image folder -> an index directory, in two resumable stages.
+
+Stage 1 (extraction, resumable): sorted files get ids 0..n-1; reader threads decode, the main
+thread runs the CNN + NMF in batches; each shard of `shard_size` images is committed atomically
+into `OUT.partial/shards/`. With whitening off a shard holds final vectors; with whitening on it
+holds the local rows.
+Stage 2 (assembly, seconds to minutes): fit the PCA-whitening (on a seeded sample of the
+collection's rows, or `--whiten-on`), aggregate rows into vectors, build the FAISS index, write
+catalog + manifest into `OUT.partial/staged/` and rename it to OUT. OUT therefore appears
+complete or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import STATUS_INDEXED, Catalog, CatalogRow
+from .config import IndexConfig, resolve_faiss_factory
+from .errors import IndexerError, IndexExistsError, IndexWriteError, NoImagesError
+from .extraction import extraction_callables, make_extractor
+from .faiss_index import build_faiss_index, write_faiss_index
+from .files import catalog_path, iter_image_files
+from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, make_manifest, write_manifest
+from .partial import PartialBuild
+from .stages import WorkItem, make_reader, run_stages
+from .storage import write_error
+from .summary import BuildSummary, SkippedFile
+from .whiten import whitening_for_build
+
+
+def partial_dir_for(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True
+    )
+
+
+def extract_to_partial(
+    folder: Path,
+    items: list[WorkItem],
+    partial: PartialBuild,
+    config: IndexConfig,
+    extractor,
+    *,
+    stores_rows: bool,
+    progress: bool,
+    desc: str,
+) -> tuple[int, int, object]:
+    """Stage 1 over `items` into `partial`. Returns (images processed now, shards resumed, extractor)."""
+    plan = {
+        "source_root": str(folder),
+        "settings": config.extraction_fingerprint() | {"stores_rows": stores_rows},
+        "files": [(it.stored_path, *_stat_key(it.path)) for it in items],
+    }
+    completed, discarded = partial.open(plan)
+    if discarded and progress:
+        print(f"note: {partial.folder} belonged to a different build (files or settings changed); starting over")
+    size = config.shard_size
+    groups = [
+        (g, items[g * size:(g + 1) * size]) for g in range((len(items) + size - 1) // size) if g not in completed
+    ]
+    todo = sum(len(group) for _, group in groups)
+    if todo:
+        if extractor is None:
+            extractor = make_extractor(config)
+        prepare, forward, finish = extraction_callables(extractor, stores_rows)
+        mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
+        reader = make_reader(config.max_pixels, prepare)
+        with _progress_bar(len(items), len(items) - todo, progress, desc) as bar:
+            run_stages(
+                groups,
+                reader,
+                mapper,
+                lambda g, decoded, results: partial.commit_shard(g, decoded, results, stores_rows),
+                workers=config.workers,
+                batch_size=config.batch_size,
+                on_item=lambda _: bar.update(1),
+                finisher=finisher,
+            )
+    return todo, len(completed), extractor
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def build_index(
+    folder: str | Path,
+    out: str | Path,
+    config: IndexConfig | None = None,
+    progress: bool = True,
+    *,
+    extractor=None,
+) -> BuildSummary:
+    """Index every image under `folder` into the new index directory `out` (see module docstring).
+
+    Raises `NoImagesError` (nothing written) when the folder holds no usable image,
+    `IndexExistsError` when `out` exists (unless `config.overwrite`), `IndexWriteError` when the
+    output cannot be written (the previous index, if any, is untouched), `FaissTrainingError`
+    when the FAISS factory needs more vectors than the collection has.
+    """
+    config = config or IndexConfig()
+    started = time.perf_counter()
+    folder = Path(folder).expanduser().resolve()
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    if not folder.is_dir():
+        raise NoImagesError(f"{folder} is not a folder; give the folder of images to index")
+    if out.exists() and not config.overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise IndexExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
+    partial = PartialBuild(partial_dir_for(out))
+    files = list(iter_image_files(folder, exclude=[out, partial.folder]))
+    if not files:
+        raise NoImagesError(f"{folder}: no image files found (looked for .jpg .jpeg .png .webp, recursively)")
+    items = [WorkItem(i, f, catalog_path(f, folder, out)) for i, f in enumerate(files)]
+    stores_rows = config.whiten_dim > 0
+    processed, resumed, extractor = extract_to_partial(
+        folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract"
+    )
+    try:
+        summary = _assemble(folder, out, partial, config, extractor, len(items), progress)
+    except NoImagesError:
+        partial.remove()
+        raise
+    summary.seconds = time.perf_counter() - started
+    summary.processed_this_run = processed
+    summary.resumed_shards = resumed
+    return summary
+
+
+def _assemble(
+    folder: Path, out: Path, partial: PartialBuild, config: IndexConfig, extractor, n_items: int, progress: bool
+) -> BuildSummary:
+    """Stage 2: whitening, vectors, FAISS, catalog, manifest; then rename into place."""
+    shard_meta = [_shard_meta(partial, i) for i in partial.completed()]
+    n_indexed = sum(m for m, _ in shard_meta)
+    if n_indexed == 0:
+        reasons = sorted({r for _, rs in shard_meta for r in rs})
+        raise NoImagesError(
+            f"{folder}: none of the {n_items} image file(s) could be decoded ({', '.join(reasons)}); nothing written"
+        )
+    staged = partial.folder / "staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        staged.mkdir()
+    except OSError as exc:
+        raise write_error(staged, exc) from exc
+    whitening, whitening_info = whitening_for_build(partial, config, extractor, progress=progress)
+    if whitening is not None:
+        whitening.save(staged / WHITENING_NAME)
+
+    summary = BuildSummary(index_dir=str(out))
+    catalog_rows: list[CatalogRow] = []
+    indexed_ids: list[int] = []
+    now = time.time()
+    vectors_path = staged / VECTORS_NAME
+    vectors = None
+    try:
+        for shard in partial.iter_shards():
+            if shard.vectors is not None:
+                shard_vectors = shard.vectors
+            else:
+                shard_vectors = _aggregate_shard(shard, whitening)
+            if vectors is None:
+                vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n_items, shard_vectors.shape[1]))
+            for j, image_id in enumerate(shard.ids):
+                status = shard.statuses[j]
+                if status == STATUS_INDEXED:
+                    vectors[image_id] = shard_vectors[j]
+                    indexed_ids.append(int(image_id))
+                else:
+                    summary.skipped.append(
+                        SkippedFile(os.path.join(folder, shard.stored_paths[j]), status.split(":", 1)[1], shard.messages[j])
+                    )
+                catalog_rows.append(
+                    CatalogRow(
+                        int(image_id), shard.stored_paths[j], shard.sha256[j],
+                        int(shard.widths[j]) if shard.widths[j] >= 0 else None,
+                        int(shard.heights[j]) if shard.heights[j] >= 0 else None,
+                        status, now,
+                    )
+                )
+        assert vectors is not None
+        vectors.flush()
+        dim = int(vectors.shape[1])
+        ids = np.asarray(indexed_ids, dtype=np.int64)
+        factory, search_params = resolve_faiss_factory(config.faiss, len(ids), config.faiss_search_params, dim)
+        index = build_faiss_index(vectors, ids, factory, train_max=config.faiss_train_max, seed=config.seed, device=config.device)
+        write_faiss_index(index, staged / FAISS_NAME)
+        del vectors
+        with Catalog(staged / CATALOG_NAME) as catalog:
+            catalog.apply(insert=catalog_rows)
+        counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
+        manifest = make_manifest(
+            config, extractor.backbone if extractor is not None else _backbone_info(config), config.descriptor_config(),
+            source_root=str(folder), dim=dim, factory=factory, search_params=search_params,
+            whitening_info=whitening_info, counts=counts, next_id=n_items,
+        )
+        write_manifest(staged, manifest)
+    except OSError as exc:
+        raise write_error(staged, exc) from exc
+    _move_into_place(staged, out, config.overwrite)
+    partial.remove()
+    summary.indexed = len(ids)
+    summary.ids = ids.tolist()
+    summary.total_indexed = len(ids)
+    summary.factory = factory
+    summary.dim = dim
+    return summary
+
+
+def _backbone_info(config: IndexConfig):
+    """All shards were resumed, so no extractor was built: load just the backbone's identity."""
+    from descriptors.backbones import load_backbone
+
+    return load_backbone(config.backbone, weights=config.weights, device="cpu", reflection_padding=config.reflection_padding)
+
+
+def _shard_meta(partial: PartialBuild, index: int) -> tuple[int, set[str]]:
+    with np.load(partial.shard_path(index), allow_pickle=False) as data:
+        statuses = [str(s) for s in data["statuses"]]
+    return sum(s == STATUS_INDEXED for s in statuses), {s.split(":", 1)[1] for s in statuses if s != STATUS_INDEXED}
+
+
+def _aggregate_shard(shard, whitening) -> np.ndarray:
+    from descriptors.aggregate import aggregate_rows
+
+    per_image = shard.rows_of()
+    dim = whitening.dim if whitening is not None else shard.rows.shape[1]
+    out = np.zeros((len(per_image), dim), np.float32)
+    for i, rows in enumerate(per_image):
+        if rows is not None and len(rows):
+            out[i] = aggregate_rows(rows, whitening)
+    return out
+
+
+def _move_into_place(staged: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished directory to `out`; an existing `out` is replaced only at the very end."""
+    old = None
+    try:
+        if out.exists():
+            if not overwrite and (not out.is_dir() or any(out.iterdir())):
+                raise IndexExistsError(f"{out} appeared during the build; nothing was replaced")
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+        os.rename(staged, out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            with contextlib.suppress(OSError):
+                os.rename(old, out)
+        raise IndexWriteError(f"cannot move the new index into {out}: {exc.strerror or exc}; the previous index is untouched") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["IndexerError", "build_index", "extract_to_partial", "partial_dir_for"]

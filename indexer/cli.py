@@ -1,0 +1,112 @@
+"""`dff-index build|add|remove|info`: the command line over the indexer's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .build import build_index
+from .config import DESCRIPTOR_METHODS, IndexConfig
+from .errors import IndexerError, ManifestMismatchError
+from .manifest import manifest_settings, read_manifest
+from .open_index import index_info
+from .update import add_images, remove_images
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size, help="images per forward/NMF batch")
+    parser.add_argument("--workers", type=int, default=IndexConfig.workers, help="decode threads (0: decode inline)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for forward + NMF (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dff-index", description="Build and maintain a dffsearch image index.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="index every image under FOLDER into a new index directory")
+    build.add_argument("folder")
+    build.add_argument("--out", required=True, help="index directory to create")
+    build.add_argument("--backbone", default=IndexConfig.backbone)
+    build.add_argument("--weights", default=None, help="weights file for the backbone (default: its own)")
+    build.add_argument("--reflection-padding", action="store_true")
+    build.add_argument("--descriptor", default=IndexConfig.descriptor, choices=DESCRIPTOR_METHODS)
+    build.add_argument("--k", type=int, default=IndexConfig.k, help="NMF rank (nmf-v, nmf-vu)")
+    build.add_argument("--max-iter", type=int, default=IndexConfig.max_iter)
+    build.add_argument("--image-size", type=int, default=IndexConfig.image_size, help="smaller side in pixels")
+    build.add_argument("--whiten-dim", type=int, default=IndexConfig.whiten_dim, help="PCA-whitening dim (0: off)")
+    build.add_argument("--whiten-on", default=None, help="fit the whitening on this folder or index dir")
+    build.add_argument("--faiss", default=IndexConfig.faiss, help='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ64", ...) or auto')
+    build.add_argument("--faiss-search-params", default=None, help='e.g. "nprobe=32" or "efSearch=128"')
+    build.add_argument("--max-pixels", type=int, default=IndexConfig.max_pixels, help="decompression-bomb cap")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (at the very end)")
+    build.add_argument("--shard-size", type=int, default=IndexConfig.shard_size, help=argparse.SUPPRESS)
+    _add_runtime_flags(build)
+
+    add = sub.add_parser("add", help="add files or folders to an index (skips content already indexed)")
+    add.add_argument("index_dir")
+    add.add_argument("inputs", nargs="+", metavar="FOLDER_OR_FILE")
+    add.add_argument("--backbone", default=None, help="refuse unless the index uses this backbone")
+    add.add_argument("--descriptor", default=None, choices=DESCRIPTOR_METHODS, help="refuse unless the index uses this descriptor")
+    add.add_argument("--k", type=int, default=None, help="refuse unless the index uses this NMF rank")
+    add.add_argument("--image-size", type=int, default=None, help="refuse unless the index uses this size")
+    _add_runtime_flags(add)
+
+    remove = sub.add_parser("remove", help="remove images by id or path")
+    remove.add_argument("index_dir")
+    remove.add_argument("--ids", type=int, nargs="+", default=[])
+    remove.add_argument("--paths", nargs="+", default=[])
+
+    info = sub.add_parser("info", help="print the manifest and counts of an index")
+    info.add_argument("index_dir")
+    return parser
+
+
+def _check_add_expectations(args: argparse.Namespace) -> None:
+    """`add --backbone X` etc.: refuse before loading anything when the index differs."""
+    settings = manifest_settings(read_manifest(args.index_dir))
+    expected = {"backbone": args.backbone, "descriptor": args.descriptor, "descriptor.k": args.k, "image_size": args.image_size}
+    for key, value in expected.items():
+        if value is not None and settings.get(key) != value:
+            raise ManifestMismatchError(key, settings.get(key), value, args.index_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            config = IndexConfig(
+                backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,
+                descriptor=args.descriptor, k=args.k, max_iter=args.max_iter, image_size=args.image_size,
+                whiten_dim=args.whiten_dim, whiten_on=args.whiten_on, faiss=args.faiss,
+                faiss_search_params=args.faiss_search_params, batch_size=args.batch_size, workers=args.workers,
+                threads=args.threads, device=args.device, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
+            )
+            summary = build_index(args.folder, args.out, config, progress=not args.quiet)
+            print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
+        elif args.command == "add":
+            _check_add_expectations(args)
+            runtime = IndexConfig(batch_size=args.batch_size, workers=args.workers, threads=args.threads, device=args.device)
+            summary = add_images(args.index_dir, args.inputs, progress=not args.quiet, config=runtime)
+            print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
+        elif args.command == "remove":
+            if not args.ids and not args.paths:
+                raise IndexerError("remove: give --ids and/or --paths")
+            removed = remove_images(args.index_dir, ids=args.ids, paths=args.paths)
+            asked = len(args.ids) + len(args.paths)
+            print(f"removed {removed} of {asked} requested image(s) from {args.index_dir}")
+        elif args.command == "info":
+            print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
+    except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        # RuntimeError: WeightsUnavailableError, or --device cuda without CUDA (both say what to do)
+        print(f"dff-index {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`IndexConfig`: every setting of `dff-index build` (the CLI's flags), in one dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from descriptors.images import DEFAULT_MAX_PIXELS
+
+FORMAT_VERSION = 1
+
+# `--faiss auto`: exact search (Flat) up to this many vectors; above it the configuration that
+# benchmarks/bench_faiss.py measured best (recall@10 >= 0.9 at <= 5 ms/query on the 2-core
+# machine, 1M vectors of dimension 256; see docs/indexer.md).
+AUTO_FLAT_LIMIT = 200_000
+AUTO_LARGE_SEARCH_PARAMS = "nprobe=16,k_factor_rf=16"
+AUTO_HNSW_SEARCH_PARAMS = "efSearch=64"
+
+# Descriptor settings the manifest records and a query-time extractor must reproduce.
+DESCRIPTOR_METHODS = ("nmf-vu", "nmf-v", "crow", "rmac", "mac", "gem", "spoc")
+
+
+@dataclass
+class IndexConfig:
+    """Settings of one build. Extraction settings end up in the manifest; the others are run-time."""
+
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None  # a weights file for the backbone (default: the backbone's own)
+    reflection_padding: bool = False
+    descriptor: str = "nmf-vu"
+    k: int = 8
+    max_iter: int = 200
+    tol: float = 1e-4
+    seed: int = 0
+    image_size: int = 512
+    # PCA-whitening of the local rows: 0 = off (one pass), D > 0 = whiten to D dims (two passes).
+    whiten_dim: int = 0
+    whiten_on: str | None = None  # a folder of images or an index directory (its whitening.npz)
+    whiten_max_rows: int = 200_000  # rows sampled (seeded) from the collection to fit the whitening
+    faiss: str = "auto"  # a FAISS factory string, or "auto"
+    faiss_search_params: str | None = None  # e.g. "nprobe=32"; default: chosen with the factory
+    faiss_train_max: int = 262_144  # vectors sampled to train IVF/PQ
+    batch_size: int = 8
+    workers: int = 2  # decode threads; 0 = decode inline
+    # NMF of batch i in a background thread during the forward of batch i+1. Off: on the 2-core CPU
+    # it was slower (8.7 vs 10.7 images/s, the two OpenMP teams fight); worth trying on a GPU.
+    overlap_nmf: bool = False
+    threads: int = 0  # torch intra-op threads for the forward + NMF; 0 = torch's default (all cores)
+    device: str = "cpu"
+    shard_size: int = 256  # images per committed shard of stage 1 (the unit of resume)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.descriptor not in DESCRIPTOR_METHODS:
+            raise ValueError(f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}")
+        for name in ("k", "image_size", "batch_size", "shard_size", "max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.whiten_dim < 0:
+            raise ValueError(f"whiten_dim must be >= 0 (0 = off), got {self.whiten_dim}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.whiten_on and not self.whiten_dim:
+            raise ValueError("--whiten-on needs --whiten-dim D (D > 0)")
+
+    def descriptor_config(self):
+        """The descriptors.pipeline.DescriptorConfig these settings describe."""
+        from descriptors.pipeline import DescriptorConfig
+
+        return DescriptorConfig(method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed)
+
+    def extraction_fingerprint(self) -> dict:
+        """Settings that change the stage-1 shards: a resume with different ones starts over."""
+        return {
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "reflection_padding": self.reflection_padding,
+            "descriptor": self.descriptor,
+            "k": self.k,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "shard_size": self.shard_size,
+            "batch_size": self.batch_size,
+            "max_pixels": self.max_pixels,
+            "stores_rows": self.whiten_dim > 0,
+        }
+
+    def replace(self, **changes) -> IndexConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def auto_large_factory(n_vectors: int, dim: int) -> str:
+    """IVF with ~sqrt(n) lists (a power of two) + PQ64 codes + exact re-ranking (RFlat)."""
+    nlist = 1 << max(8, min(16, round(math.log2(max(1.0, math.sqrt(n_vectors))))))
+    if dim % 64:
+        return "HNSW32"  # PQ64 needs a dimension divisible by 64
+    return f"IVF{nlist},PQ64,RFlat"
+
+
+def resolve_faiss_factory(factory: str, n_vectors: int, search_params: str | None, dim: int = 256) -> tuple[str, str]:
+    """`auto` -> (Flat, or the benchmarked large-scale factory, with its search parameters)."""
+    if factory.strip().lower() == "auto":
+        if n_vectors <= AUTO_FLAT_LIMIT:
+            return "Flat", search_params or ""
+        chosen = auto_large_factory(n_vectors, dim)
+        default_params = AUTO_LARGE_SEARCH_PARAMS if chosen.startswith("IVF") else AUTO_HNSW_SEARCH_PARAMS
+        return chosen, search_params or default_params
+    return factory, search_params or ""

@@ -1,0 +1,159 @@
+"""FAISS indexes from factory strings: creation, training, adding, saving, searching.
+
+Every index is `IndexIDMap2(index_factory(d, factory, METRIC_INNER_PRODUCT))` over l2-normalized
+vectors, so scores are cosine similarities and ids are the catalog's ids.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FaissTrainingError, IndexerError
+from .storage import atomic_write
+
+# faiss's k-means warns below 39 points per centroid and gives poor centroids; we refuse instead.
+MIN_POINTS_PER_CENTROID = 39
+
+
+def min_training_vectors(factory: str) -> int:
+    """Training vectors a factory needs (0 when it needs no training)."""
+    need = 0
+    for match in re.finditer(r"IVF(\d+)", factory):
+        need = max(need, MIN_POINTS_PER_CENTROID * int(match.group(1)))
+    for match in re.finditer(r"PQ(\d+)(?:x(\d+))?", factory):
+        bits = int(match.group(2) or 8)
+        need = max(need, MIN_POINTS_PER_CENTROID * (1 << bits))
+    for _ in re.finditer(r"(?:SQ|LSH|PCA|OPQ)", factory):
+        need = max(need, 1)
+    return need
+
+
+def suggest_factory(n_vectors: int) -> str:
+    if n_vectors < MIN_POINTS_PER_CENTROID * 16:
+        return "Flat (or HNSW32)"
+    nlist = 1 << int(np.log2(max(16, n_vectors // MIN_POINTS_PER_CENTROID)))
+    return f"Flat, HNSW32, or IVF{nlist},Flat"
+
+
+def new_index(dim: int, factory: str):
+    import faiss
+
+    try:
+        inner = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexerError(
+            f"FAISS cannot build {factory!r} for dimension {dim}: {str(exc).strip().splitlines()[-1]}; "
+            "see https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+        ) from exc
+    return faiss.IndexIDMap2(inner)
+
+
+def _maybe_gpu(index, device: str):
+    """A GPU clone of `index` when faiss-gpu is installed and a CUDA device was asked for."""
+    import faiss
+
+    if not str(device).startswith("cuda") or not hasattr(faiss, "StandardGpuResources"):
+        return index, False
+    if faiss.get_num_gpus() < 1:
+        return index, False
+    try:
+        resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(resources, 0, index), True
+    except RuntimeError:  # e.g. HNSW has no GPU version: stay on the CPU
+        return index, False
+
+
+def build_faiss_index(
+    vectors_by_id: np.ndarray,
+    ids: np.ndarray,
+    factory: str,
+    *,
+    train_max: int = 262_144,
+    seed: int = 0,
+    device: str = "cpu",
+    chunk: int = 65_536,
+):
+    """Create, train (on a seeded sample) and fill an index with `vectors_by_id[ids]` under `ids`.
+
+    `vectors_by_id` (row = id, may be a memmap) is read chunk by chunk: memory stays bounded.
+    """
+    import faiss
+
+    ids = np.asarray(ids, dtype=np.int64)
+    n, dim = len(ids), vectors_by_id.shape[1]
+    index = new_index(dim, factory)
+    if not index.is_trained:
+        need = min_training_vectors(factory)
+        if n < need:
+            raise FaissTrainingError(
+                f"--faiss {factory!r} needs at least {need:,} training vectors "
+                f"({MIN_POINTS_PER_CENTROID} per centroid) but the collection has {n:,}; "
+                f"use a smaller factory, e.g. {suggest_factory(n)}"
+            )
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(n, size=min(n, max(need, train_max)), replace=False))
+        sample = np.ascontiguousarray(vectors_by_id[ids[take]], dtype=np.float32)
+        work, on_gpu = _maybe_gpu(index, device)
+        work.train(sample)
+        index = faiss.index_gpu_to_cpu(work) if on_gpu else work
+    work, on_gpu = _maybe_gpu(index, device)
+    for start in range(0, n, chunk):
+        chunk_ids = ids[start:start + chunk]
+        block = np.ascontiguousarray(vectors_by_id[chunk_ids], dtype=np.float32)
+        work.add_with_ids(block, chunk_ids)
+    return faiss.index_gpu_to_cpu(work) if on_gpu else work
+
+
+def faiss_writer(index):
+    """A `write(temp_path)` for `storage.atomic_write` / `AtomicGroup` that raises OSError on I/O failure."""
+    import faiss
+
+    def write(temp: str) -> None:
+        try:
+            faiss.write_index(index, temp)
+        except RuntimeError as exc:  # faiss reports I/O failures (ENOSPC, EFBIG) as RuntimeError
+            message = str(exc).strip().splitlines()[-1]
+            raise OSError(message.split(": ")[-1] if ": " in message else message) from exc
+
+    return write
+
+
+def write_faiss_index(index, path: str | Path) -> None:
+    atomic_write(path, faiss_writer(index))
+
+
+def read_faiss_index(path: str | Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def apply_search_params(index, params: str) -> None:
+    if params:
+        import faiss
+
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, params)
+        except RuntimeError as exc:
+            raise IndexerError(f"FAISS search parameters {params!r} do not apply to this index: {exc}") from exc
+
+
+def remove_ids(index, ids: np.ndarray, vectors_by_id: np.ndarray, keep_ids: np.ndarray, factory: str):
+    """Remove ids; indexes without removal support (HNSW) are rebuilt from the kept vectors."""
+    try:
+        index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        return index
+    except RuntimeError:
+        pass
+    import faiss
+
+    rebuilt = new_index(index.d, factory)
+    if not rebuilt.is_trained:  # reuse the trained inner index's training by cloning it empty
+        rebuilt = faiss.IndexIDMap2(faiss.clone_index(faiss.downcast_index(index.index)))
+        rebuilt.index.reset()
+    if len(keep_ids):
+        rebuilt.add_with_ids(np.ascontiguousarray(vectors_by_id[keep_ids], dtype=np.float32), keep_ids.astype(np.int64))
+    return rebuilt

@@ -1,0 +1,90 @@
+"""Finding image files, hashing them, and the path convention of the catalog.
+
+Catalog paths are stored so that the index survives being moved together with its images:
+- a POSIX path relative to the manifest's `source_root` for files under it (the usual case),
+- `@index/<relative>` for files inside the index directory itself (uploads/ of the server),
+- an absolute path for anything else (files added from elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from descriptors.images import IMAGE_EXTENSIONS
+
+INDEX_PREFIX = "@index/"
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Recursively yield image files (jpg/jpeg/png/webp, any case) under `folder`, sorted.
+
+    Hidden files and folders (names starting with '.') are skipped, and so are the folders in
+    `exclude` (the index being built when it lies inside the collection). Symlinked folders are
+    not followed (no cycles); symlinked files are.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    excluded = {os.path.realpath(p) for p in exclude}
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in excluded
+        )
+        for name in filenames:
+            if not name.startswith(".") and _is_image_name(name):
+                found.append(Path(dirpath) / name)
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    yield from found
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files and folders (walked recursively) -> a sorted, de-duplicated list of files.
+
+    Files named explicitly are kept whatever their extension (the decoder decides); folders
+    contribute only image extensions.
+    """
+    out: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for file in iter_image_files(path):
+                out[os.path.abspath(file)] = file
+        elif path.exists():
+            out[os.path.abspath(path)] = path
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return [out[key] for key in sorted(out)]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def catalog_path(path: str | Path, source_root: str | Path, index_dir: str | Path) -> str:
+    """The string stored in the catalog for `path` (see the module docstring)."""
+    absolute = Path(os.path.abspath(path))
+    index_root = Path(os.path.abspath(index_dir))
+    if absolute.is_relative_to(index_root):
+        return INDEX_PREFIX + absolute.relative_to(index_root).as_posix()
+    root = Path(os.path.abspath(source_root))
+    if absolute.is_relative_to(root):
+        return absolute.relative_to(root).as_posix()
+    return absolute.as_posix()
+
+
+def resolve_catalog_path(stored: str, source_root: str | Path, index_dir: str | Path) -> str:
+    """Inverse of `catalog_path`: the absolute path of a catalog entry."""
+    if stored.startswith(INDEX_PREFIX):
+        return os.path.join(os.path.abspath(index_dir), stored[len(INDEX_PREFIX):])
+    if os.path.isabs(stored):
+        return stored
+    return os.path.join(os.path.abspath(source_root), stored)

@@ -1,0 +1,149 @@
+"""Atomic file writes: write a temp file in the same folder, fsync, os.replace.
+
+A reader therefore sees either the old file or the new one, never a half-written one, and a
+failure (disk full, read-only folder, file-size limit) leaves the old file in place and raises
+`IndexWriteError` with the OS's reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import IndexWriteError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; index files get the usual 0666 & ~umask like any other file
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _fsync_dir(folder: str | Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_error(path: str | Path, exc: OSError) -> IndexWriteError:
+    reason = exc.strerror or str(exc)  # strerror is None for an OSError(message)
+    return IndexWriteError(
+        f"cannot write {path}: {reason}; free disk space or choose a writable location "
+        f"(nothing was changed in the existing index)"
+    )
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call `write(temp_path)` then atomically move the temp file onto `path`."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    try:
+        write(temp)
+        os.chmod(temp, _FILE_MODE)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise write_error(path, exc) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(folder)
+
+
+class AtomicGroup:
+    """Several files replaced together: every temp file is written (and fsynced) first, and the
+    renames happen only in `commit()`; leaving the `with` block without commit removes the temps.
+    A failure while writing therefore changes none of the files."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+
+    def write(self, path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
+        path = Path(path)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        self._staged.append((temp, path))
+        try:
+            write(temp)
+            os.chmod(temp, _FILE_MODE)
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+
+    def write_json(self, path: str | Path, obj: object) -> None:
+        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+
+        self.write(path, write)
+
+    def commit(self) -> None:
+        for temp, path in self._staged:
+            os.replace(temp, path)
+        for folder in {path.parent for _, path in self._staged}:
+            _fsync_dir(folder)
+        self._staged.clear()
+
+    def __enter__(self) -> AtomicGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for temp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        self._staged.clear()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    def write(temp: str) -> None:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: str | Path, obj: object) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(index_dir: str | Path) -> Iterator[None]:
+    """Serialize writers of one index directory (add/remove from several processes)."""
+    lock_path = Path(index_dir) / ".lock"
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 - held for the duration of the context
+    except OSError as exc:
+        raise write_error(lock_path, exc) from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()

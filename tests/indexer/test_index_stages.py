@@ -1,0 +1,114 @@
+"""The reader -> mapper -> writer stages with plain callables (order, batching, bad files)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from indexer_fixtures import photo, png_bomb_bytes
+
+from indexer.stages import WorkItem, make_reader, ordered_parallel_map, run_stages
+
+
+def test_ordered_parallel_map_keeps_order_and_uses_several_threads() -> None:
+    threads = set()
+
+    def slow_square(x: int) -> int:
+        threads.add(threading.get_ident())
+        time.sleep(0.01 * (x % 3))  # later items often finish first
+        return x * x
+
+    assert list(ordered_parallel_map(slow_square, range(30), workers=4, max_in_flight=8)) == [x * x for x in range(30)]
+    assert len(threads) > 1
+    assert list(ordered_parallel_map(slow_square, range(5), workers=0, max_in_flight=1)) == [0, 1, 4, 9, 16]
+
+
+def test_batches_never_straddle_groups_and_failures_skip_the_mapper(tmp_path: Path) -> None:
+    items = [WorkItem(i, tmp_path / f"{i}.bin", f"{i}.bin") for i in range(10)]
+    reader_outputs = {}
+
+    def reader(item: WorkItem):
+        from indexer.stages import Decoded
+
+        failed = item.id in (2, 7)
+        reader_outputs[item.id] = failed
+        return Decoded(item, "sha", 1, 1, payload=item.id, reason="truncated" if failed else None)
+
+    batches, written = [], []
+    run_stages(
+        [(0, items[:6]), (1, items[6:])],
+        reader,
+        lambda payloads: (batches.append(list(payloads)), [p * 10 for p in payloads])[1],
+        lambda g, decoded, results: written.append((g, [d.item.id for d in decoded], results)),
+        workers=2,
+        batch_size=2,
+    )
+    assert batches == [[0, 1], [3, 4], [5], [6, 8], [9]]
+    assert written == [(0, [0, 1, 2, 3, 4, 5], [0, 10, None, 30, 40, 50]), (1, [6, 7, 8, 9], [60, None, 80, 90])]
+
+
+def test_reader_reports_each_kind_of_bad_file_with_its_reason(tmp_path: Path) -> None:
+    good = tmp_path / "good.jpg"
+    photo("coffee", 64).save(good)
+    data = good.read_bytes()
+    files = {
+        "good.jpg": None,
+        "empty.jpg": b"",
+        "text.jpg": b"hello, not an image",
+        "truncated.jpg": data[: len(data) // 2],
+        "bomb.png": png_bomb_bytes(),
+    }
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+    read = make_reader(max_pixels=64_000_000)
+    reasons = {name: read(WorkItem(0, tmp_path / name, name)).reason for name in files}
+    assert reasons == {
+        "good.jpg": None, "empty.jpg": "empty", "text.jpg": "not-an-image", "truncated.jpg": "truncated", "bomb.png": "too-large",
+    }
+    missing = read(WorkItem(0, tmp_path / "gone.jpg", "gone.jpg"))
+    assert missing.reason == "unreadable"
+    ok = read(WorkItem(0, good, "good.jpg"))
+    assert (ok.width, ok.height) == photo("coffee", 64).size and len(ok.sha256) == 64
+
+
+def test_resize_in_reader_then_preprocess_equals_preprocess(backbone) -> None:
+    import torch
+    from PIL import Image
+
+    from indexer.extraction import resize_like_preprocess
+
+    base = photo("astronaut", 512)
+    for size in [(301, 199), (640, 480), (2000, 300), (90, 700), (512, 513)]:  # down, up, capped panoramas
+        image = base.resize(size)
+        for image_size in (128, 512):
+            direct = backbone.preprocess(image, image_size)
+            resized = resize_like_preprocess(image, image_size, backbone.max_side_ratio)
+            assert isinstance(resized, Image.Image)
+            assert torch.equal(backbone.preprocess(resized, image_size), direct), (size, image_size)
+
+
+def test_a_finisher_thread_gives_the_same_results_in_the_same_order(tmp_path: Path) -> None:
+    from indexer.stages import Decoded
+
+    items = [WorkItem(i, tmp_path / f"{i}.bin", f"{i}.bin") for i in range(11)]
+
+    def reader(item: WorkItem) -> Decoded:
+        return Decoded(item, "sha", 1, 1, payload=item.id, reason="empty" if item.id == 4 else None)
+
+    def forward(payloads: list[int]) -> list[int]:
+        return [p + 100 for p in payloads]
+
+    def finish(acts: list[int]) -> list[int]:
+        time.sleep(0.01 * (acts[0] % 2))  # finishing takes a while: the next forward overlaps it
+        return [a * 2 for a in acts]
+
+    runs = []
+    for finisher, mapper in ((finish, forward), (None, lambda p: finish(forward(p)))):
+        written = []
+        run_stages([(0, items[:5]), (1, items[5:])], reader, mapper,
+                   lambda g, decoded, results, written=written: written.append((g, results)),
+                   workers=2, batch_size=2, finisher=finisher)
+        runs.append(written)
+    assert runs[0] == runs[1] == [(0, [200, 202, 204, 206, None]), (1, [210, 212, 214, 216, 218, 220])]
