@@ -185,6 +185,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # faiss logs which SIMD build it tried at INFO level on every start: noise for an operator
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     config = config_from_args(build_parser().parse_args(argv))
     if not Path(config.index).is_dir():
         print(f"dff-serve: index directory {config.index} does not exist; build it with dff-index", file=sys.stderr)
