@@ -28,6 +28,7 @@ from descriptors.backbones import load_backbone  # noqa: E402
 from descriptors.factorized import nmf_vu_rows  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
 from descriptors.nmf import factorize_activations  # noqa: E402
+from descriptors.pipeline import DescriptorConfig  # noqa: E402
 from descriptors.whitening import PCAWhitening  # noqa: E402
 
 DEFAULT_BATCH = 8  # the indexer's default NMF batch (the forward itself runs at batch 1 on CPU)
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--ks", default="4,8,16,32")
+    parser.add_argument("--max-iter", type=int, default=DescriptorConfig().max_iter, help="NMF iterations (default: the product's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -93,16 +95,19 @@ def main() -> None:
     same_size = [a for a in acts if tuple(a.shape) == common_shape]
     results["map_shape"] = list(common_shape)
 
+    defaults = DescriptorConfig()
+    nmf_settings = {"max_iter": args.max_iter, "tol": defaults.tol, "seed": defaults.seed}
+    results["nmf_max_iter"] = args.max_iter
     nmf_ms: dict[str, float] = {}
     post_ms: dict[str, float] = {}
     whitening = None
     for k in [int(v) for v in args.ks.split(",")]:
         for batch in (1, args.batch_size):
             group = (same_size * batch)[:batch]
-            seconds = timed(lambda g=group, k=k: factorize_activations(g, k, max_iter=200, tol=1e-4, seed=0), args.repeat)
+            seconds = timed(lambda g=group, k=k: factorize_activations(g, k, **nmf_settings), args.repeat)
             nmf_ms[f"k{k}_b{batch}"] = 1000 * seconds / batch
-            rows.append((f"NMF K={k} batch {batch} (200 it max, tol 1e-4)", nmf_ms[f"k{k}_b{batch}"]))
-        factors = factorize_activations(same_size, k, max_iter=200, tol=1e-4, seed=0)
+            rows.append((f"NMF K={k} batch {batch} ({args.max_iter} it max, tol {defaults.tol:g})", nmf_ms[f"k{k}_b{batch}"]))
+        factors = factorize_activations(same_size, k, **nmf_settings)
         if whitening is None:
             local = np.concatenate([nmf_vu_rows(U, V).numpy() for U, V in factors])
             local = np.concatenate([local] * 4 + [np.abs(np.random.default_rng(0).normal(size=(2000, local.shape[1])))])
