@@ -187,6 +187,13 @@ def _sparse_item(
         gram = float(((U64.T @ U64) * (Vt64.T @ Vt64)).sum())
         return math.sqrt(max(x_sq - 2.0 * cross + gram, 0.0))
 
+    def fast_error(Vt: Tensor, xt_u: Tensor, gram_u: Tensor) -> float:
+        # the same identity from the products the V update just made: <X, UV> = <X^T U, V^T>,
+        # so a convergence check costs two small reductions instead of a pass over the non-zeros
+        cross = float((Vt.double() * xt_u.double()).sum())
+        gram = float((gram_u.double() * (Vt.T @ Vt).double()).sum())
+        return math.sqrt(max(x_sq - 2.0 * cross + gram, 0.0))
+
     previous_error = error(U, Vt)
     safe_initial = previous_error if previous_error > 0 else 1.0
     iters = 0
@@ -196,10 +203,12 @@ def _sparse_item(
         denominator = (U @ (Vt.T @ Vt)).clamp_min_(_DENOMINATOR_FLOOR)
         U = _flush_tiny_(U * (X_csr @ Vt) / denominator)
         # V^T <- V^T * (X^T U) / (V^T U^T U)
-        denominator = (Vt @ (U.T @ U)).clamp_min_(_DENOMINATOR_FLOOR)
-        Vt = _flush_tiny_(Vt * (Xt_csr @ U) / denominator)
+        gram_u = U.T @ U
+        xt_u = Xt_csr @ U
+        denominator = (Vt @ gram_u).clamp_min_(_DENOMINATOR_FLOOR)
+        Vt = _flush_tiny_(Vt * xt_u / denominator)
         if tol > 0 and it % _CHECK_EVERY == 0 and it < max_iter:
-            current = error(U, Vt)
+            current = fast_error(Vt, xt_u, gram_u)
             if (previous_error - current) / safe_initial < tol:
                 break
             previous_error = current
