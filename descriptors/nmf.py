@@ -215,6 +215,90 @@ def _sparse_item(
     return U, Vt.transpose(0, 1), iters, error(U, Vt)
 
 
+def _block_diagonal_csr(Xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One CSR matrix (and its transpose) holding the items of ``Xs (m, N, C)`` on the diagonal.
+
+    With the factors of all items stacked, ``X_bd @ Vt_all`` is every item's ``X_b V_b^T`` in one
+    sparse product: per-operation overhead, not arithmetic, dominates the sparse updates at small
+    K, so a batch costs about as many operations as one item. Also returns the squared norms.
+    """
+    m, n, c = Xs.shape
+    item, rows, cols = torch.nonzero(Xs, as_tuple=True)
+    values = Xs[item, rows, cols]
+    rows = rows + item * n  # row-major order per item, items in order: already CSR order
+    cols = cols + item * c
+    total_rows, total_cols = m * n, m * c
+    crow = torch.zeros(total_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=total_rows), 0)
+    order = torch.argsort(cols * total_rows + rows)
+    crow_t = torch.zeros(total_cols + 1, dtype=torch.int64)
+    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=total_cols), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        X_bd = torch.sparse_csr_tensor(crow.int(), cols.int(), values, (total_rows, total_cols))
+        Xt_bd = torch.sparse_csr_tensor(crow_t.int(), rows[order].int(), values[order], (total_cols, total_rows))
+    x_sq = torch.zeros(m, dtype=torch.float64).index_add_(0, item, values.double().square())
+    return X_bd, Xt_bd, x_sq
+
+
+def _sparse_group(
+    Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The sparse updates for ``m`` items of equal size at once (block-diagonal CSR).
+
+    Each item follows exactly the iterations it would follow alone: when items converge at a
+    check, the block matrix is rebuilt from the items still running (converged items would
+    otherwise keep paying for the slowest one). Returns ``U, V, iterations (m,), ||X - UV||_F (m,)``.
+    """
+    m, n, c = Xs.shape
+    k = U.shape[2]
+    U = U.clone()
+    Vt = V.transpose(1, 2).contiguous()  # (m, C, K)
+
+    def errors(x_sq: Tensor, Vt: Tensor, xt_u: Tensor, gram_u: Tensor) -> Tensor:
+        # ||X - UV||^2 = ||X||^2 - 2 <X^T U, V^T> + <U^T U, V V^T>, per item, from the products
+        cross = (Vt.double() * xt_u.double()).sum(dim=(1, 2))
+        gram = (gram_u.double() * torch.bmm(Vt.transpose(1, 2), Vt).double()).sum(dim=(1, 2))
+        return (x_sq - 2.0 * cross + gram).clamp_min(0.0).sqrt()
+
+    def products(Xt_bd: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
+        size = U.shape[0]
+        return (Xt_bd @ U.reshape(size * n, k)).reshape(size, c, k), torch.bmm(U.transpose(1, 2), U)
+
+    X_all, Xt_all, x_sq_all = _block_diagonal_csr(Xs)
+    previous = errors(x_sq_all, Vt, *products(Xt_all, U))
+    safe_initial = torch.where(previous > 0, previous, torch.ones_like(previous))
+    iters = torch.zeros(m, dtype=torch.long)
+    running = torch.arange(m)
+    it = 0
+    while running.numel() and it < max_iter:
+        if running.numel() == m:
+            X_bd, Xt_bd, x_sq = X_all, Xt_all, x_sq_all
+        else:
+            X_bd, Xt_bd, x_sq = _block_diagonal_csr(Xs[running])
+        size = running.numel()
+        U_r, Vt_r = U[running], Vt[running]
+        converged = None
+        while it < max_iter:
+            it += 1
+            # U <- U * (X V^T) / (U V V^T)
+            denominator = torch.bmm(U_r, torch.bmm(Vt_r.transpose(1, 2), Vt_r)).clamp_min_(_DENOMINATOR_FLOOR)
+            U_r = _flush_tiny_(U_r * (X_bd @ Vt_r.reshape(size * c, k)).reshape(size, n, k) / denominator)
+            # V^T <- V^T * (X^T U) / (V^T U^T U)
+            xt_u, gram_u = products(Xt_bd, U_r)
+            Vt_r = _flush_tiny_(Vt_r * xt_u / torch.bmm(Vt_r, gram_u).clamp_min_(_DENOMINATOR_FLOOR))
+            if tol > 0 and it % _CHECK_EVERY == 0 and it < max_iter:
+                current = errors(x_sq, Vt_r, xt_u, gram_u)
+                converged = (previous[running] - current) / safe_initial[running] < tol
+                previous[running] = current
+                if bool(converged.any()):
+                    break
+        U[running], Vt[running] = U_r, Vt_r
+        iters[running] = it
+        running = running[~converged] if converged is not None and it < max_iter else running[:0]
+    return U, Vt.transpose(1, 2), iters, errors(x_sq_all, Vt, *products(Xt_all, U))
+
+
 def nmf(
     X: Tensor,
     k: int,
@@ -269,8 +353,16 @@ def nmf(
         U[index], V[index] = U_d, V_d
         item_iters[dense_items] = iters_d.cpu()
         errors[dense_items] = _frobenius_error(X_d, U_d, V_d).double().cpu()
+    # full-size sparse items run together (one block-diagonal product per step); padded ones alone
+    group = [b for b in range(B) if use_sparse[b] and n_valid[b] == N]
+    if len(group) > 1:
+        index = torch.tensor(group)
+        U_g, V_g, iters_g, errors_g = _sparse_group(X[index], U[index], V[index], max_iter, tol)
+        U[index], V[index] = U_g, V_g
+        item_iters[index] = iters_g
+        errors[index] = errors_g
     for b in range(B):
-        if use_sparse[b]:
+        if use_sparse[b] and not (len(group) > 1 and b in group):
             full = n_valid[b] == N
             rows = slice(None) if full else mask[b]
             U_b, V_b, iters_b, errors[b] = _sparse_item(X[b, rows], U[b, rows], V[b], max_iter, tol)

@@ -95,7 +95,7 @@ class DescriptorConfig:
 
     method: str = "nmf-vu"
     k: int = 8
-    max_iter: int = 200
+    max_iter: int = 100
     tol: float = 1e-4
     seed: int = 0
     crow_weighting: bool = True

@@ -30,7 +30,7 @@ class IndexConfig:
     reflection_padding: bool = False
     descriptor: str = "nmf-vu"
     k: int = 8
-    max_iter: int = 200
+    max_iter: int = 100
     tol: float = 1e-4
     seed: int = 0
     image_size: int = 512
