@@ -148,12 +148,9 @@ def _dense_batch(X: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float) -> 
     return U, V, item_iters
 
 
-def _csr_pair(X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """CSR forms of X and X^T with int32 indices (the CPU sparse products run about twice as fast
-    as with int64), plus the non-zeros' rows, columns and values in row-major order."""
-    n, c = X.shape
-    rows, cols = torch.nonzero(X, as_tuple=True)
-    values = X[rows, cols]
+def _csr_from_entries(rows: Tensor, cols: Tensor, values: Tensor, n: int, c: int) -> tuple[Tensor, Tensor]:
+    """CSR forms of an ``(n, c)`` matrix and of its transpose from its non-zeros in row-major
+    order, with int32 indices (the CPU sparse products run about twice as fast as with int64)."""
     crow = torch.zeros(n + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
     order = torch.argsort(cols * n + rows)  # column-major order of the same entries = CSR of X^T
@@ -163,6 +160,15 @@ def _csr_pair(X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         X_csr = torch.sparse_csr_tensor(crow.int(), cols.int(), values, (n, c))
         Xt_csr = torch.sparse_csr_tensor(crow_t.int(), rows[order].int(), values[order], (c, n))
+    return X_csr, Xt_csr
+
+
+def _csr_pair(X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """CSR forms of X and X^T, plus the non-zeros' rows, columns and values in row-major order."""
+    n, c = X.shape
+    rows, cols = torch.nonzero(X, as_tuple=True)
+    values = X[rows, cols]
+    X_csr, Xt_csr = _csr_from_entries(rows, cols, values, n, c)
     return X_csr, Xt_csr, rows, cols, values
 
 
@@ -227,16 +233,7 @@ def _block_diagonal_csr(Xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     values = Xs[item, rows, cols]
     rows = rows + item * n  # row-major order per item, items in order: already CSR order
     cols = cols + item * c
-    total_rows, total_cols = m * n, m * c
-    crow = torch.zeros(total_rows + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=total_rows), 0)
-    order = torch.argsort(cols * total_rows + rows)
-    crow_t = torch.zeros(total_cols + 1, dtype=torch.int64)
-    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=total_cols), 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        X_bd = torch.sparse_csr_tensor(crow.int(), cols.int(), values, (total_rows, total_cols))
-        Xt_bd = torch.sparse_csr_tensor(crow_t.int(), rows[order].int(), values[order], (total_cols, total_rows))
+    X_bd, Xt_bd = _csr_from_entries(rows, cols, values, m * n, m * c)
     x_sq = torch.zeros(m, dtype=torch.float64).index_add_(0, item, values.double().square())
     return X_bd, Xt_bd, x_sq
 

@@ -124,3 +124,25 @@ def test_sparse_and_dense_paths_agree():
     assert torch.allclose(sparse.V, dense.V, rtol=1e-3, atol=1e-5)
     assert torch.allclose(sparse.rel_error, dense.rel_error, rtol=1e-5)
     assert sparse.item_iters.tolist() == dense.item_iters.tolist()
+
+
+def test_equal_size_sparse_items_in_one_batch_match_each_alone():
+    # Equal-size sparse items run as one block-diagonal product, and converged items leave the
+    # block; every item must still follow exactly the iterations it follows alone.
+    generator = torch.Generator().manual_seed(3)
+    items = []
+    for rank in (2, 3, 5):  # different ranks converge after different numbers of iterations
+        U = torch.rand(60, rank, generator=generator)
+        V = torch.rand(rank, 200, generator=generator)
+        X = U @ V
+        X[torch.rand(X.shape, generator=generator) < 0.9] = 0.0  # ~90 % zeros, like ReLU maps
+        items.append(X)
+    batch = torch.stack(items)
+    together = nmf(batch, 4, max_iter=300, tol=1e-4, seed=0, sparse=True)
+    assert len(set(together.item_iters.tolist())) > 1, "the test needs items that stop at different iterations"
+    for b, X in enumerate(items):
+        alone = nmf(X, 4, max_iter=300, tol=1e-4, seed=0, sparse=True)
+        assert together.item_iters[b] == alone.item_iters[0]
+        torch.testing.assert_close(together.V[b], alone.V[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(together.U[b], alone.U[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(together.rel_error[b], alone.rel_error[0], rtol=1e-4, atol=1e-6)
