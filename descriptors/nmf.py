@@ -163,64 +163,6 @@ def _csr_from_entries(rows: Tensor, cols: Tensor, values: Tensor, n: int, c: int
     return X_csr, Xt_csr
 
 
-def _csr_pair(X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """CSR forms of X and X^T, plus the non-zeros' rows, columns and values in row-major order."""
-    n, c = X.shape
-    rows, cols = torch.nonzero(X, as_tuple=True)
-    values = X[rows, cols]
-    X_csr, Xt_csr = _csr_from_entries(rows, cols, values, n, c)
-    return X_csr, Xt_csr, rows, cols, values
-
-
-def _sparse_item(
-    X: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor, int, float]:
-    """The same updates for one item ``X (n, C)`` with X in CSR form (fast for sparse activations);
-    returns ``U, V, iterations, ||X - UV||_F``.
-
-    V is kept transposed, ``Vt (C, K)``, so that every product is a plain CSR @ dense or small
-    dense product. Errors use ``||X - UV||² = ||X||² - 2 <X, UV> + <U^T U, V V^T>`` in float64, with
-    ``<X, UV>`` summed over the non-zeros of X only, never forming the dense ``UV``.
-    """
-    X_csr, Xt_csr, rows, cols, values = _csr_pair(X)
-    values64 = values.double()
-    x_sq = float(values64.square().sum())
-    Vt = V.transpose(0, 1).contiguous()
-
-    def error(U: Tensor, Vt: Tensor) -> float:
-        U64, Vt64 = U.double(), Vt.double()
-        cross = float(((U64[rows] * Vt64[cols]).sum(dim=1) * values64).sum())
-        gram = float(((U64.T @ U64) * (Vt64.T @ Vt64)).sum())
-        return math.sqrt(max(x_sq - 2.0 * cross + gram, 0.0))
-
-    def fast_error(Vt: Tensor, xt_u: Tensor, gram_u: Tensor) -> float:
-        # the same identity from the products the V update just made: <X, UV> = <X^T U, V^T>,
-        # so a convergence check costs two small reductions instead of a pass over the non-zeros
-        cross = float((Vt.double() * xt_u.double()).sum())
-        gram = float((gram_u.double() * (Vt.T @ Vt).double()).sum())
-        return math.sqrt(max(x_sq - 2.0 * cross + gram, 0.0))
-
-    previous_error = error(U, Vt)
-    safe_initial = previous_error if previous_error > 0 else 1.0
-    iters = 0
-    for it in range(1, max_iter + 1):
-        iters = it
-        # U <- U * (X V^T) / (U V V^T)
-        denominator = (U @ (Vt.T @ Vt)).clamp_min_(_DENOMINATOR_FLOOR)
-        U = _flush_tiny_(U * (X_csr @ Vt) / denominator)
-        # V^T <- V^T * (X^T U) / (V^T U^T U)
-        gram_u = U.T @ U
-        xt_u = Xt_csr @ U
-        denominator = (Vt @ gram_u).clamp_min_(_DENOMINATOR_FLOOR)
-        Vt = _flush_tiny_(Vt * xt_u / denominator)
-        if tol > 0 and it % _CHECK_EVERY == 0 and it < max_iter:
-            current = fast_error(Vt, xt_u, gram_u)
-            if (previous_error - current) / safe_initial < tol:
-                break
-            previous_error = current
-    return U, Vt.transpose(0, 1), iters, error(U, Vt)
-
-
 def _block_diagonal_csr(Xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One CSR matrix (and its transpose) holding the items of ``Xs (m, N, C)`` on the diagonal.
 
@@ -352,19 +294,20 @@ def nmf(
         errors[dense_items] = _frobenius_error(X_d, U_d, V_d).double().cpu()
     # full-size sparse items run together (one block-diagonal product per step); padded ones alone
     group = [b for b in range(B) if use_sparse[b] and n_valid[b] == N]
-    if len(group) > 1:
+    if group:
         index = torch.tensor(group)
         U_g, V_g, iters_g, errors_g = _sparse_group(X[index], U[index], V[index], max_iter, tol)
         U[index], V[index] = U_g, V_g
         item_iters[index] = iters_g
         errors[index] = errors_g
     for b in range(B):
-        if use_sparse[b] and not (len(group) > 1 and b in group):
-            full = n_valid[b] == N
-            rows = slice(None) if full else mask[b]
-            U_b, V_b, iters_b, errors[b] = _sparse_item(X[b, rows], U[b, rows], V[b], max_iter, tol)
-            U[b, rows], V[b] = U_b, V_b
-            item_iters[b] = iters_b
+        if use_sparse[b] and 0 < n_valid[b] < N:
+            rows = mask[b]
+            U_b, V_b, iters_b, error_b = _sparse_group(
+                X[b, rows][None], U[b, rows][None], V[b][None], max_iter, tol
+            )
+            U[b, rows], V[b] = U_b[0], V_b[0]
+            item_iters[b], errors[b] = iters_b[0], error_b[0]
 
     x_norm = torch.linalg.vector_norm(X.flatten(1), dim=1, dtype=torch.float64).cpu()
     rel_error = torch.where(x_norm > 0, errors / torch.where(x_norm > 0, x_norm, 1.0), 0.0)
