@@ -7,6 +7,7 @@ image size; a grid cell partly covered by the box counts with the covered fracti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "box_to_grid",
     "cell_coverage",
+    "grid_cells",
     "heatmap_mass_in_box",
     "select_factors_in_box",
     "select_factors_in_grid_box",
@@ -48,6 +50,14 @@ def box_to_grid(box: Sequence[float], image_wh: tuple[int, int], grid_hw: tuple[
             f"box_to_grid: box {tuple(box)!r} lies outside the image of size {tuple(image_wh)!r}"
         )
     return gx0, gy0, gx1, gy1
+
+
+def grid_cells(grid_box: Sequence[float]) -> tuple[int, int, int, int]:
+    """The whole cells ``(x0, y0, x1, y1)`` (x1/y1 exclusive) that a continuous grid box touches,
+    at least one cell: how the baselines crop an activation map to a box."""
+    x0, y0 = math.floor(grid_box[0]), math.floor(grid_box[1])
+    x1, y1 = max(math.ceil(grid_box[2]), x0 + 1), max(math.ceil(grid_box[3]), y0 + 1)
+    return x0, y0, x1, y1
 
 
 def cell_coverage(

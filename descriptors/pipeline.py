@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from .aggregate import aggregate_rows
-from .boxes import box_to_grid, select_factors_in_grid_box
+from .boxes import box_to_grid, grid_cells, select_factors_in_grid_box
 from .factorized import nmf_v_rows, nmf_vu_rows
 from .nmf import factorize_activations
 from .pooling import crow, gem, mac, rmac_region_vectors, spoc
@@ -28,7 +28,15 @@ from .whitening import PCAWhitening
 if TYPE_CHECKING:
     from .backbones import Backbone
 
-__all__ = ["METHODS", "NMF_METHODS", "DescriptorConfig", "Extractor", "local_descriptors"]
+__all__ = [
+    "METHODS",
+    "NMF_METHODS",
+    "DescriptorConfig",
+    "Extractor",
+    "crop_rect",
+    "local_descriptors",
+    "local_descriptors_by_method",
+]
 
 Box = tuple[float, float, float, float]
 MethodFn = Callable[[Sequence[Tensor], "DescriptorConfig", "Sequence[Box | None] | None"], list[np.ndarray]]
@@ -49,32 +57,43 @@ def _rmac(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> 
     return [_rows_to_numpy(rmac_region_vectors(A, levels=config.rmac_levels)) for A in acts]
 
 
-def _nmf_method(use_heatmaps: bool) -> MethodFn:
-    def method(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
-        factors = factorize_activations(
-            list(acts),
-            config.k,
-            max_iter=config.max_iter,
-            tol=config.tol,
-            seed=config.seed,
-            crow_weighting=config.crow_weighting,
-        )
-        out = []
-        for i, (U, V) in enumerate(factors):
-            box = grid_boxes[i] if grid_boxes is not None else None
-            if box is not None:
-                # design step 7: only the K' factors inside the box go through steps 4-5, so
-                # V·U mixes the kept factors among themselves, never with the background ones
-                chosen = select_factors_in_grid_box(U, box, config.box_threshold)
-                U, V = U[chosen], V[chosen]
-            if use_heatmaps:
-                rows = nmf_vu_rows(U, V, size=config.gaussian_size, variance=config.gaussian_variance)
-            else:
-                rows = nmf_v_rows(V)
-            out.append(_rows_to_numpy(rows))
-        return out
+def _factorize(acts: Sequence[Tensor], config: DescriptorConfig) -> list[tuple[Tensor, Tensor]]:
+    return factorize_activations(
+        list(acts),
+        config.k,
+        max_iter=config.max_iter,
+        tol=config.tol,
+        seed=config.seed,
+        crow_weighting=config.crow_weighting,
+    )
 
-    return method
+
+def _nmf_settings(config: DescriptorConfig) -> tuple:
+    """What decides the factors (nmf-v and nmf-vu with equal settings share them)."""
+    return (config.k, config.max_iter, config.tol, config.seed, config.crow_weighting)
+
+
+def _rows_from_factors(
+    factors: Sequence[tuple[Tensor, Tensor]], config: DescriptorConfig, grid_boxes=None
+) -> list[np.ndarray]:
+    out = []
+    for i, (U, V) in enumerate(factors):
+        box = grid_boxes[i] if grid_boxes is not None else None
+        if box is not None:
+            # design step 7: only the K' factors inside the box go through steps 4-5, so
+            # V·U mixes the kept factors among themselves, never with the background ones
+            chosen = select_factors_in_grid_box(U, box, config.box_threshold)
+            U, V = U[chosen], V[chosen]
+        if config.method == "nmf-vu":
+            rows = nmf_vu_rows(U, V, size=config.gaussian_size, variance=config.gaussian_variance)
+        else:
+            rows = nmf_v_rows(V)
+        out.append(_rows_to_numpy(rows))
+    return out
+
+
+def _nmf_method(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
+    return _rows_from_factors(_factorize(acts, config), config, grid_boxes)
 
 
 METHODS: dict[str, MethodFn] = {
@@ -83,8 +102,8 @@ METHODS: dict[str, MethodFn] = {
     "gem": _single_row(lambda A, cfg: gem(A, p=cfg.gem_p)),
     "crow": _single_row(lambda A, cfg: crow(A)),
     "rmac": _rmac,
-    "nmf-v": _nmf_method(use_heatmaps=False),
-    "nmf-vu": _nmf_method(use_heatmaps=True),
+    "nmf-v": _nmf_method,
+    "nmf-vu": _nmf_method,
 }
 NMF_METHODS = frozenset({"nmf-v", "nmf-vu"})
 
@@ -162,7 +181,32 @@ def local_descriptors(
     return METHODS[config.method](_prepare(acts), config, grid_boxes)
 
 
-def _crop_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+def local_descriptors_by_method(
+    acts: Sequence[Tensor],
+    configs: Sequence[DescriptorConfig],
+    grid_boxes: Sequence[Box | None] | None = None,
+) -> list[list[np.ndarray]]:
+    """``local_descriptors`` for several configs on the same activations, in one pass: the NMF
+    runs once per distinct NMF setting, not once per method (nmf-v and nmf-vu share it)."""
+    if grid_boxes is not None and len(grid_boxes) != len(acts):
+        raise ValueError(f"local_descriptors: {len(acts)} activations but {len(grid_boxes)} grid boxes")
+    if not acts:
+        return [[] for _ in configs]
+    prepared = _prepare(acts)
+    factors_by_setting: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+    out = []
+    for config in configs:
+        if config.uses_nmf:
+            setting = _nmf_settings(config)
+            if setting not in factors_by_setting:
+                factors_by_setting[setting] = _factorize(prepared, config)
+            out.append(_rows_from_factors(factors_by_setting[setting], config, grid_boxes))
+        else:
+            out.append(METHODS[config.method](prepared, config, grid_boxes))
+    return out
+
+
+def crop_rect(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """Pixel box -> integer crop rectangle (outward rounding), clipped to the image."""
     if len(box) != 4:
         raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
@@ -218,8 +262,7 @@ class Extractor:
             if grid_box is None:
                 cropped.append(A)
                 continue
-            x0, y0 = math.floor(grid_box[0]), math.floor(grid_box[1])
-            x1, y1 = max(math.ceil(grid_box[2]), x0 + 1), max(math.ceil(grid_box[3]), y0 + 1)
+            x0, y0, x1, y1 = grid_cells(grid_box)
             cropped.append(A[:, y0:y1, x0:x1])
         return local_descriptors(cropped, self.config)
 
@@ -234,7 +277,7 @@ class Extractor:
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         if not self.config.uses_nmf:
             images = [
-                img if box is None else img.crop(_crop_box(box, img.size))
+                img if box is None else img.crop(crop_rect(box, img.size))
                 for img, box in zip(images, boxes, strict=True)
             ]
             return local_descriptors(self.activations(images), self.config)

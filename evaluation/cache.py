@@ -15,7 +15,6 @@ in docs/results.md: identical mAP to 0.1 with float32).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from descriptors.backbones import Backbone
+from descriptors.backbones import Backbone, file_sha256
 from descriptors.images import decode_image
+from descriptors.pipeline import crop_rect
 
 Box = tuple[float, float, float, float]
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -49,26 +49,14 @@ class CachedActivation:
     image_wh: tuple[int, int]  # size of the (cropped) image the activation was computed from
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
 
 def crop_image(img, box: Box):
-    """Crop a PIL image to a float box, rounded outward to whole pixels and clipped to the image."""
-    width, height = img.size
-    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x1, y1 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"crop box {box} does not overlap the {width}x{height} image")
-    return img.crop((x0, y0, x1, y1))
+    """Crop a PIL image to a float box, rounded outward to whole pixels and clipped to the image
+    (the same rectangle the Extractor crops for the baselines)."""
+    return img.crop(crop_rect(box, img.size))
 
 
 class ActivationCache:

@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from descriptors.aggregate import aggregate_rows, l2_normalize_rows
-from descriptors.pipeline import NMF_METHODS, DescriptorConfig, Extractor, local_descriptors
+from descriptors.boxes import box_to_grid
+from descriptors.pipeline import NMF_METHODS, DescriptorConfig, local_descriptors_by_method
 from descriptors.whitening import PCAWhitening
 from evaluation.cache import ActivationCache, Box, ImageRequest
 
@@ -32,9 +33,6 @@ class MethodEncoder:
         self.cache = cache
         self.methods = list(methods)
         self.configs = {m: DescriptorConfig(method=m, k=k) for m in self.methods}
-        self.extractors = {
-            m: Extractor(cache.backbone, self.configs[m], cache.image_size) for m in self.methods
-        }
         self.progress = progress
         self.whitenings: dict[str, PCAWhitening | None] = dict.fromkeys(self.methods)
 
@@ -57,8 +55,10 @@ class MethodEncoder:
         with self._bar(len(requests), f"{label}: rows") as bar:
             for chunk in self.cache.iter_chunks(requests):
                 acts = [c.activation for c in chunk]
-                for m in self.methods:
-                    out[m].extend(local_descriptors(acts, self.configs[m]))
+                # one NMF per chunk serves both nmf-v and nmf-vu
+                by_method = local_descriptors_by_method(acts, [self.configs[m] for m in self.methods])
+                for m, rows in zip(self.methods, by_method, strict=True):
+                    out[m].extend(rows)
                 bar.update(len(chunk))
         return out
 
@@ -88,18 +88,26 @@ class MethodEncoder:
         )
         full = [self.cache.load(r) for r in requests]
         acts = [c.activation for c in full]
-        out = {}
-        for m in self.methods:
-            if m in NMF_METHODS:
-                rows = self.extractors[m].rows_from_activations(acts, [c.image_wh for c in full], list(boxes))
-            else:
-                cropped: list[torch.Tensor] = [
-                    a if b is None else self.cache.load(ImageRequest(r.path, b)).activation
-                    for a, r, b in zip(acts, requests, boxes, strict=True)
-                ]
-                rows = local_descriptors(cropped, self.configs[m])
-            out[m] = self._aggregate(m, rows)
-        return out
+        nmf_methods = [m for m in self.methods if m in NMF_METHODS]
+        baselines = [m for m in self.methods if m not in NMF_METHODS]
+        rows: dict[str, list[np.ndarray]] = {}
+        if nmf_methods:
+            # NMF methods keep the factors inside the box on the full image's activations
+            grid_boxes = [
+                None if b is None else box_to_grid(b, c.image_wh, tuple(c.activation.shape[1:]))
+                for c, b in zip(full, boxes, strict=True)
+            ]
+            by_method = local_descriptors_by_method(acts, [self.configs[m] for m in nmf_methods], grid_boxes)
+            rows.update(zip(nmf_methods, by_method, strict=True))
+        if baselines:
+            # baselines use the activations of the image cropped to the box (loaded once for all)
+            cropped: list[torch.Tensor] = [
+                a if b is None else self.cache.load(ImageRequest(r.path, b)).activation
+                for a, r, b in zip(acts, requests, boxes, strict=True)
+            ]
+            by_method = local_descriptors_by_method(cropped, [self.configs[m] for m in baselines])
+            rows.update(zip(baselines, by_method, strict=True))
+        return {m: self._aggregate(m, rows[m]) for m in self.methods}
 
 
 def rank_database(queries: np.ndarray, database: np.ndarray) -> np.ndarray:

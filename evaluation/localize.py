@@ -26,26 +26,18 @@ import torch
 from tqdm import tqdm
 
 from descriptors.backbones import load_backbone
-from descriptors.boxes import box_to_grid
-from descriptors.localization import colocalize
+from descriptors.boxes import box_to_grid, grid_cells
+from descriptors.localization import colocalize, iou
 from evaluation.cache import ActivationCache, Box, ImageRequest
 from evaluation.config import EvalConfig
 from evaluation.datasets.instance import find_ground_truth
 from evaluation.datasets.protocols import Coverage, present_images
 from evaluation.datasets.semantic import load_tiny_imagenet
-from evaluation.metrics import iou
 from evaluation.report import EvalReport, MethodResult
 
 LOCALIZATION_DATASETS = ("oxford5k", "paris6k", "roxford5k", "rparis6k", "tiny-imagenet")
 LOCALIZATION_METHODS = ("nmf-colocalize", "sliding-window-mac", "full-image")
 _TIE = 1e-6
-
-
-def _cells(grid_box: Box) -> tuple[int, int, int, int]:
-    """Whole cells a continuous grid box touches (at least one)."""
-    x0, y0 = math.floor(grid_box[0]), math.floor(grid_box[1])
-    x1, y1 = max(math.ceil(grid_box[2]), x0 + 1), max(math.ceil(grid_box[3]), y0 + 1)
-    return x0, y0, x1, y1
 
 
 def sliding_window_mac(
@@ -56,7 +48,7 @@ def sliding_window_mac(
     match_wh: tuple[int, int],
 ) -> Box:
     """Pixel box in the match of the grid window whose MAC is most cosine-similar to the query box's MAC."""
-    qx0, qy0, qx1, qy1 = _cells(box_to_grid(query_box, query_wh, tuple(query_act.shape[1:])))
+    qx0, qy0, qx1, qy1 = grid_cells(box_to_grid(query_box, query_wh, tuple(query_act.shape[1:])))
     target = query_act[:, qy0:qy1, qx0:qx1].amax(dim=(1, 2))
     target = target / target.norm().clamp_min(1e-12)
     _, h, w = match_act.shape

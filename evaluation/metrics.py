@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Box = tuple[float, float, float, float]
+# the one IoU (descriptors.localization), re-exported with the other metrics
+from descriptors.localization import iou as iou
 
 
 def compute_ap(positive_ranks: Sequence[int] | np.ndarray, n_positives: int) -> float:
@@ -152,16 +153,3 @@ def map_at_k(
     aps = [average_precision_at_k(r, rel, k) for r, rel in zip(rankings, relevants, strict=True)]
     valid = [a for a in aps if not np.isnan(a)]
     return float(np.mean(valid)) if valid else float("nan")
-
-
-def iou(a: Box | None, b: Box | None) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes (x1/y1 exclusive); 0 if either is None."""
-    if a is None or b is None:
-        return 0.0
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union = area_a + area_b - inter
-    return float(inter / union) if union > 0 else 0.0
