@@ -175,7 +175,9 @@ def _assemble(
                 shard_vectors = shard.vectors
             else:
                 shard_vectors = _aggregate_shard(shard, whitening)
-            if vectors is None:
+            # a shard whose images all failed to decode has no vector width: size the file from
+            # the first shard that has one
+            if vectors is None and shard_vectors.shape[1] > 0:
                 vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n_items, shard_vectors.shape[1]))
             for j, image_id in enumerate(shard.ids):
                 status = shard.statuses[j]

@@ -77,6 +77,19 @@ def test_bad_files_are_skipped_counted_and_listed_and_the_build_succeeds(photo_f
     assert statuses["bomb.png"] == "skipped:too-large" and statuses["coffee.jpg"] == "indexed"
 
 
+def test_a_first_shard_with_no_decodable_image_does_not_break_the_build(photo_folder: Path, tmp_path: Path, tiny_config) -> None:
+    # "0-*" sorts first: the first shard (4 files) holds only broken files, so it has no vector width
+    for i in range(4):
+        (photo_folder / f"0-broken-{i}.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "index"
+    summary = build_index(photo_folder, out, tiny_config, progress=False)
+    assert summary.indexed == 8 and summary.skipped_reasons == {"not-an-image": 4}
+    with open_index(out) as index:
+        assert index.count == 8 and index.dim == 1280
+        assert not index.vectors([0, 1, 2, 3]).any()
+        np.testing.assert_allclose(np.linalg.norm(index.vectors([4, 11]), axis=1), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize("content", ["empty", "no-images", "only-bad-images"])
 def test_a_folder_without_usable_images_is_an_error_and_writes_nothing(tmp_path: Path, tiny_config, content: str) -> None:
     folder = tmp_path / "in"
