@@ -41,8 +41,17 @@ _FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 Box = tuple[float, float, float, float]
 __all__ = [
-    "QUEUE_STAGE", "STAGES", "AddedImage", "EngineConfig", "InvalidQueryError", "QueryDeadlineError",
-    "SearchEngine", "SearchEngineError", "SearchHit", "SearchOutcome", "validate_box",
+    "QUEUE_STAGE",
+    "STAGES",
+    "AddedImage",
+    "EngineConfig",
+    "InvalidQueryError",
+    "QueryDeadlineError",
+    "SearchEngine",
+    "SearchEngineError",
+    "SearchHit",
+    "SearchOutcome",
+    "validate_box",
 ]
 
 
@@ -110,11 +119,6 @@ def _container_format(data: bytes) -> str:
         return img.format or ""
 
 
-def _l2(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
-
-
 class SearchEngine:
     """An index directory, loaded with its extractor, answering searches and taking changes."""
 
@@ -139,9 +143,15 @@ class SearchEngine:
         forward_threads = torch.get_num_threads()
         self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
         self._nmf_pool = (
-            ComputePool(slots, "nmf", torch_threads=config.nmf_threads) if config.pipelined else self._backbone_pool
+            ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
+            if config.pipelined
+            else self._backbone_pool
         )
-        self._batcher = ForwardBatcher(self._forward_many, config.max_batch, config.batch_timeout_ms / 1000.0)
+        # the batcher decides the batch; the backbone forwards each group it hands over as one batch
+        self.backbone.max_batch = max(1, config.max_batch)
+        self._batcher = ForwardBatcher(
+            self.backbone.extract, config.max_batch, config.batch_timeout_ms / 1000.0
+        )
         self.localizer = Localizer(
             self.backbone,
             self.extractor.config,
@@ -195,7 +205,9 @@ class SearchEngine:
             clock, "nmf", self.extractor.rows_from_activations, [activation], [img.size], [query_box]
         )[0]
         with clock.stage("descriptor"):
-            descriptor = np.asarray(self.extractor.global_descriptor(rows, self._index.whitening), dtype=np.float32)
+            descriptor = np.asarray(
+                self.extractor.global_descriptor(rows, self._index.whitening), dtype=np.float32
+            )
         with self._catalog_guard.read():
             index = self._index  # FAISS ids and catalog paths from one and the same state
             k = min(int(top_k), max(1, int(index.count)))
@@ -226,7 +238,7 @@ class SearchEngine:
                 partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
                 img,
                 query_box,
-                [self._resolve(hit.path) for hit in hits],
+                [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
             )
             self._apply_localization(outcome, result, with_heatmaps)
         outcome.stages_ms = clock.ms
@@ -296,11 +308,15 @@ class SearchEngine:
                     os.replace(tmp, target)
                 stored.append((key, target, digest, created))
             files = sorted({str(path) for _, path, _, _ in stored})
-            summary = indexer.add_images(self.config.index_dir, files, extractor=self.extractor, progress=False)
+            summary = indexer.add_images(
+                self.config.index_dir, files, extractor=self.extractor, progress=False
+            )
             fresh = indexer.open_index(self.config.index_dir)
             new_ids = [int(i) for i in summary.ids]
             id_by_file = {
-                os.path.realpath(p): i for p, i in zip(fresh.paths(new_ids), new_ids, strict=True) if p is not None
+                os.path.realpath(p): i
+                for p, i in zip(fresh.paths(new_ids), new_ids, strict=True)
+                if p is not None
             }
             by_sha: dict[str, int] | None = None
             added: list[AddedImage] = []
@@ -332,12 +348,16 @@ class SearchEngine:
         if not len(ids) and not len(paths):
             raise InvalidQueryError("empty", "RemoveImages needs ids or paths; got neither")
         with self._write_lock:
-            candidates = {str(p) for p in self._index.paths([int(i) for i in ids]) if p} | {str(p) for p in paths}
+            candidates = {str(p) for p in self._index.paths([int(i) for i in ids]) if p} | {
+                str(p) for p in paths
+            }
             # the catalog is changed in place: searches between FAISS and the path lookup must
             # not see it half-way, so they are held off (briefly) while the removal runs
             with self._catalog_guard.write():
                 removed = indexer.remove_images(
-                    self.config.index_dir, ids=[int(i) for i in ids] or None, paths=[str(p) for p in paths] or None
+                    self.config.index_dir,
+                    ids=[int(i) for i in ids] or None,
+                    paths=[str(p) for p in paths] or None,
                 )
                 if removed:
                     self._index = indexer.open_index(self.config.index_dir)
@@ -370,33 +390,18 @@ class SearchEngine:
         except ImageDecodeError as exc:
             raise InvalidQueryError(exc.reason, str(exc)) from exc
 
-    @torch.inference_mode()
-    def _forward_many(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One forward per group of equal-sized images (the batcher's unit of work)."""
-        out: list[torch.Tensor | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for position, image in enumerate(images):
-            by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
-        for positions in by_size.values():
-            maps = self.backbone.forward(torch.stack([images[p] for p in positions])).float()
-            for position, activation in zip(positions, maps, strict=True):
-                out[position] = activation.contiguous()
-        return out  # type: ignore[return-value]
-
     def _expand(self, index, query: np.ndarray, scores, ids, n: int, k: int):
         top = [int(i) for i in ids[:n] if i >= 0]
         if not top:
             return scores, ids
         neighbours = np.asarray(index.vectors(top), dtype=np.float32)
-        expanded = _l2(query + neighbours.sum(axis=0)).astype(np.float32)
-        new_scores, new_ids = index.search(expanded[None, :], k)
+        # OpenIndex.search l2-normalizes its queries: the sum is the expanded query
+        new_scores, new_ids = index.search((query + neighbours.sum(axis=0))[None, :], k)
         return new_scores[0], new_ids[0]
 
-    def _resolve(self, path: str) -> Path:
-        candidate = Path(path)
-        return candidate if candidate.is_absolute() else self.config.index_dir / candidate
-
-    def _apply_localization(self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:
+    def _apply_localization(
+        self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool
+    ) -> None:
         for hit, match in zip(outcome.hits, result.matches, strict=True):
             hit.box = match.box
             hit.image_missing = match.missing

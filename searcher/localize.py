@@ -20,6 +20,8 @@ from PIL import Image
 
 from descriptors.images import ImageDecodeError, decode_image
 
+from .errors import QueryDeadlineError
+
 Box = tuple[float, float, float, float]
 
 
@@ -61,7 +63,10 @@ class Localizer:
         images: list[Image.Image | None] = []
         for path in match_paths:
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("deadline exceeded while loading result images for localization")
+                raise QueryDeadlineError(
+                    "deadline exceeded while loading result images for localization; allow more time "
+                    "(a longer client timeout) or ask for fewer results / no localization"
+                )
             try:
                 images.append(decode_image(path))
             except ImageDecodeError:

@@ -104,7 +104,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 )
             except InvalidQueryError as exc:
                 call.fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except (QueryDeadlineError, TimeoutError) as exc:
+            except QueryDeadlineError as exc:
                 call.fail(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             if self.metrics is not None:
                 self.metrics.observe_stages(outcome.stages_ms)

@@ -22,12 +22,12 @@ def _heatmap_array(message: search_pb2.Heatmap) -> np.ndarray | None:
 
 
 def _load(path: str | Path):
-    from PIL import Image
+    """The image as the server saw it (EXIF orientation applied), so boxes and heatmaps line up."""
+    from descriptors.images import ImageDecodeError, decode_image
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError):
+        return decode_image(path)
+    except ImageDecodeError:
         return None
 
 
@@ -43,8 +43,13 @@ def _overlay(ax, image, heatmap: np.ndarray | None, size: tuple[int, int]) -> No
     if image is not None:
         ax.imshow(image)
     if heatmap is not None:
-        ax.imshow(heatmap, cmap="jet", alpha=0.45 if image is not None else 1.0,
-                  extent=(0, width, height, 0), interpolation="bilinear")
+        ax.imshow(
+            heatmap,
+            cmap="jet",
+            alpha=0.45 if image is not None else 1.0,
+            extent=(0, width, height, 0),
+            interpolation="bilinear",
+        )
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
 

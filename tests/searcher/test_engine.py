@@ -225,7 +225,7 @@ def test_dynamic_batching_groups_concurrent_forwards_with_unchanged_results(buil
     try:
         img = photo("coffee")
         tensor = engine.backbone.preprocess(img, 160)
-        reference = engine._forward_many([tensor])[0]
+        reference = engine.backbone.extract([tensor])[0]
         results: list[torch.Tensor] = []
         threads = [threading.Thread(target=lambda: results.append(engine._batcher.run(tensor))) for _ in range(4)]
         for thread in threads:
