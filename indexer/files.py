@@ -13,13 +13,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from descriptors.images import IMAGE_EXTENSIONS
+from descriptors.images import is_image_path
 
 INDEX_PREFIX = "@index/"
-
-
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
@@ -36,11 +32,12 @@ def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> 
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(
-            d for d in dirnames
+            d
+            for d in dirnames
             if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in excluded
         )
         for name in filenames:
-            if not name.startswith(".") and _is_image_name(name):
+            if not name.startswith(".") and is_image_path(name):
                 found.append(Path(dirpath) / name)
     found.sort(key=lambda p: p.relative_to(root).as_posix())
     yield from found
@@ -84,7 +81,7 @@ def catalog_path(path: str | Path, source_root: str | Path, index_dir: str | Pat
 def resolve_catalog_path(stored: str, source_root: str | Path, index_dir: str | Path) -> str:
     """Inverse of `catalog_path`: the absolute path of a catalog entry."""
     if stored.startswith(INDEX_PREFIX):
-        return os.path.join(os.path.abspath(index_dir), stored[len(INDEX_PREFIX):])
+        return os.path.join(os.path.abspath(index_dir), stored[len(INDEX_PREFIX) :])
     if os.path.isabs(stored):
         return stored
     return os.path.join(os.path.abspath(source_root), stored)

@@ -83,7 +83,7 @@ def write_manifest(index_dir: str | Path, manifest: dict) -> None:
     atomic_write_json(Path(index_dir) / MANIFEST_NAME, manifest)
 
 
-def _descriptor_config_from(manifest: dict):
+def descriptor_config_from(manifest: dict):
     from descriptors.pipeline import DescriptorConfig
 
     fields = set(DescriptorConfig.__dataclass_fields__)
@@ -111,7 +111,7 @@ def build_extractor(manifest: dict, device: str = "cpu", weights: str | None = N
             device=device,
             reflection_padding=bool(info.get("reflection_padding", False)),
         )
-    extractor = Extractor(backbone, _descriptor_config_from(manifest), image_size=int(manifest["image_size"]))
+    extractor = Extractor(backbone, descriptor_config_from(manifest), image_size=int(manifest["image_size"]))
     check_manifest_matches(manifest, extractor)
     return extractor
 

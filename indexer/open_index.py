@@ -16,7 +16,15 @@ from .catalog import Catalog
 from .errors import IndexFormatError
 from .faiss_index import apply_search_params, read_faiss_index
 from .files import resolve_catalog_path
-from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, build_extractor, read_manifest
+from .manifest import (
+    CATALOG_NAME,
+    FAISS_NAME,
+    VECTORS_NAME,
+    WHITENING_NAME,
+    build_extractor,
+    descriptor_config_from,
+    read_manifest,
+)
 
 SMALL_BATCH = 4
 _ALL_THREADS: list[int] = []  # faiss's thread count before we touched it (OMP_NUM_THREADS or all cores)
@@ -28,7 +36,9 @@ class OpenIndex:
         self.manifest = read_manifest(self.index_dir)
         for name in (FAISS_NAME, CATALOG_NAME, VECTORS_NAME):
             if not (self.index_dir / name).is_file():
-                raise IndexFormatError(f"{self.index_dir}: {name} is missing; the index is incomplete, rebuild it")
+                raise IndexFormatError(
+                    f"{self.index_dir}: {name} is missing; the index is incomplete, rebuild it"
+                )
         self.faiss_index = read_faiss_index(self.index_dir / FAISS_NAME)
         apply_search_params(self.faiss_index, self.manifest["faiss"].get("search_params", ""))
         self.whitening = None
@@ -59,9 +69,11 @@ class OpenIndex:
 
     def extractor_config(self):
         """(backbone name, DescriptorConfig, image_size) of the extractor that made the vectors."""
-        from descriptors.pipeline import DescriptorConfig
-
-        return self.manifest["backbone"]["name"], DescriptorConfig(**self.manifest["descriptor"]), int(self.manifest["image_size"])
+        return (
+            self.manifest["backbone"]["name"],
+            descriptor_config_from(self.manifest),
+            int(self.manifest["image_size"]),
+        )
 
     def build_extractor(self, device: str = "cpu"):
         return build_extractor(self.manifest, device=device)
@@ -122,6 +134,8 @@ def index_info(index_dir: str | Path) -> dict:
             "catalog_skipped": index.catalog.skipped_reasons(),
         }
         info["files"] = {
-            p.name: p.stat().st_size for p in sorted(index.index_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+            p.name: p.stat().st_size
+            for p in sorted(index.index_dir.iterdir())
+            if p.is_file() and not p.name.startswith(".")
         }
     return info

@@ -17,16 +17,22 @@ def sample_rows(partial: PartialBuild, max_rows: int, seed: int) -> np.ndarray:
     """Up to `max_rows` l2-normalized non-zero rows, sampled uniformly (seeded) over all shards."""
     from descriptors.aggregate import l2_normalize_rows
 
+    shards = list(partial.completed())
     counts = []
-    for index in partial.completed():
+    for index in shards:
+        # the per-image row counts are tiny; the rows themselves are read only for chosen shards
         with np.load(partial.shard_path(index), allow_pickle=False) as data:
-            counts.append(int(data["rows"].shape[0]))
+            counts.append(int(data["row_counts"].sum()))
     total = sum(counts)
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(total, size=min(total, max_rows), replace=False)) if total else np.zeros(0, np.int64)
+    chosen = (
+        np.sort(rng.choice(total, size=min(total, max_rows), replace=False))
+        if total
+        else np.zeros(0, np.int64)
+    )
     picked = []
     offset = 0
-    for index, count in zip(partial.completed(), counts, strict=True):
+    for index, count in zip(shards, counts, strict=True):
         local = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
         if len(local):
             picked.append(partial.read_shard(index).rows[local])
@@ -38,13 +44,11 @@ def sample_rows(partial: PartialBuild, max_rows: int, seed: int) -> np.ndarray:
 
 
 def fit_whitening(rows: np.ndarray, dim: int, source: str):
-    from descriptors.whitening import InsufficientSamplesError, PCAWhitening
+    from descriptors.whitening import PCAWhitening
 
     try:
         return PCAWhitening.fit(rows, dim)
-    except InsufficientSamplesError as exc:
-        raise IndexerError(f"--whiten-dim {dim} on {source}: {exc}") from exc
-    except ValueError as exc:
+    except ValueError as exc:  # InsufficientSamplesError included
         raise IndexerError(f"--whiten-dim {dim} on {source}: {exc}") from exc
 
 
@@ -91,10 +95,17 @@ def _whitening_from_index(source: Path, config: IndexConfig, extractor):
             f"--whiten-on {source}: its whitening has dim {whitening.dim}, --whiten-dim is {config.whiten_dim}; "
             f"pass --whiten-dim {whitening.dim}"
         )
-    return whitening, {"dim": whitening.dim, "fit_on": f"index {source}", "rows": int(other["whitening"].get("rows", 0)), "file": WHITENING_NAME}
+    return whitening, {
+        "dim": whitening.dim,
+        "fit_on": f"index {source}",
+        "rows": int(other["whitening"].get("rows", 0)),
+        "file": WHITENING_NAME,
+    }
 
 
-def _rows_of_folder(source: Path, partial: PartialBuild, config: IndexConfig, extractor, progress: bool) -> np.ndarray:
+def _rows_of_folder(
+    source: Path, partial: PartialBuild, config: IndexConfig, extractor, progress: bool
+) -> np.ndarray:
     """Extract the rows of another folder (resumable, in `OUT.partial/whiten-on/`)."""
     from .build import extract_to_partial
     from .files import iter_image_files
@@ -105,5 +116,7 @@ def _rows_of_folder(source: Path, partial: PartialBuild, config: IndexConfig, ex
         raise IndexerError(f"--whiten-on {source}: no image files found")
     items = [WorkItem(i, f, f.relative_to(source).as_posix()) for i, f in enumerate(files)]
     sub = PartialBuild(partial.folder / "whiten-on")
-    extract_to_partial(source, items, sub, config, extractor, stores_rows=True, progress=progress, desc="whiten-on")
+    extract_to_partial(
+        source, items, sub, config, extractor, stores_rows=True, progress=progress, desc="whiten-on"
+    )
     return sample_rows(sub, config.whiten_max_rows, config.seed)
