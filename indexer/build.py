@@ -132,6 +132,10 @@ def build_index(
         folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract"
     )
     try:
+        if extractor is None:
+            # every shard was resumed; the manifest and the --whiten-on check still need the
+            # extractor's identity (the backbone trunk is cached, so this is cheap)
+            extractor = make_extractor(config)
         summary = _assemble(folder, out, partial, config, extractor, len(items), progress)
     except NoImagesError:
         partial.remove()
@@ -208,7 +212,7 @@ def _assemble(
             catalog.apply(insert=catalog_rows)
         counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
         manifest = make_manifest(
-            config, extractor.backbone if extractor is not None else _backbone_info(config), config.descriptor_config(),
+            config, extractor.backbone, config.descriptor_config(),
             source_root=str(folder), dim=dim, factory=factory, search_params=search_params,
             whitening_info=whitening_info, counts=counts, next_id=n_items,
         )
@@ -223,13 +227,6 @@ def _assemble(
     summary.factory = factory
     summary.dim = dim
     return summary
-
-
-def _backbone_info(config: IndexConfig):
-    """All shards were resumed, so no extractor was built: load just the backbone's identity."""
-    from descriptors.backbones import load_backbone
-
-    return load_backbone(config.backbone, weights=config.weights, device="cpu", reflection_padding=config.reflection_padding)
 
 
 def _shard_meta(partial: PartialBuild, index: int) -> tuple[int, set[str]]:

@@ -76,16 +76,15 @@ def _whitening_from_index(source: Path, config: IndexConfig, extractor):
 
     other = read_manifest(source)
     theirs = manifest_settings(other)
-    if extractor is not None:
-        from .manifest import extractor_settings
+    from .manifest import extractor_settings
 
-        mine = extractor_settings(extractor)
-        for key in ("backbone", "weights_sha256", "layer", "descriptor"):
-            if theirs.get(key) != mine.get(key):
-                raise IndexerError(
-                    f"--whiten-on {source}: that index uses {key}={theirs.get(key)!r}, this build {mine.get(key)!r}; "
-                    "its whitening does not apply"
-                )
+    mine = extractor_settings(extractor)
+    for key in ("backbone", "weights_sha256", "layer", "descriptor"):
+        if theirs.get(key) != mine.get(key):
+            raise IndexerError(
+                f"--whiten-on {source}: that index uses {key}={theirs.get(key)!r}, this build {mine.get(key)!r}; "
+                "its whitening does not apply"
+            )
     path = source / WHITENING_NAME
     if not path.is_file():
         raise IndexerError(f"--whiten-on {source}: that index has no whitening (built with --whiten-dim 0)")

@@ -18,6 +18,7 @@ from indexer.build import build_index
 from indexer.cli import main as cli_main
 from indexer.errors import (
     FaissTrainingError,
+    IndexerError,
     IndexExistsError,
     IndexWriteError,
     ManifestMismatchError,
@@ -157,6 +158,22 @@ def test_whitening_two_pass_build_and_reuse_on_another_index(photo_folder: Path,
     build_index(other, tmp_path / "c", config.replace(whiten_on=str(photo_folder)), progress=False)
     c = np.load(tmp_path / "c" / "whitening.npz")
     np.testing.assert_allclose(a["projection"], c["projection"], rtol=1e-4, atol=1e-4)
+
+
+def test_whiten_on_an_incompatible_index_is_refused_even_when_every_shard_is_resumed(
+    photo_folder: Path, tmp_path: Path, tiny_config
+) -> None:
+    config = tiny_config.replace(whiten_dim=12)
+    build_index(photo_folder, tmp_path / "nmf-v", config.replace(descriptor="nmf-v"), progress=False)
+    other = tmp_path / "other"
+    write_photos(other, names=("chelsea", "coffee"))
+    # the first attempt extracts every shard, then fails on a --whiten-on that does not exist
+    with pytest.raises(IndexerError, match="neither a folder"):
+        build_index(other, tmp_path / "b", config.replace(whiten_on=str(tmp_path / "missing")), progress=False)
+    # the rerun resumes every shard (no extraction now) and must still compare the settings
+    with pytest.raises(IndexerError, match="descriptor"):
+        build_index(other, tmp_path / "b", config.replace(whiten_on=str(tmp_path / "nmf-v")), progress=False)
+    assert not (tmp_path / "b").exists()
 
 
 def test_add_skips_known_content_continues_ids_and_is_seen_by_a_reopen(photo_folder: Path, tmp_path: Path, tiny_config) -> None:
