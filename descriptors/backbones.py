@@ -144,7 +144,14 @@ def _build_resnet50(weights: str | None, reflection_padding: bool) -> tuple[nn.M
     state, path = _torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V1, weights, "resnet50")
     model.load_state_dict(state)
     trunk = nn.Sequential(
-        model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+        model.conv1,
+        model.bn1,
+        model.relu,
+        model.maxpool,
+        model.layer1,
+        model.layer2,
+        model.layer3,
+        model.layer4,
     )
     if reflection_padding:
         _use_reflection_padding(trunk)
@@ -204,6 +211,18 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float = 3.0) -> Image.Image:
+    """The resize of `Backbone.preprocess`, PIL only (decode threads call it ahead of the forward):
+    smaller side -> image_size, longer side capped at max_side_ratio * image_size."""
+    width, height = img.size
+    scale = image_size / min(width, height)
+    scale = min(scale, max_side_ratio * image_size / max(width, height))
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if new_size != img.size:
+        img = img.resize(new_size, Image.BILINEAR, reducing_gap=None)
+    return img
+
+
 class Backbone(nn.Module):
     """A truncated CNN with its preprocessing; `extract` maps images to ReLU activation maps."""
 
@@ -247,12 +266,7 @@ class Backbone(nn.Module):
         The longer side is capped at `max_side_ratio * image_size` (extreme panoramas would
         otherwise give enormous feature maps); the cap keeps the aspect ratio.
         """
-        width, height = img.size
-        scale = image_size / min(width, height)
-        scale = min(scale, self.max_side_ratio * image_size / max(width, height))
-        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if new_size != img.size:
-            img = img.resize(new_size, Image.BILINEAR, reducing_gap=None)
+        img = resize_for_backbone(img, image_size, self.max_side_ratio)
         array = np.asarray(img.convert("RGB"), dtype=np.uint8)
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return (tensor - self._mean) / self._std

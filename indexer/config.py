@@ -54,7 +54,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.descriptor not in DESCRIPTOR_METHODS:
-            raise ValueError(f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}")
+            raise ValueError(
+                f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}"
+            )
         for name in ("k", "image_size", "batch_size", "shard_size", "max_iter"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -71,7 +73,9 @@ class IndexConfig:
         """The descriptors.pipeline.DescriptorConfig these settings describe."""
         from descriptors.pipeline import DescriptorConfig
 
-        return DescriptorConfig(method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed)
+        return DescriptorConfig(
+            method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed
+        )
 
     def extraction_fingerprint(self) -> dict:
         """Settings that change the stage-1 shards: a resume with different ones starts over."""
@@ -79,11 +83,8 @@ class IndexConfig:
             "backbone": self.backbone,
             "weights": self.weights,
             "reflection_padding": self.reflection_padding,
-            "descriptor": self.descriptor,
-            "k": self.k,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "seed": self.seed,
+            # every descriptor setting, defaults included: a changed default also starts over
+            "descriptor": dataclasses.asdict(self.descriptor_config()),
             "image_size": self.image_size,
             "shard_size": self.shard_size,
             "batch_size": self.batch_size,
@@ -103,7 +104,9 @@ def auto_large_factory(n_vectors: int, dim: int) -> str:
     return f"IVF{nlist},PQ64,RFlat"
 
 
-def resolve_faiss_factory(factory: str, n_vectors: int, search_params: str | None, dim: int = 256) -> tuple[str, str]:
+def resolve_faiss_factory(
+    factory: str, n_vectors: int, search_params: str | None, dim: int = 256
+) -> tuple[str, str]:
     """`auto` -> (Flat, or the benchmarked large-scale factory, with its search parameters)."""
     if factory.strip().lower() == "auto":
         if n_vectors <= AUTO_FLAT_LIMIT:

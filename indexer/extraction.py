@@ -21,26 +21,12 @@ def make_extractor(config: IndexConfig):
         # on the shared 2-core machine 1 thread beat 2 by 2-4x under load (OpenMP spin-waits)
         torch.set_num_threads(config.threads)
     backbone = load_backbone(
-        config.backbone, weights=config.weights, device=config.device, reflection_padding=config.reflection_padding
+        config.backbone,
+        weights=config.weights,
+        device=config.device,
+        reflection_padding=config.reflection_padding,
     )
     return Extractor(backbone, config.descriptor_config(), image_size=config.image_size)
-
-
-def resize_like_preprocess(image, image_size: int, max_side_ratio: float):
-    """The resize step of `Backbone.preprocess` (same size formula, same filter), PIL only.
-
-    `Backbone.preprocess` applied afterwards computes a scale of 1 and does not resize again, so
-    the tensor is identical to `preprocess(image)` (tested).
-    """
-    from PIL import Image
-
-    width, height = image.size
-    scale = image_size / min(width, height)
-    scale = min(scale, max_side_ratio * image_size / max(width, height))
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if new_size != image.size:
-        image = image.resize(new_size, Image.BILINEAR, reducing_gap=None)
-    return image
 
 
 def extraction_callables(extractor, stores_rows: bool) -> tuple[Callable[[Any], Any], Callable, Callable]:
@@ -54,12 +40,13 @@ def extraction_callables(extractor, stores_rows: bool) -> tuple[Callable[[Any], 
     # part of the preprocessing (the resize) runs in the reader threads with PIL only: torch ops
     # in those threads would start their own OpenMP teams and fight the forward for the cores
     # (measured on 2 cores: 6.2 images/s with torch normalization in 2 reader threads).
+    from descriptors.backbones import resize_for_backbone
     from descriptors.pipeline import local_descriptors
 
     backbone, image_size, descriptor_config = extractor.backbone, extractor.image_size, extractor.config
 
     def prepare(image: Any) -> Any:
-        return resize_like_preprocess(image, image_size, backbone.max_side_ratio)
+        return resize_for_backbone(image, image_size, backbone.max_side_ratio)
 
     def forward(images: Sequence[Any]) -> list[Any]:
         # preprocess() finds the image already at its target size: it only normalizes

@@ -77,14 +77,14 @@ def test_resize_in_reader_then_preprocess_equals_preprocess(backbone) -> None:
     import torch
     from PIL import Image
 
-    from indexer.extraction import resize_like_preprocess
+    from descriptors.backbones import resize_for_backbone
 
     base = photo("astronaut", 512)
     for size in [(301, 199), (640, 480), (2000, 300), (90, 700), (512, 513)]:  # down, up, capped panoramas
         image = base.resize(size)
         for image_size in (128, 512):
             direct = backbone.preprocess(image, image_size)
-            resized = resize_like_preprocess(image, image_size, backbone.max_side_ratio)
+            resized = resize_for_backbone(image, image_size, backbone.max_side_ratio)
             assert isinstance(resized, Image.Image)
             assert torch.equal(backbone.preprocess(resized, image_size), direct), (size, image_size)
 
