@@ -45,7 +45,9 @@ def collection(count: int, folder: Path) -> list[Path]:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    shared = Path(os.environ.get("DFF_SHARED_DATA", REPO.parent / "shared" / "data")) / "paris6k-subset" / "jpg"
+    shared = (
+        Path(os.environ.get("DFF_SHARED_DATA", REPO.parent / "shared" / "data")) / "paris6k-subset" / "jpg"
+    )
     if shared.is_dir():
         files = sorted(shared.rglob("*.jpg"))[:: max(1, len(list(shared.rglob("*.jpg"))) // count)][:count]
         out = []
@@ -54,8 +56,22 @@ def collection(count: int, folder: Path) -> list[Path]:
             target.write_bytes(path.read_bytes())
             out.append(target)
         return out
-    names = ["chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
-             "colorwheel", "camera", "coins", "brick", "grass", "gravel", "moon", "retina"][:count]
+    names = [
+        "chelsea",
+        "coffee",
+        "astronaut",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "colorwheel",
+        "camera",
+        "coins",
+        "brick",
+        "grass",
+        "gravel",
+        "moon",
+        "retina",
+    ][:count]
     out = []
     for name in names:
         array = getattr(skimage.data, name)()
@@ -80,7 +96,9 @@ def start_server(index: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
             raise SystemExit(f"dff-serve failed: {(index.parent / 'serve.log').read_text()}")
 
 
-def bare_forward(images: list[bytes], image_size: int, seconds: float, threads: int) -> float:
+def bare_forward(
+    backbone_name: str, images: list[bytes], image_size: int, seconds: float, threads: int
+) -> float:
     """ms per image of the backbone forward alone (batch 1, `threads` torch threads, same images),
     run in a worker thread like the server's."""
     import torch
@@ -88,14 +106,16 @@ def bare_forward(images: list[bytes], image_size: int, seconds: float, threads: 
     from descriptors.backbones import load_backbone
     from descriptors.images import decode_image
 
-    backbone = load_backbone("efficientnet-lite0")
+    backbone = load_backbone(backbone_name)  # the served index's backbone, not always the default
     tensors = [backbone.preprocess(decode_image(data), image_size) for data in images]
     result: list[float] = []
 
     def measure() -> None:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            for shape in {tuple(t.shape) for t in tensors}:  # first call per input shape is slow (oneDNN setup)
+            for shape in {
+                tuple(t.shape) for t in tensors
+            }:  # first call per input shape is slow (oneDNN setup)
                 first = next(t for t in tensors if tuple(t.shape) == shape)
                 backbone.forward(first[None])
                 backbone.forward(first[None])
@@ -113,8 +133,15 @@ def bare_forward(images: list[bytes], image_size: int, seconds: float, threads: 
     return result[0]
 
 
-def run_clients(target: str, token: str | None, images: list[bytes], clients: int, duration: float,
-                warmup: float, request: dict) -> dict:
+def run_clients(
+    target: str,
+    token: str | None,
+    images: list[bytes],
+    clients: int,
+    duration: float,
+    warmup: float,
+    request: dict,
+) -> dict:
     from searcher.client import SearchClient
 
     host, port = target.rsplit(":", 1)
@@ -161,8 +188,14 @@ def run_clients(target: str, token: str | None, images: list[bytes], clients: in
         return float(np.percentile(ordered, q)) if ordered else float("nan")
 
     return {
-        "clients": clients, "requests": len(ordered), "qps": len(ordered) / duration, "errors": len(errors),
-        "error_samples": errors[:3], "p50": pct(50), "p95": pct(95), "p99": pct(99),
+        "clients": clients,
+        "requests": len(ordered),
+        "qps": len(ordered) / duration,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50": pct(50),
+        "p95": pct(95),
+        "p99": pct(99),
         "stages": {s: statistics.fmean(v) for s, v in stages.items()},
     }
 
@@ -186,7 +219,9 @@ def faiss_share(index_dir: Path, n_vectors: int, query_ms: float, images: list[b
         queries.append(engine.extractor.global_descriptor(rows, engine.index.whitening))
     engine.close()
     full = np.asarray(queries, dtype=np.float32)
-    return [_time_flat(full[:, :dim], n_vectors, query_ms) for dim in sorted({full.shape[1], 256}, reverse=True)]
+    return [
+        _time_flat(full[:, :dim], n_vectors, query_ms) for dim in sorted({full.shape[1], 256}, reverse=True)
+    ]
 
 
 def _time_flat(queries: np.ndarray, n_vectors: int, query_ms: float) -> dict:
@@ -208,7 +243,12 @@ def _time_flat(queries: np.ndarray, n_vectors: int, query_ms: float) -> dict:
             index.search(q[None], 10)
             samples.append((time.perf_counter() - began) * 1000.0)
     ms = statistics.median(samples)
-    return {"vectors": n_vectors, "dim": dim, "search_ms": ms, "share": ms / query_ms if query_ms else float("nan")}
+    return {
+        "vectors": n_vectors,
+        "dim": dim,
+        "search_ms": ms,
+        "share": ms / query_ms if query_ms else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         cores = torch.get_num_threads()
         thread_counts = sorted({1, cores})
         # the machine may be shared: measure the reference before and after the load, average
-        before = {t: bare_forward(images, info.image_size, args.forward_seconds / 2, t) for t in thread_counts}
+        before = {
+            t: bare_forward(info.backbone, images, info.image_size, args.forward_seconds / 2, t)
+            for t in thread_counts
+        }
         request = {"top_k": args.top_k, "query_expansion": args.qe, "localize": args.localize}
         rows = [run_clients(target, token, images, c, args.duration, args.warmup, request) for c in counts]
-        after = {t: bare_forward(images, info.image_size, args.forward_seconds / 2, t) for t in thread_counts}
+        after = {
+            t: bare_forward(info.backbone, images, info.image_size, args.forward_seconds / 2, t)
+            for t in thread_counts
+        }
         forward_by_threads = {t: (before[t] + after[t]) / 2 for t in thread_counts}
         forward_ms = min(forward_by_threads.values())
     finally:
@@ -277,15 +323,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dff-serve stopped with exit code {code}", file=sys.stderr)
 
     forward_qps = 1000.0 / forward_ms
-    print(f"\nindex: {info.count} images, {info.backbone} at {info.image_size} px, {info.method}; target {target}")
+    print(
+        f"\nindex: {info.count} images, {info.backbone} at {info.image_size} px, {info.method}; target {target}"
+    )
     measured = ", ".join(
         f"{t} thread(s) {forward_by_threads[t]:.1f} ms (before {before[t]:.1f}, after {after[t]:.1f})"
         for t in thread_counts
     )
     print(f"bare backbone forward, batch 1, same images, this process: {measured}")
     print(f"reference (the faster): {forward_ms:.1f} ms = {forward_qps:.2f} img/s")
-    header = f"{'clients':>7} {'QPS':>6} {'xfwd':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4}  " + " ".join(
-        f"{s[:6]:>7}" for s in STAGES
+    header = (
+        f"{'clients':>7} {'QPS':>6} {'xfwd':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4}  "
+        + " ".join(f"{s[:6]:>7}" for s in STAGES)
     )
     print(header + "   (latency and stage columns: ms)")
     for row in rows:
