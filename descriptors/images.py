@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -91,3 +93,28 @@ def decode_image(
             f"{label}: {img.size[0]}x{img.size[1]} is too small; both sides must be >= {min_side} px",
         )
     return img
+
+
+def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Recursively yield image files (jpg/jpeg/png/webp, any case) under `folder`, sorted.
+
+    Hidden files and folders (names starting with '.') are skipped, and so are the folders in
+    `exclude` (the index being built when it lies inside the collection). Symlinked folders are
+    not followed (no cycles); symlinked files are.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    excluded = {os.path.realpath(p) for p in exclude}
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in excluded
+        )
+        for name in filenames:
+            if not name.startswith(".") and is_image_path(name):
+                found.append(Path(dirpath) / name)
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    yield from found

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from descriptors.backbones import load_backbone
-from descriptors.images import IMAGE_EXTENSIONS
+from descriptors.images import IMAGE_EXTENSIONS, iter_image_files
 from evaluation.cache import ActivationCache, ImageRequest
 from evaluation.config import EvalConfig
 from evaluation.datasets.instance import find_ground_truth
@@ -21,7 +21,7 @@ class WhiteningLeakError(ValueError):
 
 
 def whitening_images(folder: Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list(iter_image_files(folder))  # the indexer's walk: hidden files and folders skipped
     if not files:
         raise ValueError(f"--whiten-on {folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     return files

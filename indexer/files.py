@@ -10,37 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-from descriptors.images import is_image_path
+from descriptors.images import iter_image_files  # re-exported: the indexer's public name
 
 INDEX_PREFIX = "@index/"
-
-
-def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Recursively yield image files (jpg/jpeg/png/webp, any case) under `folder`, sorted.
-
-    Hidden files and folders (names starting with '.') are skipped, and so are the folders in
-    `exclude` (the index being built when it lies inside the collection). Symlinked folders are
-    not followed (no cycles); symlinked files are.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    excluded = {os.path.realpath(p) for p in exclude}
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in excluded
-        )
-        for name in filenames:
-            if not name.startswith(".") and is_image_path(name):
-                found.append(Path(dirpath) / name)
-    found.sort(key=lambda p: p.relative_to(root).as_posix())
-    yield from found
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

@@ -19,7 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+DEMO_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+)
 
 
 def default_cache_dir() -> Path:
@@ -81,7 +89,9 @@ def _tool(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dff-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", nargs="?", type=Path, help="images to index (default: scikit-image sample photos)")
+    parser.add_argument(
+        "folder", nargs="?", type=Path, help="images to index (default: scikit-image sample photos)"
+    )
     parser.add_argument("--query", type=Path, help="query image (default: the first image of FOLDER)")
     parser.add_argument("--index", type=Path, help="index directory (default: a cache folder)")
     parser.add_argument("--top-k", type=int, default=5)
@@ -96,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.folder.expanduser().resolve()
         if not folder.is_dir():
             parser.error(f"{folder} is not a folder")
-        from descriptors.images import is_image_path
+        from descriptors.images import iter_image_files
 
-        images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
+        images = list(iter_image_files(folder))
         if not images:
             parser.error(f"{folder} holds no .jpg/.jpeg/.png/.webp images")
         default_query = images[0]
