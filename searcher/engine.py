@@ -308,8 +308,14 @@ class SearchEngine:
                     os.replace(tmp, target)
                 stored.append((key, target, digest, created))
             files = sorted({str(path) for _, path, _, _ in stored})
-            summary = indexer.add_images(
-                self.config.index_dir, files, extractor=self.extractor, progress=False
+            # on the backbone pool like every other forward: a handler thread's own OpenMP team
+            # would fight the searches for the cores
+            summary = self._backbone_pool.run(
+                StageClock(None),
+                "add",
+                partial(indexer.add_images, extractor=self.extractor, progress=False),
+                self.config.index_dir,
+                files,
             )
             fresh = indexer.open_index(self.config.index_dir)
             new_ids = [int(i) for i in summary.ids]
