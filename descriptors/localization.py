@@ -1,9 +1,18 @@
 """Localization of the query object in matched images (design.md "The method", step 9).
 
 Joint NMF on the stacked rows of the query and the matches, keep the factors whose *query*
-heatmap lies inside the query box, average those heatmaps per match, binarize the top 30% of
-values and take the box of the largest connected component. Connectivity: 8 (diagonal neighbours
-join a component), so a thin diagonal object is one box rather than several.
+heatmap lies inside the query box, average those heatmaps per match, upsample to the image's
+pixels, binarize and box the result.
+
+Default binarization (``binarize="relative-max"``, ``threshold_of_max=0.2``): keep the values
+>= 20% of the map's maximum, as in CAM localization (Zhou et al., 2016), so the box grows with
+the object instead of covering a fixed share of the image; the box then encloses every kept
+component (``components="all"``). The former rule, kept available, is ``binarize="top-fraction"``
+(``fraction=0.3``: the top 30% of values, i.e. every box covers about 30% of the image) with
+``components="largest"``. Measured with `dff-eval localize` (mean IoU, cross-matched queries, 224 px):
+Tiny-ImageNet 0.405 -> 0.508, Paris subset 0.565 -> 0.563.
+Connectivity: 8 (diagonal neighbours join a component), so a thin diagonal object is one
+component rather than several.
 """
 
 from __future__ import annotations
@@ -22,10 +31,25 @@ from .boxes import box_to_grid, select_factors_in_grid_box
 from .crow import crow_channel_weights
 from .nmf import nmf
 
-__all__ = ["binarize_top_fraction", "colocalize", "heatmap_to_box", "iou", "largest_component_box"]
+__all__ = [
+    "BINARIZE_RULES",
+    "COMPONENT_RULES",
+    "binarize_relative_max",
+    "binarize_top_fraction",
+    "colocalize",
+    "colocalize_heatmaps",
+    "heatmap_to_box",
+    "iou",
+    "largest_component_box",
+    "mask_box",
+]
 
 Box = tuple[float, float, float, float]
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+BINARIZE_RULES = ("relative-max", "top-fraction")
+COMPONENT_RULES = ("all", "largest")
+DEFAULT_THRESHOLD_OF_MAX = 0.2
+DEFAULT_FRACTION = 0.3
 
 
 def _as_numpy_map(heatmap: np.ndarray | Tensor, name: str) -> np.ndarray:
@@ -48,6 +72,30 @@ def binarize_top_fraction(heatmap: np.ndarray | Tensor, fraction: float = 0.3) -
     return (values >= cut) & (values > 0)
 
 
+def binarize_relative_max(heatmap: np.ndarray | Tensor, threshold_of_max: float = 0.2) -> np.ndarray:
+    """Bool mask of the values ``>= threshold_of_max * max`` (CAM-style); values <= 0 are never
+    kept, so a map whose maximum is <= 0 gives an empty mask."""
+    if not 0.0 < threshold_of_max <= 1.0:
+        raise ValueError(
+            f"binarize_relative_max: threshold_of_max must be in (0, 1], got {threshold_of_max!r}"
+        )
+    values = _as_numpy_map(heatmap, "binarize_relative_max").astype(np.float64)
+    peak = float(values.max())
+    if not peak > 0:
+        return np.zeros(values.shape, dtype=bool)
+    return (values >= threshold_of_max * peak) & (values > 0)
+
+
+def mask_box(mask: np.ndarray | Tensor) -> Box | None:
+    """Box ``(x0, y0, x1, y1)`` (cells, x1/y1 exclusive) enclosing every True cell of ``mask`` (all its
+    components); None when mask is empty."""
+    mask = _as_numpy_map(mask, "mask_box").astype(bool)
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
 def largest_component_box(mask: np.ndarray | Tensor) -> Box | None:
     """Box ``(x0, y0, x1, y1)`` (cells, x1/y1 exclusive) of the largest 8-connected component of
     ``mask``; ties go to the component met first in row-major order; None when mask is empty."""
@@ -61,11 +109,54 @@ def largest_component_box(mask: np.ndarray | Tensor) -> Box | None:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
+def _binarization(
+    binarize: str, fraction: float | None, threshold_of_max: float | None, components: str, name: str
+) -> tuple[float, float, str]:
+    """Validated ``(fraction, threshold_of_max, components)``; the parameter of the other rule must be None."""
+    if binarize not in BINARIZE_RULES:
+        raise ValueError(f"{name}: binarize must be one of {', '.join(BINARIZE_RULES)}, got {binarize!r}")
+    if components not in COMPONENT_RULES:
+        raise ValueError(
+            f"{name}: components must be one of {', '.join(COMPONENT_RULES)}, got {components!r}"
+        )
+    if binarize == "relative-max" and fraction is not None:
+        raise ValueError(
+            f"{name}: fraction={fraction!r} only applies to binarize='top-fraction' "
+            f"(the default binarize='relative-max' uses threshold_of_max)"
+        )
+    if binarize == "top-fraction" and threshold_of_max is not None:
+        raise ValueError(
+            f"{name}: threshold_of_max={threshold_of_max!r} only applies to binarize='relative-max'"
+        )
+    fraction = DEFAULT_FRACTION if fraction is None else float(fraction)
+    threshold_of_max = DEFAULT_THRESHOLD_OF_MAX if threshold_of_max is None else float(threshold_of_max)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"{name}: fraction must be in (0, 1], got {fraction!r}")
+    if not 0.0 < threshold_of_max <= 1.0:
+        raise ValueError(f"{name}: threshold_of_max must be in (0, 1], got {threshold_of_max!r}")
+    return fraction, threshold_of_max, components
+
+
 def heatmap_to_box(
-    heatmap: np.ndarray | Tensor, fraction: float = 0.3, out_wh: tuple[int, int] | None = None
+    heatmap: np.ndarray | Tensor,
+    fraction: float | None = None,
+    out_wh: tuple[int, int] | None = None,
+    *,
+    binarize: str = "relative-max",
+    threshold_of_max: float | None = None,
+    components: str = "all",
 ) -> Box | None:
-    """Box around the largest component of the top ``fraction`` of ``heatmap``; with ``out_wh`` the
-    map is first upsampled bilinearly to ``out_wh`` (the image's pixels) and the box is in pixels."""
+    """Box of ``heatmap``'s high values; with ``out_wh`` the map is first upsampled bilinearly to
+    ``out_wh`` (the image's pixels) and the box is in pixels.
+
+    ``binarize="relative-max"`` (default) keeps the values >= ``threshold_of_max`` (default 0.2) times
+    the maximum; ``binarize="top-fraction"`` keeps the top ``fraction`` (default 0.3) of the values.
+    ``components="all"`` (default) boxes every kept cell, ``"largest"`` only the largest 8-connected
+    component. Passing the parameter of the rule not in use is a ValueError. None for an empty mask.
+    """
+    fraction, threshold_of_max, components = _binarization(
+        binarize, fraction, threshold_of_max, components, "heatmap_to_box"
+    )
     if isinstance(heatmap, np.ndarray):
         heatmap = torch.from_numpy(np.ascontiguousarray(heatmap))
     if not isinstance(heatmap, Tensor) or heatmap.dim() != 2:
@@ -80,7 +171,11 @@ def heatmap_to_box(
             mode="bilinear",
             align_corners=False,
         )[0, 0]
-    return largest_component_box(binarize_top_fraction(heatmap, fraction))
+    if binarize == "relative-max":
+        mask = binarize_relative_max(heatmap, threshold_of_max)
+    else:
+        mask = binarize_top_fraction(heatmap, fraction)
+    return mask_box(mask) if components == "all" else largest_component_box(mask)
 
 
 def iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
@@ -117,10 +212,15 @@ def colocalize_heatmaps(
     tol: float = 1e-4,
     seed: int = 0,
     threshold: float = 0.75,
-    fraction: float = 0.3,
+    fraction: float | None = None,
     crow_weighting: bool = True,
+    *,
+    binarize: str = "relative-max",
+    threshold_of_max: float | None = None,
+    components: str = "all",
 ) -> Colocalization:
     """Design step 9, returning the heatmaps too (see `colocalize`)."""
+    _binarization(binarize, fraction, threshold_of_max, components, "colocalize")
     if len(match_acts) != len(match_whs):
         raise ValueError(f"colocalize: {len(match_acts)} match activations but {len(match_whs)} match sizes")
     acts = [query_act, *match_acts]
@@ -150,7 +250,14 @@ def colocalize_heatmaps(
     chosen = select_factors_in_grid_box(heatmaps[0], grid_box, threshold)
     averaged = [heatmap[chosen].mean(dim=0) for heatmap in heatmaps]
     boxes = [
-        heatmap_to_box(heatmap, fraction=fraction, out_wh=wh)
+        heatmap_to_box(
+            heatmap,
+            fraction,
+            wh,
+            binarize=binarize,
+            threshold_of_max=threshold_of_max,
+            components=components,
+        )
         for heatmap, wh in zip(averaged[1:], match_whs, strict=True)
     ]
     return Colocalization(boxes, averaged[0], averaged[1:], chosen)
@@ -167,15 +274,21 @@ def colocalize(
     tol: float = 1e-4,
     seed: int = 0,
     threshold: float = 0.75,
-    fraction: float = 0.3,
+    fraction: float | None = None,
     crow_weighting: bool = True,
+    *,
+    binarize: str = "relative-max",
+    threshold_of_max: float | None = None,
+    components: str = "all",
 ) -> list[Box | None]:
     """Predicted box (pixels of each match image, size ``match_whs[i]``) of the query-box object.
 
     One NMF on the rows of all images stacked (query first), columns weighted by the CroW channel
     weights of all the positions together; the factors whose query heatmap has more than
     ``threshold`` of its mass in the query box (fallback: the largest share) are averaged per match.
-    A match whose averaged heatmap is all zero gets None.
+    Each averaged heatmap is upsampled to its image and boxed by `heatmap_to_box` with ``binarize``,
+    ``threshold_of_max``/``fraction`` and ``components`` (default: values >= 20% of the maximum, box
+    of all of them). A match whose averaged heatmap is all zero gets None.
     """
     return colocalize_heatmaps(
         query_act,
@@ -190,4 +303,7 @@ def colocalize(
         threshold,
         fraction,
         crow_weighting,
+        binarize=binarize,
+        threshold_of_max=threshold_of_max,
+        components=components,
     ).boxes

@@ -2,8 +2,8 @@
 
 Loads each result image from the catalog path, runs the backbone at `image_size` (224 by
 default) on the query and the readable results, and calls
-`descriptors.localization.colocalize` (joint NMF, factors inside the query box, top-30%
-binarization, largest connected component). A result whose image is gone from disk or cannot
+`descriptors.localization.colocalize` (joint NMF, factors inside the query box, values
+>= 20% of the maximum, the box around them). A result whose image is gone from disk or cannot
 be decoded gets no box and `missing=True`; it never fails the request.
 """
 
