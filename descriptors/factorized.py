@@ -7,11 +7,13 @@ their descriptors in proportion to the overlap.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["blurred_heatmap_rows", "gaussian_kernel2d", "nmf_v_rows", "nmf_vu_rows"]
+__all__ = ["blurred_heatmap_rows", "gaussian_for_grid", "gaussian_kernel2d", "nmf_v_rows", "nmf_vu_rows"]
 
 
 def gaussian_kernel2d(
@@ -31,6 +33,19 @@ def gaussian_kernel2d(
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
+def gaussian_for_grid(grid_hw: tuple[int, int], sigma_of_grid: float) -> tuple[int, float]:
+    """``(size, variance)`` of the Gaussian whose sigma is ``sigma_of_grid`` times the grid's shorter
+    side, truncated at 3 sigma: the same blur relative to the image whatever its size or the
+    backbone's stride (a fixed 13 x 13, variance-2 kernel covers a 7 x 7 map but a sliver of a 64 x 86 one)."""
+    h, w = (int(v) for v in grid_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"gaussian_for_grid: the grid must be at least 1 x 1, got {grid_hw!r}")
+    if not (isinstance(sigma_of_grid, int | float) and math.isfinite(sigma_of_grid) and sigma_of_grid > 0):
+        raise ValueError(f"gaussian_for_grid: sigma_of_grid must be a finite number > 0, got {sigma_of_grid!r}")
+    sigma = sigma_of_grid * min(h, w)
+    return 2 * math.ceil(3.0 * sigma) + 1, sigma * sigma
+
+
 def nmf_v_rows(V: Tensor) -> Tensor:
     """The NMF V descriptor's rows: V itself, ``(K, C)``."""
     if not isinstance(V, Tensor) or V.dim() != 2:
@@ -47,8 +62,17 @@ def blurred_heatmap_rows(U: Tensor, size: int = 13, variance: float = 2.0) -> Te
         raise ValueError(
             f"blurred_heatmap_rows: U must be a (K, h, w) tensor, got {getattr(U, 'shape', None)}"
         )
-    kernel = gaussian_kernel2d(size, variance, dtype=U.dtype, device=U.device)
-    blurred = F.conv2d(U.unsqueeze(1), kernel[None, None], padding=size // 2).squeeze(1)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise ValueError(f"blurred_heatmap_rows: size must be a positive odd int, got {size!r}")
+    if not variance > 0:
+        raise ValueError(f"blurred_heatmap_rows: variance must be > 0, got {variance!r}")
+    # the Gaussian is separable and zero padding commutes with it: two 1-D passes give the 2-D
+    # convolution at O(size) instead of O(size²) per cell (wide kernels: see gaussian_for_grid)
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    profile = torch.exp(-(offsets**2) / (2.0 * variance))
+    profile = (profile / profile.sum()).to(dtype=U.dtype, device=U.device)
+    blurred = F.conv2d(U.unsqueeze(1), profile.view(1, 1, 1, size), padding=(0, size // 2))
+    blurred = F.conv2d(blurred, profile.view(1, 1, size, 1), padding=(size // 2, 0)).squeeze(1)
     rows = blurred.flatten(1)
     norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
     return rows / torch.where(norms > 0, norms, torch.ones_like(norms))

@@ -22,7 +22,8 @@ from evaluation.datasets.semantic import SEMANTIC_DATASETS
 from evaluation.localize import LOCALIZATION_DATASETS
 from evaluation.report import EvalReport, format_table, write_bar_chart, write_json, write_markdown
 
-DEFAULT_SIZES = {"instance": 512, "semantic": 224, "localize": 224}
+# instance: None = the backbone's measured default (descriptors.backbones.retrieval_image_size)
+DEFAULT_SIZES = {"instance": None, "semantic": 224, "localize": 224}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -44,7 +45,7 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--weights", default=None, help="backbone weights file (default: the registry's own)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=None, help="smaller image side in pixels")
+    parser.add_argument("--image-size", type=int, default=None, help="smaller image side in pixels (instance default: the backbone's, 320 for efficientnet-lite0; semantic and localize: 224)")
     parser.add_argument("--k", type=int, default=8, help="NMF rank")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help=f"activation cache (default {default_cache_dir()})"

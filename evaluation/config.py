@@ -21,7 +21,9 @@ class EvalConfig:
     backbone: str = "efficientnet-lite0"
     weights: str | None = None
     device: str = "cpu"
-    image_size: int = 512  # instance retrieval; semantic retrieval and localization default to 224
+    # instance retrieval; None = the backbone's default (efficientnet-lite0: 320). dff-eval's
+    # semantic retrieval and localization default to 224
+    image_size: int | None = None
     methods: tuple[str, ...] = ALL_METHODS
     qe: tuple[int, ...] = (0,)
     whiten_on: Path | None = None
@@ -43,6 +45,13 @@ class EvalConfig:
             raise ValueError(f"query-expansion sizes must be >= 0, got {self.qe}")
         if self.at < 1:
             raise ValueError(f"--at must be >= 1, got {self.at}")
+        if self.image_size is None:
+            from descriptors.backbones import retrieval_image_size
+
+            try:
+                self.image_size = retrieval_image_size(self.backbone)
+            except KeyError as error:
+                raise ValueError(error.args[0]) from None
         if self.image_size < 32:
             raise ValueError(f"--image-size must be >= 32, got {self.image_size}")
         if self.whiten_on is not None and not Path(self.whiten_on).is_dir():

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--descriptor", default=IndexConfig.descriptor, choices=DESCRIPTOR_METHODS)
     build.add_argument("--k", type=int, default=IndexConfig.k, help="NMF rank (nmf-v, nmf-vu)")
     build.add_argument("--max-iter", type=int, default=IndexConfig.max_iter)
-    build.add_argument("--image-size", type=int, default=IndexConfig.image_size, help="smaller side in pixels")
+    build.add_argument("--image-size", type=int, default=None, help="smaller side in pixels (default: the backbone's, 320 for efficientnet-lite0)")
     build.add_argument("--whiten-dim", type=int, default=IndexConfig.whiten_dim, help="PCA-whitening dim (0: off)")
     build.add_argument("--whiten-on", default=None, help="fit the whitening on this folder or index dir")
     build.add_argument("--faiss", default=IndexConfig.faiss, help='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ64", ...) or auto')

@@ -33,7 +33,7 @@ class IndexConfig:
     max_iter: int = 100
     tol: float = 1e-4
     seed: int = 0
-    image_size: int = 512
+    image_size: int | None = None  # None: the backbone's default (efficientnet-lite0: 320, others 512)
     # PCA-whitening of the local rows: 0 = off (one pass), D > 0 = whiten to D dims (two passes).
     whiten_dim: int = 0
     whiten_on: str | None = None  # a folder of images or an index directory (its whitening.npz)
@@ -57,6 +57,13 @@ class IndexConfig:
             raise ValueError(
                 f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}"
             )
+        if self.image_size is None:
+            from descriptors.backbones import retrieval_image_size
+
+            try:
+                self.image_size = retrieval_image_size(self.backbone)
+            except KeyError as error:
+                raise ValueError(error.args[0]) from None
         for name in ("k", "image_size", "batch_size", "shard_size", "max_iter"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

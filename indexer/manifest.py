@@ -83,11 +83,17 @@ def write_manifest(index_dir: str | Path, manifest: dict) -> None:
     atomic_write_json(Path(index_dir) / MANIFEST_NAME, manifest)
 
 
+# Descriptor settings that manifests written before they existed do not record, with the value
+# that reproduces those indexes' vectors (not the current default).
+LEGACY_DESCRIPTOR_SETTINGS = {"gaussian_sigma_of_grid": None}
+
+
 def descriptor_config_from(manifest: dict):
     from descriptors.pipeline import DescriptorConfig
 
     fields = set(DescriptorConfig.__dataclass_fields__)
-    stored = manifest["descriptor"]
+    # settings added after an index was built take the value that reproduces its vectors
+    stored = LEGACY_DESCRIPTOR_SETTINGS | manifest["descriptor"]
     unknown = sorted(set(stored) - fields)
     if unknown:
         raise IndexFormatError(f"manifest descriptor settings {unknown} are unknown to this dffsearch; rebuild the index")

@@ -5,7 +5,13 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from descriptors.factorized import blurred_heatmap_rows, gaussian_kernel2d, nmf_v_rows, nmf_vu_rows
+from descriptors.factorized import (
+    blurred_heatmap_rows,
+    gaussian_for_grid,
+    gaussian_kernel2d,
+    nmf_v_rows,
+    nmf_vu_rows,
+)
 
 
 def test_gaussian_kernel_is_normalized_and_has_the_variance():
@@ -58,3 +64,41 @@ def test_bad_arguments_are_rejected():
         gaussian_kernel2d(12, 2.0)
     with pytest.raises(ValueError, match=r"K = V\.shape"):
         nmf_vu_rows(torch.zeros(3, 4, 4), torch.zeros(2, 5))
+
+
+def test_gaussian_for_grid_scales_with_the_shorter_side():
+    # sigma = 0.5 x 10 = 5 cells -> truncated at 3 sigma: 2 * 15 + 1 = 31 taps, variance 25
+    assert gaussian_for_grid((10, 14), 0.5) == (31, 25.0)
+    assert gaussian_for_grid((14, 10), 0.5) == (31, 25.0)
+    assert gaussian_for_grid((20, 28), 0.5) == (61, 100.0)  # twice the grid, twice the sigma
+    assert gaussian_for_grid((7, 7), 0.1) == (7, pytest.approx(0.49))
+    for bad in (0.0, -1.0, float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="sigma_of_grid"):
+            gaussian_for_grid((7, 7), bad)
+    with pytest.raises(ValueError, match="grid"):
+        gaussian_for_grid((0, 7), 0.5)
+
+
+def test_wide_separable_blur_equals_the_2d_convolution():
+    # the 31-tap kernel of a 10 x 14 grid at sigma_of_grid 0.5, against scipy's direct 2-D 'same' convolution
+    size, variance = gaussian_for_grid((10, 14), 0.5)
+    U = torch.rand(3, 10, 14, dtype=torch.float64)
+    kernel = gaussian_kernel2d(size, variance, dtype=torch.float64).numpy()
+    expected = np.stack([convolve2d(u.numpy(), kernel, mode="same").ravel() for u in U])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(blurred_heatmap_rows(U, size, variance).numpy(), expected, atol=1e-12)
+
+
+def test_the_same_layout_at_twice_the_resolution_gives_the_same_mixing():
+    # two blobs in the left and right thirds of a 6 x 9 grid, and the same picture on a 12 x 18 grid:
+    # with a grid-relative Gaussian the overlap of the two blurred heatmaps is (nearly) the same
+    def overlap(h, w):
+        U = torch.zeros(2, h, w, dtype=torch.float64)
+        U[0, : h // 2, : w // 3] = 1.0
+        U[1, h // 2 :, 2 * w // 3 :] = 1.0
+        size, variance = gaussian_for_grid((h, w), 0.5)
+        rows = blurred_heatmap_rows(U, size, variance)
+        return float(rows[0] @ rows[1])
+
+    small, large = overlap(6, 9), overlap(12, 18)
+    assert 0.1 < small < 0.95 and large == pytest.approx(small, abs=0.03)

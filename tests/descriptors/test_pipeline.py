@@ -80,6 +80,8 @@ def test_baselines_ignore_grid_boxes():
         ("box_threshold", 1.5, r"\[0, 1\]"),
         ("tol", -1.0, "tol"),
         ("gem_p", 0.0, "gem_p"),
+        ("gaussian_sigma_of_grid", 0.0, "gaussian_sigma_of_grid"),
+        ("gaussian_sigma_of_grid", float("nan"), "gaussian_sigma_of_grid"),
     ],
 )
 def test_config_validation(field, value, message):
@@ -91,6 +93,7 @@ def test_config_defaults_match_the_architecture():
     fields = {f.name: f.default for f in dataclasses.fields(DescriptorConfig)}
     assert fields["k"] == 8 and fields["max_iter"] == 100 and fields["tol"] == 1e-4
     assert fields["gaussian_size"] == 13 and fields["gaussian_variance"] == 2.0
+    assert fields["gaussian_sigma_of_grid"] == 0.5
     assert fields["box_threshold"] == 0.75 and fields["rmac_levels"] == 3 and fields["gem_p"] == 3.0
 
 
@@ -135,3 +138,25 @@ def test_extractor_crops_the_image_for_baselines(backbone):
     assert np.allclose(boxed, cropped)
     with pytest.raises(ValueError, match="does not overlap"):
         extractor.local_rows([image], [(200, 200, 300, 300)])
+
+
+def test_vu_gaussian_is_relative_to_the_grid_unless_fixed():
+    assert DescriptorConfig().vu_gaussian((10, 14)) == (31, 25.0)
+    assert DescriptorConfig().vu_gaussian((20, 28)) == (61, 100.0)
+    fixed = DescriptorConfig(gaussian_sigma_of_grid=None)
+    assert fixed.vu_gaussian((10, 14)) == (13, 2.0) == fixed.vu_gaussian((40, 60))
+
+
+def test_nmf_vu_rows_follow_the_configured_gaussian():
+    # two factors in opposite corners of a 10 x 14 map: the fixed 13 x 13 kernel keeps them apart
+    # (rows = V), the grid-relative one (sigma 5 cells) mixes them
+    A = torch.zeros(4, 10, 14)
+    A[0, :3, :3] = 1.0
+    A[1, 7:, 11:] = 1.0
+    fixed = DescriptorConfig(method="nmf-vu", k=2, gaussian_sigma_of_grid=None, crow_weighting=False)
+    relative = DescriptorConfig(method="nmf-vu", k=2, crow_weighting=False)
+    (rows_fixed,) = local_descriptors([A], fixed)
+    (rows_relative,) = local_descriptors([A], relative)
+    cosine = lambda r: float(r[0] @ r[1] / np.linalg.norm(r[0]) / np.linalg.norm(r[1]))  # noqa: E731
+    assert cosine(rows_fixed) < 1e-3
+    assert cosine(rows_relative) > 0.2
