@@ -46,7 +46,7 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
     parser.add_argument("--weights", default=None, help="backbone weights file (default: the registry's own)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=None, help="smaller image side in pixels (instance default: the backbone's, 320 for efficientnet-lite0; semantic and localize: 224)")
-    parser.add_argument("--k", type=int, default=8, help="NMF rank")
+    parser.add_argument("--k", type=int, default=4, help="NMF rank")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help=f"activation cache (default {default_cache_dir()})"
     )

@@ -30,7 +30,7 @@ class EvalConfig:
     whiten_dim: int | None = None
     protocol: str = "standard"
     at: int = 30
-    k: int = 8
+    k: int = 4
     cache_dir: Path = field(default_factory=default_cache_dir)
     cache_dtype: str = "float16"
     progress: bool | None = None  # None: a bar when stderr is a terminal

@@ -28,7 +28,7 @@ class MethodEncoder:
     """Global descriptors of several methods from the same cached activations."""
 
     def __init__(
-        self, cache: ActivationCache, methods: Sequence[str], k: int = 8, progress: bool | None = None
+        self, cache: ActivationCache, methods: Sequence[str], k: int = 4, progress: bool | None = None
     ) -> None:
         self.cache = cache
         self.methods = list(methods)

@@ -29,7 +29,7 @@ class IndexConfig:
     weights: str | None = None  # a weights file for the backbone (default: the backbone's own)
     reflection_padding: bool = False
     descriptor: str = "nmf-vu"
-    k: int = 8
+    k: int = 4
     max_iter: int = 100
     tol: float = 1e-4
     seed: int = 0

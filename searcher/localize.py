@@ -46,7 +46,7 @@ class Localizer:
         self.backbone = backbone
         self.descriptor_config = descriptor_config
         self.image_size = int(image_size)
-        self.k = int(k if k is not None else getattr(descriptor_config, "k", 8))
+        self.k = int(k if k is not None else getattr(descriptor_config, "k", 4))
 
     def localize(
         self,

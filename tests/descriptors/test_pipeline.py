@@ -91,7 +91,7 @@ def test_config_validation(field, value, message):
 
 def test_config_defaults_match_the_architecture():
     fields = {f.name: f.default for f in dataclasses.fields(DescriptorConfig)}
-    assert fields["k"] == 8 and fields["max_iter"] == 100 and fields["tol"] == 1e-4
+    assert fields["k"] == 4 and fields["max_iter"] == 100 and fields["tol"] == 1e-4
     assert fields["gaussian_size"] == 13 and fields["gaussian_variance"] == 2.0
     assert fields["gaussian_sigma_of_grid"] == 0.5
     assert fields["box_threshold"] == 0.75 and fields["rmac_levels"] == 3 and fields["gem_p"] == 3.0
