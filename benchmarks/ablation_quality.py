@@ -158,8 +158,9 @@ def study_scale(bench: Bench, sizes: Sequence[int]) -> None:
 def study_nmf(bench: Bench, size: int) -> None:
     base = DescriptorConfig()
     variants: list[tuple[str, dict]] = [
-        ("defaults (K 8, 100 it, CroW channel weights, sigma 0.5 x grid, box 0.75)", {}),
-        ("K = 4", {"k": 4}),
+        ("defaults (K 4, 100 it, CroW channel weights, sigma 0.5 x grid, box 0.75)", {}),
+        ("K = 2", {"k": 2}),
+        ("K = 8", {"k": 8}),
         ("K = 12", {"k": 12}),
         ("K = 16", {"k": 16}),
         ("25 iterations", {"max_iter": 25}),

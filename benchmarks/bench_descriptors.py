@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from descriptors.aggregate import aggregate_rows  # noqa: E402
-from descriptors.backbones import load_backbone  # noqa: E402
+from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
 from descriptors.factorized import nmf_vu_rows  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
 from descriptors.nmf import factorize_activations  # noqa: E402
@@ -60,7 +60,7 @@ def timed(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=retrieval_image_size("efficientnet-lite0"), help="default: the product's")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)

@@ -108,9 +108,11 @@ def peak_rss_mb_of_build(folder: Path, out: Path, image_size: int, extra: list[s
 
 
 def main() -> None:
+    from descriptors.backbones import retrieval_image_size
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=48, help="photos for the throughput comparison")
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=retrieval_image_size("efficientnet-lite0"), help="default: the product's")
     parser.add_argument("--descriptor", default="nmf-vu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="decode threads to try (first = default)")

@@ -252,6 +252,8 @@ def _time_flat(queries: np.ndarray, n_vectors: int, query_ms: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from descriptors.backbones import retrieval_image_size
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per client count")
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="host:port of a running dff-serve (default: start one)")
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--images", type=int, default=12, help="photos in the small index / query set")
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=retrieval_image_size("efficientnet-lite0"), help="default: the product's")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--qe", type=int, default=0)
     parser.add_argument("--localize", action="store_true")
