@@ -273,12 +273,15 @@ class Backbone(nn.Module):
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
 
-    def preprocess(self, img: Image.Image, image_size: int = 512) -> torch.Tensor:
-        """RGB PIL image -> normalized (3, H, W) float tensor with the smaller side = image_size.
+    def preprocess(self, img: Image.Image, image_size: int | None = None) -> torch.Tensor:
+        """RGB PIL image -> normalized (3, H, W) float tensor with the smaller side = image_size
+        (None: the registry's `retrieval_image_size` for this backbone).
 
         The longer side is capped at `max_side_ratio * image_size` (extreme panoramas would
         otherwise give enormous feature maps); the cap keeps the aspect ratio.
         """
+        if image_size is None:
+            image_size = self.spec.retrieval_image_size
         img = resize_for_backbone(img, image_size, self.max_side_ratio)
         array = np.asarray(img.convert("RGB"), dtype=np.uint8)
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
