@@ -23,14 +23,19 @@ def gaussian_kernel2d(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Normalized (sums to 1) isotropic Gaussian ``exp(-d²/(2·variance))`` on a ``size x size`` grid."""
+    profile = _gaussian_profile(size, variance, "gaussian_kernel2d")
+    return (profile[:, None] * profile[None, :]).to(dtype=dtype, device=device)
+
+
+def _gaussian_profile(size: int, variance: float, caller: str) -> Tensor:
+    """The 1-D factor ``(size,)`` float64, summing to 1, of the separable 2-D Gaussian."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(f"gaussian_kernel2d: size must be a positive odd int, got {size!r}")
+        raise ValueError(f"{caller}: size must be a positive odd int, got {size!r}")
     if not variance > 0:
-        raise ValueError(f"gaussian_kernel2d: variance must be > 0, got {variance!r}")
+        raise ValueError(f"{caller}: variance must be > 0, got {variance!r}")
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     profile = torch.exp(-(offsets**2) / (2.0 * variance))
-    kernel = profile[:, None] * profile[None, :]
-    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+    return profile / profile.sum()
 
 
 def gaussian_for_grid(grid_hw: tuple[int, int], sigma_of_grid: float) -> tuple[int, float]:
@@ -62,15 +67,9 @@ def blurred_heatmap_rows(U: Tensor, size: int = 13, variance: float = 2.0) -> Te
         raise ValueError(
             f"blurred_heatmap_rows: U must be a (K, h, w) tensor, got {getattr(U, 'shape', None)}"
         )
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(f"blurred_heatmap_rows: size must be a positive odd int, got {size!r}")
-    if not variance > 0:
-        raise ValueError(f"blurred_heatmap_rows: variance must be > 0, got {variance!r}")
     # the Gaussian is separable and zero padding commutes with it: two 1-D passes give the 2-D
     # convolution at O(size) instead of O(size²) per cell (wide kernels: see gaussian_for_grid)
-    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    profile = torch.exp(-(offsets**2) / (2.0 * variance))
-    profile = (profile / profile.sum()).to(dtype=U.dtype, device=U.device)
+    profile = _gaussian_profile(size, variance, "blurred_heatmap_rows").to(dtype=U.dtype, device=U.device)
     blurred = F.conv2d(U.unsqueeze(1), profile.view(1, 1, 1, size), padding=(0, size // 2))
     blurred = F.conv2d(blurred, profile.view(1, 1, size, 1), padding=(size // 2, 0)).squeeze(1)
     rows = blurred.flatten(1)
