@@ -23,12 +23,12 @@ import numpy as np
 from .catalog import STATUS_INDEXED, Catalog, CatalogRow
 from .config import IndexConfig, resolve_faiss_factory
 from .errors import IndexerError, IndexExistsError, IndexWriteError, NoImagesError
-from .extraction import extraction_callables, make_extractor
+from .extraction import make_extractor, progress_bar, run_extraction
 from .faiss_index import build_faiss_index, write_faiss_index
-from .files import catalog_path, iter_image_files
+from .files import catalog_path, iter_image_files, stat_key
 from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, make_manifest, write_manifest
 from .partial import PartialBuild
-from .stages import WorkItem, make_reader, run_stages
+from .stages import WorkItem
 from .storage import write_error
 from .summary import BuildSummary, SkippedFile
 from .whiten import whitening_for_build
@@ -36,14 +36,6 @@ from .whiten import whitening_for_build
 
 def partial_dir_for(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, initial=initial, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True
-    )
 
 
 def extract_to_partial(
@@ -74,27 +66,22 @@ def extract_to_partial(
     if todo:
         if extractor is None:
             extractor = make_extractor(config)
-        prepare, forward, finish = extraction_callables(extractor, stores_rows)
-        mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
-        reader = make_reader(config.max_pixels, prepare)
-        with _progress_bar(len(items), len(items) - todo, progress, desc) as bar:
-            run_stages(
+        with progress_bar(len(items), len(items) - todo, progress, desc) as bar:
+            run_extraction(
                 groups,
-                reader,
-                mapper,
+                extractor,
                 lambda g, decoded, results: partial.commit_shard(g, decoded, results, stores_rows),
-                workers=config.workers,
-                batch_size=config.batch_size,
-                on_item=lambda _: bar.update(1),
-                finisher=finisher,
+                config,
+                stores_rows=stores_rows,
+                max_pixels=config.max_pixels,
+                bar=bar,
             )
     return todo, len(completed), extractor
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
     try:
-        stat = path.stat()
-        return stat.st_size, stat.st_mtime_ns
+        return stat_key(path.stat())
     except OSError:
         return -1, -1
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .config import IndexConfig
+from .stages import WorkItem, make_reader, run_stages
 
 
 def make_extractor(config: IndexConfig):
@@ -59,3 +60,41 @@ def extraction_callables(extractor, stores_rows: bool) -> tuple[Callable[[Any], 
         return [np.asarray(extractor.global_descriptor(r, None), dtype=np.float32) for r in rows]
 
     return prepare, forward, finish
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True
+    )
+
+
+def run_extraction(
+    groups: Sequence[tuple[int, Sequence[WorkItem]]],
+    extractor,
+    writer: Callable[[int, list, list], None],
+    config: IndexConfig,
+    *,
+    stores_rows: bool,
+    max_pixels: int,
+    bar=None,
+) -> None:
+    """reader -> mapper [-> finisher] -> writer over `groups`, the one wiring of `build` and `add`.
+
+    The mapper is the forward (+ NMF and rows unless `config.overlap_nmf` moves those to the
+    finisher thread); `writer(group_index, decoded, results)` receives the rows (`stores_rows`)
+    or the final vectors; `bar` (a tqdm) advances once per image.
+    """
+    prepare, forward, finish = extraction_callables(extractor, stores_rows)
+    mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
+    run_stages(
+        groups,
+        make_reader(max_pixels, prepare),
+        mapper,
+        writer,
+        workers=config.workers,
+        batch_size=config.batch_size,
+        on_item=None if bar is None else (lambda _: bar.update(1)),
+        finisher=finisher,
+    )

@@ -7,6 +7,7 @@ vectors, so scores are cosine similarities and ids are the catalog's ids.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,30 @@ def read_faiss_index(path: str | Path):
     import faiss
 
     return faiss.read_index(str(path))
+
+
+# `faiss.write_index` of an IndexIDMap2 / IndexIDMap starts with its fourcc, then the header of
+# every index: d (int32), ntotal (int64), ... (faiss/impl/index_write.cpp, native byte order)
+_ID_MAP_FOURCCS = (b"IxM2", b"IxMp")
+_HEADER = struct.Struct("=4siq")
+
+
+def read_faiss_ntotal(path: str | Path) -> int:
+    """How many vectors a saved index holds, from the first 16 bytes of the file.
+
+    `dff-index info` uses it so that a multi-GB index is not loaded to be counted. A file that
+    does not start with an ID map header (not written by this package) is opened with
+    `IO_FLAG_MMAP`, which maps the vectors instead of reading them.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_HEADER.size)
+    if len(head) == _HEADER.size:
+        fourcc, _dim, ntotal = _HEADER.unpack(head)
+        if fourcc in _ID_MAP_FOURCCS and ntotal >= 0:
+            return int(ntotal)
+    import faiss
+
+    return int(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY).ntotal)
 
 
 def apply_search_params(index, params: str) -> None:

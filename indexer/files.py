@@ -41,6 +41,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def stat_key(stat: os.stat_result) -> tuple[int, int]:
+    """(size, mtime in ns): what tells that a file changed since it was last looked at."""
+    return stat.st_size, stat.st_mtime_ns
+
+
+def hash_file(path: str | Path) -> tuple[str, tuple[int, int]]:
+    """(sha256 hex of the content, `stat_key` taken before reading), reading in chunks.
+
+    The key is taken first so that a file changed while (or after) it is hashed never shows the
+    key of the hashed content: a reader that finds the same key may reuse the hash.
+    """
+    with open(path, "rb") as handle:
+        key = stat_key(os.fstat(handle.fileno()))
+        digest = hashlib.file_digest(handle, hashlib.sha256).hexdigest()
+    return digest, key
+
+
 def catalog_path(path: str | Path, source_root: str | Path, index_dir: str | Path) -> str:
     """The string stored in the catalog for `path` (see the module docstring)."""
     absolute = Path(os.path.abspath(path))

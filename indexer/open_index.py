@@ -14,7 +14,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import IndexFormatError
-from .faiss_index import apply_search_params, read_faiss_index
+from .faiss_index import apply_search_params, read_faiss_index, read_faiss_ntotal
 from .files import resolve_catalog_path
 from .manifest import (
     CATALOG_NAME,
@@ -30,15 +30,17 @@ SMALL_BATCH = 4
 _ALL_THREADS: list[int] = []  # faiss's thread count before we touched it (OMP_NUM_THREADS or all cores)
 
 
+def _check_complete(index_dir: Path) -> None:
+    for name in (FAISS_NAME, CATALOG_NAME, VECTORS_NAME):
+        if not (index_dir / name).is_file():
+            raise IndexFormatError(f"{index_dir}: {name} is missing; the index is incomplete, rebuild it")
+
+
 class OpenIndex:
     def __init__(self, index_dir: str | Path) -> None:
         self.index_dir = Path(os.path.abspath(index_dir))
         self.manifest = read_manifest(self.index_dir)
-        for name in (FAISS_NAME, CATALOG_NAME, VECTORS_NAME):
-            if not (self.index_dir / name).is_file():
-                raise IndexFormatError(
-                    f"{self.index_dir}: {name} is missing; the index is incomplete, rebuild it"
-                )
+        _check_complete(self.index_dir)
         self.faiss_index = read_faiss_index(self.index_dir / FAISS_NAME)
         apply_search_params(self.faiss_index, self.manifest["faiss"].get("search_params", ""))
         self.whitening = None
@@ -124,18 +126,22 @@ def open_index(index_dir: str | Path) -> OpenIndex:
 
 
 def index_info(index_dir: str | Path) -> dict:
-    """Manifest plus live counts and file sizes (what `dff-index info` prints)."""
-    with open_index(index_dir) as index:
-        info = dict(index.manifest)
-        info["index_dir"] = str(index.index_dir)
+    """Manifest plus live counts and file sizes (what `dff-index info` prints).
+
+    Answers from the manifest, the catalog, file sizes and the FAISS file's header: the index
+    itself is not loaded (`open_index` would read all of a multi-GB `index.faiss`).
+    """
+    index_dir = Path(os.path.abspath(index_dir))
+    info = read_manifest(index_dir)
+    _check_complete(index_dir)
+    with Catalog(index_dir / CATALOG_NAME, readonly=True) as catalog:
         info["live"] = {
-            "vectors_in_faiss": index.count,
-            "catalog_indexed": index.catalog.count(),
-            "catalog_skipped": index.catalog.skipped_reasons(),
+            "vectors_in_faiss": read_faiss_ntotal(index_dir / FAISS_NAME),
+            "catalog_indexed": catalog.count(),
+            "catalog_skipped": catalog.skipped_reasons(),
         }
-        info["files"] = {
-            p.name: p.stat().st_size
-            for p in sorted(index.index_dir.iterdir())
-            if p.is_file() and not p.name.startswith(".")
-        }
+    info["index_dir"] = str(index_dir)
+    info["files"] = {
+        p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
     return info

@@ -1,7 +1,7 @@
 """The extraction pipeline as three stages passed in as callables (as clip-retrieval does it).
 
-- reader: `WorkItem -> Decoded` (read bytes, sha256, decode with the pixel cap, optionally
-  preprocess); runs in a pool of `workers` threads, `max_in_flight` items ahead of the consumer,
+- reader: `WorkItem -> Decoded` (read bytes, sha256 unless the item brings it, decode with the
+  pixel cap, optionally preprocess); runs in a pool of `workers` threads, `max_in_flight` items ahead of the consumer,
   so JPEG decoding and resizing overlap the CNN forward (PIL and torch release the GIL);
 - mapper: `list[payload] -> list[result]` on one batch of decoded images (the forward + NMF +
   rows, i.e. `Extractor.local_rows`, or its aggregation);
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 from descriptors.images import ImageDecodeError, decode_image
 
-from .files import sha256_bytes
+from .files import sha256_bytes, stat_key
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class WorkItem:
     id: int
     path: Path  # where to read it
     stored_path: str  # what the catalog records
+    # the content's sha256 when a caller already hashed the file (`add_images`' duplicate check),
+    # with the file's `stat_key` taken before that hash: the reader reuses the hash only when it
+    # finds the same key after reading, i.e. the file did not change in between
+    sha256: str | None = None
+    hashed_key: tuple[int, int] | None = None
 
 
 @dataclass
@@ -53,10 +59,13 @@ def make_reader(max_pixels: int, prepare: Callable[[Any], Any] | None = None) ->
 
     def read(item: WorkItem) -> Decoded:
         try:
-            data = item.path.read_bytes()
+            with open(item.path, "rb") as handle:
+                data = handle.read()
+                key = stat_key(os.fstat(handle.fileno()))  # after reading: a change meanwhile shows
         except OSError as exc:
             return Decoded(item, "", reason="unreadable", message=f"{item.path}: cannot read ({exc.strerror or exc})")
-        sha = sha256_bytes(data)
+        reuse = item.sha256 is not None and item.hashed_key == key and len(data) == key[0]
+        sha = item.sha256 if reuse else sha256_bytes(data)
         try:
             image = decode_image(data, max_pixels=max_pixels)
         except ImageDecodeError as exc:

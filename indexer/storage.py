@@ -45,12 +45,19 @@ def write_error(path: str | Path, exc: OSError) -> IndexWriteError:
     )
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
-    """Call `write(temp_path)` then atomically move the temp file onto `path`."""
-    path = Path(path)
-    folder = path.parent
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _write_temp(path: Path, write: Callable[[str], None], suffix: str) -> str:
+    """Create a temp file next to `path`, `write(temp)` into it, set the mode and fsync it.
+
+    Returns the temp file's path; on any failure the temp file is removed (an OSError becomes
+    `IndexWriteError` with the OS's reason) and `path` is untouched.
+    """
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=folder)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise write_error(path, exc) from exc
@@ -59,16 +66,25 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         os.chmod(temp, _FILE_MODE)
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        _unlink_quietly(temp)
         raise write_error(path, exc) from exc
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        _unlink_quietly(temp)
         raise
-    _fsync_dir(folder)
+    return temp
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call `write(temp_path)` then atomically move the temp file onto `path`."""
+    path = Path(path)
+    temp = _write_temp(path, write, suffix)
+    try:
+        os.replace(temp, path)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise write_error(path, exc) from exc
+    _fsync_dir(path.parent)
 
 
 class AtomicGroup:
@@ -81,28 +97,10 @@ class AtomicGroup:
 
     def write(self, path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
         path = Path(path)
-        try:
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise write_error(path, exc) from exc
-        self._staged.append((temp, path))
-        try:
-            write(temp)
-            os.chmod(temp, _FILE_MODE)
-            with open(temp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise write_error(path, exc) from exc
+        self._staged.append((_write_temp(path, write, suffix), path))
 
     def write_json(self, path: str | Path, obj: object) -> None:
-        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-        def write(temp: str) -> None:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-
-        self.write(path, write)
+        self.write(path, _bytes_writer(_json_bytes(obj)))
 
     def commit(self) -> None:
         for temp, path in self._staged:
@@ -116,21 +114,28 @@ class AtomicGroup:
 
     def __exit__(self, *exc: object) -> None:
         for temp, _ in self._staged:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            _unlink_quietly(temp)
         self._staged.clear()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def _bytes_writer(data: bytes) -> Callable[[str], None]:
     def write(temp: str) -> None:
         with open(temp, "wb") as handle:
             handle.write(data)
 
-    atomic_write(path, write)
+    return write
+
+
+def _json_bytes(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, _bytes_writer(data))
 
 
 def atomic_write_json(path: str | Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ import numpy as np
 from .catalog import STATUS_INDEXED, Catalog, CatalogRow
 from .config import IndexConfig
 from .errors import IndexWriteError, NoImagesError
-from .extraction import extraction_callables
+from .extraction import progress_bar, run_extraction
 from .faiss_index import faiss_writer, read_faiss_index, remove_ids
-from .files import catalog_path, expand_inputs, resolve_catalog_path, sha256_bytes
+from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path
 from .manifest import (
     CATALOG_NAME,
     FAISS_NAME,
@@ -33,7 +33,7 @@ from .manifest import (
     check_manifest_matches,
     read_manifest,
 )
-from .stages import WorkItem, make_reader, run_stages
+from .stages import WorkItem
 from .storage import AtomicGroup, exclusive_lock
 from .summary import BuildSummary, SkippedFile
 
@@ -128,7 +128,7 @@ def add_images(
             seen: dict[str, str] = {}
             for path in files:
                 try:
-                    sha = sha256_bytes(path.read_bytes())
+                    sha, hashed_key = hash_file(path)  # the reader reuses it: each file hashed once
                 except OSError as exc:
                     summary.skipped.append(SkippedFile(str(path), "unreadable", f"{path}: {exc.strerror or exc}"))
                     continue
@@ -143,7 +143,7 @@ def add_images(
                 previous = catalog.by_path(stored)
                 if previous is not None:
                     replaced_by_path[stored] = previous.id
-                items.append(WorkItem(len(items), path, stored))  # provisional id: position
+                items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
             if not items:
                 summary.seconds = time.perf_counter() - started
                 summary.total_indexed = catalog.count()
@@ -201,21 +201,18 @@ def add_images(
 
 
 def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtime: IndexConfig, progress: bool):
-    from tqdm import tqdm
-
     from descriptors.aggregate import aggregate_rows
 
-    prepare, forward, finish = extraction_callables(extractor, stores_rows=True)
-    mapper, finisher = (forward, finish) if runtime.overlap_nmf else (lambda images: finish(forward(images)), None)
-    reader = make_reader(int(manifest.get("max_pixels", runtime.max_pixels)), prepare)
     collected: list = []
 
     def writer(_group: int, decoded, results) -> None:
         collected.extend(zip(decoded, results, strict=True))
 
-    with tqdm(total=len(items), unit="img", desc="add", disable=None if progress else True) as bar:
-        run_stages([(0, items)], reader, mapper, writer, workers=runtime.workers, batch_size=runtime.batch_size,
-                   on_item=lambda _: bar.update(1), finisher=finisher)
+    with progress_bar(len(items), 0, progress, "add") as bar:
+        run_extraction(
+            [(0, items)], extractor, writer, runtime,
+            stores_rows=True, max_pixels=int(manifest.get("max_pixels", runtime.max_pixels)), bar=bar,
+        )
     vectors = {d.item.id: aggregate_rows(rows, whitening) for d, rows in collected if d.ok}
     return vectors, [d for d, _ in collected]
 

@@ -58,3 +58,22 @@ def test_auto_factory_is_flat_for_small_collections_and_the_benchmarked_one_abov
     assert resolve_faiss_factory("auto", 4_000_000, None, 1280)[0] == "IVF2048,PQ64,RFlat"
     assert resolve_faiss_factory("auto", AUTO_FLAT_LIMIT + 1, None, 100) == ("HNSW32", "efSearch=64")
     assert resolve_faiss_factory("HNSW32", 10, "efSearch=64") == ("HNSW32", "efSearch=64")
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat"])
+def test_read_faiss_ntotal_reads_the_count_from_the_header(tmp_path, factory: str) -> None:
+    import faiss
+
+    from indexer.faiss_index import read_faiss_ntotal, write_faiss_index
+
+    x = _unit_vectors(200, 16)
+    path = tmp_path / "index.faiss"
+    write_faiss_index(build_faiss_index(x, np.arange(10, 190), factory, train_max=200), path)
+    assert read_faiss_ntotal(path) == 180
+    with open(path, "r+b") as handle:  # only the header is read: a cut file still answers
+        handle.truncate(16)
+    assert read_faiss_ntotal(path) == 180
+    bare = faiss.IndexFlatIP(16)  # not an ID map (not written by the indexer): mmap fallback
+    bare.add(x[:7])
+    faiss.write_index(bare, str(path))
+    assert read_faiss_ntotal(path) == 7

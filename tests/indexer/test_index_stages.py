@@ -112,3 +112,21 @@ def test_a_finisher_thread_gives_the_same_results_in_the_same_order(tmp_path: Pa
                    workers=2, batch_size=2, finisher=finisher)
         runs.append(written)
     assert runs[0] == runs[1] == [(0, [200, 202, 204, 206, None]), (1, [210, 212, 214, 216, 218, 220])]
+
+
+def test_reader_reuses_a_given_sha256_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    import hashlib
+
+    from indexer.files import hash_file
+
+    path = tmp_path / "a.jpg"
+    photo("coffee", 64).save(path)
+    sha, key = hash_file(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest() and key[0] == path.stat().st_size
+    read = make_reader(max_pixels=64_000_000)
+    fake = "f" * 64  # a value the reader cannot compute: seeing it back proves it was not re-hashed
+    assert read(WorkItem(0, path, "a.jpg", fake, key)).sha256 == fake
+    assert read(WorkItem(0, path, "a.jpg")).sha256 == sha  # no hash given: computed
+    photo("chelsea", 64).save(path)  # changed after the pre-scan: the stale hash is not reused
+    changed = read(WorkItem(0, path, "a.jpg", fake, key))
+    assert changed.ok and changed.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
