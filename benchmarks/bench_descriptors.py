@@ -39,11 +39,10 @@ def load_photos(count: int):
     if shared.is_dir():
         files = sorted(p for p in shared.rglob("*.jpg"))[:count]
         return [decode_image(p) for p in files], f"Paris subset ({len(files)} images)"
-    import skimage.data
-    from PIL import Image
+    from descriptors.sample_photos import sample_photo
 
     names = ["chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "retina"]
-    photos = [Image.fromarray(getattr(skimage.data, n)()[..., :3]) for n in names][:count]
+    photos = [sample_photo(n) for n in names[:count]]
     return photos, f"scikit-image sample photos ({len(photos)} images)"
 
 

@@ -37,15 +37,10 @@ def shared_images() -> list[Path]:
 
 
 def skimage_crops(folder: Path, n: int) -> list[Path]:
-    import skimage.data
-    from PIL import Image
+    from descriptors.sample_photos import sample_photo
 
     names = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
-    bases = []
-    for name in names:
-        array = getattr(skimage.data, name)()
-        array = array[0] if isinstance(array, tuple) else array
-        bases.append(Image.fromarray(array[..., :3].astype(np.uint8)).resize((800, 600)))
+    bases = [sample_photo(name).resize((800, 600)) for name in names]
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):

@@ -31,14 +31,10 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immu
 
 
 def write_photo_set(folder: Path, n: int, size: tuple[int, int] = (800, 600)) -> list[Path]:
-    import skimage.data
+    from descriptors.sample_photos import sample_photo
 
     folder.mkdir(parents=True, exist_ok=True)
-    bases = []
-    for name in PHOTOS:
-        array = getattr(skimage.data, name)()
-        array = array[0] if isinstance(array, tuple) else array
-        bases.append(Image.fromarray(array[..., :3].astype(np.uint8)).resize((1000, 750)))
+    bases = [sample_photo(name).resize((1000, 750)) for name in PHOTOS]
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):

@@ -41,8 +41,7 @@ STAGES = ("queue", "decode", "forward", "nmf", "descriptor", "faiss", "expansion
 
 def collection(count: int, folder: Path) -> list[Path]:
     """Write `count` real photos into `folder` (Paris subset if present, else scikit-image)."""
-    import skimage.data
-    from PIL import Image
+    from descriptors.sample_photos import write_sample_photos
 
     folder.mkdir(parents=True, exist_ok=True)
     shared = (
@@ -72,15 +71,7 @@ def collection(count: int, folder: Path) -> list[Path]:
         "moon",
         "retina",
     ][:count]
-    out = []
-    for name in names:
-        array = getattr(skimage.data, name)()
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        target = folder / f"{name}.jpg"
-        Image.fromarray(array[..., :3].astype(np.uint8)).save(target, quality=92)
-        out.append(target)
-    return out
+    return write_sample_photos(folder, names, quality=92)
 
 
 def start_server(index: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:

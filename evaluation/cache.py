@@ -1,12 +1,15 @@
 """On-disk activation cache: one backbone forward per image, shared by every method and run.
 
-Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>/<ab>/<image sha256>[-crop-<box>].npz`
+Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>/<ab>/<image sha256>[-crop-<x0>_<y0>_<x1>_<y1>].npz`
 (arrays `activation` (C, h, w) and `image_wh`, the decoded image's size before resizing).
 The folder name carries everything that changes the activations except the image, and the
-file name is the image *content* hash (plus the crop box for the baselines' query crops), so
-renamed or moved images hit the cache and edited ones miss it. Each file is written to a
-temporary name and `os.replace`d, so an interrupted run leaves no partial file and the next
-run resumes where it stopped.
+file name is the image *content* hash (plus, for the baselines' query crops, the integer crop
+rectangle `descriptors.pipeline.crop_rect` gives: the box rounded outward to whole pixels and
+clipped to the image, so boxes giving the same crop share one file), so renamed or moved images
+hit the cache and edited ones miss it. (Crop files written before the key was the integer
+rectangle carry the box to 0.01 px, with decimal points: they are never hit, only recomputed.)
+Each file is written to a temporary name and `os.replace`d, so an interrupted run leaves no
+partial file and the next run resumes where it stopped.
 
 float16 storage halves the disk and memory; activations are ReLU/ReLU6 outputs, for which
 float16's relative error (~5e-4) is far below the effect of the input's JPEG noise (checked
@@ -74,6 +77,7 @@ class ActivationCache:
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sha_by_path: dict[Path, str] = {}
+        self._size_by_sha: dict[str, tuple[int, int]] = {}  # decoded sizes, for the crop rectangles
         self.forwards = 0  # backbone forwards done by this object (tests check the sharing)
 
     def _content_sha(self, path: Path) -> str:
@@ -82,11 +86,19 @@ class ActivationCache:
             self._sha_by_path[key] = file_sha256(path)
         return self._sha_by_path[key]
 
+    def crop_rect(self, request: ImageRequest) -> tuple[int, int, int, int] | None:
+        """The integer rectangle `request` is cropped to (None: the full image); the crop's cache key."""
+        if request.crop is None:
+            return None
+        sha = self._content_sha(request.path)
+        if sha not in self._size_by_sha:  # the size of the image as decoded (EXIF-transposed)
+            self._size_by_sha[sha] = decode_image(request.path).size
+        return crop_rect(request.crop, self._size_by_sha[sha])
+
     def file_for(self, request: ImageRequest) -> Path:
         sha = self._content_sha(request.path)
-        suffix = ""
-        if request.crop is not None:
-            suffix = "-crop-" + "_".join(f"{v:.2f}" for v in request.crop)
+        rect = self.crop_rect(request)
+        suffix = "" if rect is None else "-crop-" + "_".join(str(v) for v in rect)
         return self.directory / sha[:2] / f"{sha}{suffix}.npz"
 
     def _compute(self, request: ImageRequest) -> tuple[np.ndarray, tuple[int, int]]:

@@ -3,7 +3,8 @@
 The database and whitening images are encoded from their cached full-image activations. A
 query with a box is encoded the way each method uses a box: NMF methods select the factors
 inside the box on the *full* image's activations; the baselines crop the *image* to the box,
-which costs one more (cached) forward per query.
+which costs one more (cached) forward per query. A full-image query that is also a database
+image (leave-one-out) reuses its database descriptor (`queries_reusing_database`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,36 @@ class MethodEncoder:
             by_method = local_descriptors_by_method(cropped, [self.configs[m] for m in baselines])
             rows.update(zip(baselines, by_method, strict=True))
         return {m: self._aggregate(m, rows[m]) for m in self.methods}
+
+    def queries_reusing_database(
+        self,
+        requests: Sequence[ImageRequest],
+        boxes: Sequence[Box | None],
+        db_requests: Sequence[ImageRequest],
+        database: dict[str, np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """`queries`, except that a full-image query (no box) whose image is a database image takes
+        that image's descriptor from `database` (the encoding of `db_requests`) instead of being
+        encoded again: same cached activations, same NMF (seeded per image), same vector. Leave-one-
+        out protocols, whose every query is a database image, then run no query NMF at all."""
+        position = {self.cache.file_for(r): i for i, r in enumerate(db_requests) if r.crop is None}
+        reuse = [
+            position.get(self.cache.file_for(r)) if b is None and r.crop is None else None
+            for r, b in zip(requests, boxes, strict=True)
+        ]
+        todo = [i for i, j in enumerate(reuse) if j is None]
+        encoded = self.queries([requests[i] for i in todo], [boxes[i] for i in todo]) if todo else {}
+        reused = [(i, j) for i, j in enumerate(reuse) if j is not None]
+        out = {}
+        for m in self.methods:
+            vectors = np.empty((len(requests), database[m].shape[1]), dtype=database[m].dtype)
+            if todo:
+                vectors[todo] = encoded[m]
+            if reused:
+                at, source = zip(*reused, strict=True)
+                vectors[list(at)] = database[m][list(source)]
+            out[m] = vectors
+        return out
 
 
 def rank_database(queries: np.ndarray, database: np.ndarray) -> np.ndarray:

@@ -62,7 +62,10 @@ def run_instance(
     query_requests = [ImageRequest(images_dir / f"{q.image}.jpg") for q in evalset.queries]
     whitening = _maybe_whiten(encoder, config, query_requests)
     database = encoder.database(db_requests)
-    queries = encoder.queries(query_requests, [q.box for q in evalset.queries])
+    # leave-one-out queries are full database images: their database descriptors are reused
+    queries = encoder.queries_reusing_database(
+        query_requests, [q.box for q in evalset.queries], db_requests, database
+    )
     position = {n: i for i, n in enumerate(evalset.database)}
     # leave-one-out: the query's own database entry must not feed its expansion
     exclude = [position.get(q.image) if q.box is None else None for q in evalset.queries]
@@ -97,7 +100,9 @@ def run_semantic(dataset: str, root: str | Path, config: EvalConfig) -> EvalRepo
     query_requests = [requests[q.index] for q in ds.queries]
     whitening = _maybe_whiten(encoder, config, query_requests)
     database = encoder.database(requests)
-    queries = encoder.queries(query_requests, [q.box for q in ds.queries])
+    queries = encoder.queries_reusing_database(
+        query_requests, [q.box for q in ds.queries], requests, database
+    )
     relevant = [ds.relevant(q) for q in ds.queries]
     self_index = [q.index for q in ds.queries]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -36,21 +37,18 @@ def default_cache_dir() -> Path:
 
 def write_demo_photos(folder: Path) -> Path:
     """Write scikit-image's colour sample photos (+ the left motorcycle view) as JPEGs; return the query."""
-    import numpy as np
     import skimage.data
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in DEMO_PHOTOS:
-        target = folder / f"{name}.jpg"
-        if not target.exists():
-            Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3]).save(target, quality=92)
-    left, right, _ = skimage.data.stereo_motorcycle()
+    from descriptors.sample_photos import sample_photo, write_sample_photos
+
+    write_sample_photos(folder, DEMO_PHOTOS, quality=92, overwrite=False)
     left_path = folder / "motorcycle_left.jpg"
     if not left_path.exists():
-        Image.fromarray(left).save(left_path, quality=92)
+        sample_photo("stereo_motorcycle").save(left_path, quality=92)  # the pair's left view
     query = folder.parent / "query_motorcycle_right.jpg"
     if not query.exists():
+        _, right, _ = skimage.data.stereo_motorcycle()
         Image.fromarray(right).save(query, quality=92)
     return query
 
@@ -113,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{folder} holds no .jpg/.jpeg/.png/.webp images")
         default_query = images[0]
     query = (args.query or default_query).expanduser().resolve()
-    folder_tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+    # the tag covers the default settings too: after an upgrade that changes them (image size,
+    # K, ...) the demo builds a fresh index instead of serving one made with the old ones
+    from indexer.config import IndexConfig
+
+    settings = json.dumps(IndexConfig().extraction_fingerprint(), sort_keys=True)
+    folder_tag = hashlib.sha1(f"{folder}\n{settings}".encode()).hexdigest()[:10]
     index_dir = (args.index or cache / f"index-{folder_tag}").expanduser().resolve()
     if args.rebuild and index_dir.exists():
         shutil.rmtree(index_dir)

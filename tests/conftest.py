@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from descriptors.sample_photos import sample_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +29,6 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared evaluation data absent at {root} (set DFF_SHARED_DATA to run this test)")
     return root
-
-
-def sample_photo(name: str) -> Image.Image:
-    """A real photo that scikit-image ships (no network needed)."""
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(array[..., :3].astype(np.uint8))
 
 
 @pytest.fixture(scope="session")

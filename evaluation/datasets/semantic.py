@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from descriptors.images import iter_image_files
 from evaluation.datasets.instance import Box
 
 SEMANTIC_DATASETS = ("voc2010", "tiny-imagenet", "folders")
 QUERIES_PER_CLASS = 5
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class DatasetLayoutError(ValueError):
@@ -100,17 +100,23 @@ def load_tiny_imagenet(root: str | Path, queries_per_class: int = QUERIES_PER_CL
 
 
 def load_class_folders(root: str | Path, queries_per_class: int = QUERIES_PER_CLASS) -> SemanticDataset:
-    """One sub-folder per class; queries are full images (no box)."""
+    """One sub-folder per class; queries are full images (no box).
+
+    A class's images are what the indexer's walk (`descriptors.images.iter_image_files`) finds in
+    its folder: the same extensions (jpg/jpeg/png/webp), sub-folders included, hidden entries
+    skipped. Hidden class folders are skipped too. An image's id (for the query choice) is its
+    path relative to the class folder, i.e. its file name in a flat class folder.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"{root} is not a folder")
     images, labels, queries = [], [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = list(iter_image_files(class_dir))
         start = len(images)
         images += files
         labels += [frozenset({class_dir.name})] * len(files)
-        index = {f.name: start + i for i, f in enumerate(files)}
+        index = {f.relative_to(class_dir).as_posix(): start + i for i, f in enumerate(files)}
         queries += [
             SemanticQuery(index[n], class_dir.name, None)
             for n in choose_queries(list(index), queries_per_class)

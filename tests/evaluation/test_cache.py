@@ -82,6 +82,29 @@ def test_crops_are_cached_separately(tmp_path: Path, backbone) -> None:
     assert not np.allclose(full.activation.numpy().mean(), crop.activation.numpy().mean(), rtol=1e-6)
 
 
+def test_boxes_giving_the_same_crop_rectangle_share_one_file(tmp_path: Path, backbone) -> None:
+    path = _images(tmp_path / "imgs", 1)[0]  # 64 x 64
+    cache = ActivationCache(tmp_path / "cache", backbone, 64)
+    sha = cache.file_for(ImageRequest(path)).stem
+    # rounded outward to whole pixels and clipped to the image: all (10, 5, 51, 64)
+    boxes = [(10.2, 5.7, 50.1, 63.5), (10.9, 5.0, 51.0, 64.0), (10.0, 5.99, 50.01, 80.0)]
+    files = {cache.file_for(ImageRequest(path, b)) for b in boxes}
+    assert [f.name for f in files] == [f"{sha}-crop-10_5_51_64.npz"]
+    assert cache.ensure([ImageRequest(path, b) for b in boxes], progress=False) == 1
+    assert cache.load(ImageRequest(path, boxes[2])).image_wh == (41, 59)
+    assert cache.forwards == 1
+    # one pixel more is another rectangle, another file
+    assert cache.file_for(ImageRequest(path, (9.9, 5.7, 50.1, 63.5))).name == f"{sha}-crop-9_5_51_64.npz"
+    # a file under the former key (the box to 0.01 px) is never taken for a crop: it is recomputed
+    old = ActivationCache(tmp_path / "old", backbone, 64)
+    box = (10.0, 5.0, 51.0, 64.0)
+    old.ensure([ImageRequest(path, box)], progress=False)
+    old.file_for(ImageRequest(path, box)).rename(
+        old.directory / sha[:2] / f"{sha}-crop-10.00_5.00_51.00_64.00.npz"
+    )
+    assert old.ensure([ImageRequest(path, box)], progress=False) == 1
+
+
 def test_bad_settings_and_boxes_are_rejected(tmp_path: Path, backbone) -> None:
     with pytest.raises(ValueError, match="dtype"):
         ActivationCache(tmp_path, backbone, 64, "int8")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from eval_synthetic import write_class_folders, write_tiny_imagenet
 
+from descriptors.images import iter_image_files
 from evaluation.datasets.instance import (
     GroundTruthError,
     InstanceGroundTruth,
@@ -187,6 +188,28 @@ def test_class_folders_reader(tmp_path: Path) -> None:
     assert len(ds.images) == 21 and len(ds.queries) == 15
     assert all(q.box is None for q in ds.queries)
     assert {q.label for q in ds.queries} == {"checker", "stripes", "rings"}
+
+
+def test_class_folders_take_the_images_the_indexer_walk_takes(tmp_path: Path) -> None:
+    """.tif/.bmp (not indexable), hidden files and hidden folders are skipped as by the indexer."""
+    root = tmp_path / "folders"
+    write_class_folders(root, n_per_class=2)
+    sample = (root / "rings" / "rings_0.png").read_bytes()
+    for extra in ("rings/scan.tif", "rings/scan.TIFF", "rings/scan.bmp", "rings/.hidden.png", ".cache/x.png"):
+        (root / extra).parent.mkdir(exist_ok=True)
+        (root / extra).write_bytes(sample)
+    (root / "rings" / "more").mkdir()
+    (root / "rings" / "more" / "upper.PNG").write_bytes(sample)
+    ds = load_class_folders(root)
+    walked = list(iter_image_files(root / "rings"))
+    assert [p for p, labels in zip(ds.images, ds.labels, strict=True) if labels == {"rings"}] == walked
+    assert [p.relative_to(root / "rings").as_posix() for p in walked] == [
+        "more/upper.PNG",
+        "rings_0.png",
+        "rings_1.png",
+    ]
+    assert {label for labels in ds.labels for label in labels} == {"checker", "stripes", "rings"}
+    assert len(ds.images) == 7
 
 
 _VOC_XML = """<annotation><filename>{id}.jpg</filename>{objects}</annotation>"""

@@ -6,22 +6,16 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
+
+from descriptors.sample_photos import sample_photo
 
 # photos that ship inside scikit-image (no download)
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field", "immunohistochemistry", "horse")
 
 
 def photo(name: str, max_side: int = 128) -> Image.Image:
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    image = Image.fromarray(array[..., :3].astype(np.uint8))
-    image.thumbnail((max_side, max_side))
-    return image
+    return sample_photo(name, max_side)
 
 
 def png_bomb_bytes(width: int = 30_000, height: int = 30_000) -> bytes:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 from PIL import Image
+
+from descriptors.sample_photos import sample_photo
 
 # real photos shipped with scikit-image (no network); distinct scenes so rank 1 is unambiguous
 INDEXED_PHOTOS = (
@@ -17,14 +18,7 @@ IMAGE_SIZE = 160
 
 
 def photo(name: str, max_side: int = 320) -> Image.Image:
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    img = Image.fromarray(array[..., :3].astype(np.uint8))
-    img.thumbnail((max_side, max_side))
-    return img
+    return sample_photo(name, max_side)
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
