@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from .config import IndexConfig
 from .errors import IndexWriteError, NoImagesError
 from .extraction import progress_bar, run_extraction
 from .faiss_index import faiss_writer, read_faiss_index, remove_ids
-from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path
+from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path, stat_key
 from .manifest import (
     CATALOG_NAME,
     FAISS_NAME,
@@ -99,6 +99,7 @@ def add_images(
     extractor=None,
     progress: bool = True,
     config: IndexConfig | None = None,
+    known_sha256: Mapping[str, str] | None = None,
 ) -> BuildSummary:
     """Add image files (or folders, walked recursively) to an index; returns the new ids.
 
@@ -106,6 +107,9 @@ def add_images(
     path is indexed with other content replaces the old entry (old id removed, new id given).
     Undecodable files are skipped with their reason and not recorded. A passed-in `extractor`
     is reused after `check_manifest_matches` (raises `ManifestMismatchError` naming the setting).
+    `known_sha256` maps a file path (as given) to the sha256 of its content, for a caller that has
+    just written the file from bytes it hashed (the searcher's AddImages): the file is then not
+    hashed again. The caller vouches for it; every other file is hashed here.
     """
     started = time.perf_counter()
     index_dir = Path(os.path.abspath(index_dir))
@@ -126,9 +130,13 @@ def add_images(
             items: list[WorkItem] = []
             replaced_by_path: dict[str, int] = {}
             seen: dict[str, str] = {}
+            vouched = {os.path.abspath(p): sha for p, sha in (known_sha256 or {}).items()}
             for path in files:
                 try:
-                    sha, hashed_key = hash_file(path)  # the reader reuses it: each file hashed once
+                    if os.path.abspath(path) in vouched:
+                        sha, hashed_key = vouched[os.path.abspath(path)], stat_key(os.stat(path))
+                    else:
+                        sha, hashed_key = hash_file(path)  # the reader reuses it: each file hashed once
                 except OSError as exc:
                     summary.skipped.append(SkippedFile(str(path), "unreadable", f"{path}: {exc.strerror or exc}"))
                     continue

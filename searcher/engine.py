@@ -313,7 +313,13 @@ class SearchEngine:
             summary = self._backbone_pool.run(
                 StageClock(None),
                 "add",
-                partial(indexer.add_images, extractor=self.extractor, progress=False),
+                # the uploads were just written from bytes hashed above: the indexer need not hash them again
+                partial(
+                    indexer.add_images,
+                    extractor=self.extractor,
+                    progress=False,
+                    known_sha256={str(path): digest for _, path, digest, _ in stored},
+                ),
                 self.config.index_dir,
                 files,
             )

@@ -109,3 +109,33 @@ def test_add_reads_hashes_and_decodes_each_file_once(photo_folder: Path, tmp_pat
         rows = index.catalog.by_ids([8, 9, 10])
         assert [rows[i].path for i in (8, 9, 10)] == [str(p) for p in new]  # outside source_root: absolute
         assert [rows[i].sha256 for i in (8, 9, 10)] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in new]
+
+
+def test_add_trusts_the_sha256_its_caller_vouches_for(photo_folder: Path, tmp_path: Path, tiny_config, monkeypatch) -> None:
+    # the searcher's AddImages writes each upload from bytes it has hashed: no second hash here
+    out = tmp_path / "index"
+    build_index(photo_folder, out, tiny_config, progress=False)
+    extractor = build_extractor(open_index(out).manifest)
+    new = write_variants(tmp_path / "new", 3, size=96)
+    vouched = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in new[:2]}
+
+    hashed: list[int] = []
+
+    def counting_sha256(*args):
+        hashed.append(1)
+        return hashlib.sha256(*args)
+
+    monkeypatch.setattr(files_module, "hashlib", types.SimpleNamespace(sha256=counting_sha256, file_digest=hashlib.file_digest))
+    summary = add_images(out, new, extractor=extractor, progress=False, known_sha256=vouched)
+    monkeypatch.undo()
+
+    assert summary.ids == [8, 9, 10] and not summary.skipped
+    assert len(hashed) == 1  # only the file nobody vouched for
+    with open_index(out) as index:
+        rows = index.catalog.by_ids([8, 9, 10])
+        assert [rows[i].sha256 for i in (8, 9, 10)] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in new]
+    # a vouched hash that is already indexed makes the file a duplicate without reading it
+    again = tmp_path / "again.jpg"
+    shutil.copy(new[0], again)
+    summary = add_images(out, [again], extractor=extractor, progress=False, known_sha256={str(again): vouched[str(new[0])]})
+    assert summary.ids == [] and [s.reason for s in summary.skipped] == ["duplicate"]
