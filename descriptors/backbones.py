@@ -224,6 +224,17 @@ def retrieval_image_size(name: str) -> int:
     return BACKBONES[name].retrieval_image_size
 
 
+def image_size_or_default(name: str, image_size: int | None) -> int:
+    """`image_size`, or backbone `name`'s `retrieval_image_size` when it is None (a config's
+    default); an unknown backbone is then a ValueError naming the known ones."""
+    if image_size is not None:
+        return image_size
+    try:
+        return retrieval_image_size(name)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+
+
 def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float = 3.0) -> Image.Image:
     """The resize of `Backbone.preprocess`, PIL only (decode threads call it ahead of the forward):
     smaller side -> image_size, longer side capped at max_side_ratio * image_size."""

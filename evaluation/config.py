@@ -45,13 +45,9 @@ class EvalConfig:
             raise ValueError(f"query-expansion sizes must be >= 0, got {self.qe}")
         if self.at < 1:
             raise ValueError(f"--at must be >= 1, got {self.at}")
-        if self.image_size is None:
-            from descriptors.backbones import retrieval_image_size
+        from descriptors.backbones import image_size_or_default
 
-            try:
-                self.image_size = retrieval_image_size(self.backbone)
-            except KeyError as error:
-                raise ValueError(error.args[0]) from None
+        self.image_size = image_size_or_default(self.backbone, self.image_size)
         if self.image_size < 32:
             raise ValueError(f"--image-size must be >= 32, got {self.image_size}")
         if self.whiten_on is not None and not Path(self.whiten_on).is_dir():

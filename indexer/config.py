@@ -57,13 +57,9 @@ class IndexConfig:
             raise ValueError(
                 f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}"
             )
-        if self.image_size is None:
-            from descriptors.backbones import retrieval_image_size
+        from descriptors.backbones import image_size_or_default
 
-            try:
-                self.image_size = retrieval_image_size(self.backbone)
-            except KeyError as error:
-                raise ValueError(error.args[0]) from None
+        self.image_size = image_size_or_default(self.backbone, self.image_size)
         for name in ("k", "image_size", "batch_size", "shard_size", "max_iter"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
