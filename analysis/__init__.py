@@ -1,0 +1,1 @@
+"""dff-analyze: look inside the network (issue 12)."""

@@ -1,0 +1,1 @@
+"""dff-web: the search page (issue 11)."""
