@@ -1,12 +1,13 @@
 """Image folder -> persistent, resumable FAISS index directory (`dff-index`).
 
 Public API (mirrors the CLI): `IndexConfig`, `build_index`, `add_images`, `remove_images`,
-`index_info`, `open_index` / `OpenIndex`, `build_extractor`, `check_manifest_matches`,
+`compact_index`, `index_info`, `open_index` / `OpenIndex`, `build_extractor`, `check_manifest_matches`,
 `iter_image_files`, `BuildSummary`, and the errors (`IndexerError` and subclasses).
 """
 
 from .build import build_index
 from .catalog import Catalog, CatalogRow
+from .compact import compact_index
 from .config import IndexConfig
 from .errors import (
     FaissTrainingError,
@@ -41,6 +42,7 @@ __all__ = [
     "build_extractor",
     "build_index",
     "check_manifest_matches",
+    "compact_index",
     "index_info",
     "iter_image_files",
     "open_index",

@@ -196,7 +196,7 @@ def _assemble(
         write_faiss_index(index, staged / FAISS_NAME)
         del vectors
         with Catalog(staged / CATALOG_NAME) as catalog:
-            catalog.apply(insert=catalog_rows)
+            catalog.apply(insert=catalog_rows, generation=1)
         counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
         manifest = make_manifest(
             config, extractor.backbone, config.descriptor_config(),

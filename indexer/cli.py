@@ -1,4 +1,4 @@
-"""`dff-index build|add|remove|info`: the command line over the indexer's Python API."""
+"""`dff-index build|add|remove|compact|info`: the command line over the indexer's Python API."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .build import build_index
+from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
 from .errors import IndexerError, ManifestMismatchError
 from .manifest import manifest_settings, read_manifest
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
 
+    compact = sub.add_parser("compact", help="fold added segments and removals into a fresh FAISS index (atomic)")
+    compact.add_argument("index_dir")
+
     info = sub.add_parser("info", help="print the manifest and counts of an index")
     info.add_argument("index_dir")
     return parser
@@ -99,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             removed = remove_images(args.index_dir, ids=args.ids, paths=args.paths)
             asked = len(args.ids) + len(args.paths)
             print(f"removed {removed} of {asked} requested image(s) from {args.index_dir}")
+        elif args.command == "compact":
+            print(json.dumps(compact_index(args.index_dir), indent=2))
         elif args.command == "info":
             print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
     except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

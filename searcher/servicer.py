@@ -14,6 +14,7 @@ from .engine import InvalidQueryError, QueryDeadlineError, SearchEngine, SearchE
 from .metrics import SearcherMetrics
 
 MAX_ADD_IMAGES = 1000
+_ADD_OUTCOMES = {"added": search_pb2.ADDED, "duplicate": search_pb2.DUPLICATE, "skipped": search_pb2.SKIPPED}
 
 
 def heatmap_message(heatmap: np.ndarray | None) -> search_pb2.Heatmap | None:
@@ -113,7 +114,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def AddImages(self, request_iterator, context):
         with _Call(self.metrics, "AddImages") as call:
             items = []
+            skip_invalid = False
             for message in request_iterator:
+                if not items:
+                    skip_invalid = message.skip_invalid
                 items.append((message.key, message.image))
                 if len(items) > MAX_ADD_IMAGES:
                     call.fail(
@@ -122,16 +126,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                         f"AddImages takes at most {MAX_ADD_IMAGES} images per call; split the upload",
                     )
             try:
-                added = self.engine.add_images(items)
+                added = self.engine.add_images(items, skip_invalid=skip_invalid)
             except InvalidQueryError as exc:
                 call.fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except (SearchEngineError, IndexerError, OSError) as exc:  # disk full, index damaged, ...
                 call.fail(context, grpc.StatusCode.INTERNAL, f"adding failed: {type(exc).__name__}: {exc}")
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            response = search_pb2.AddImagesResponse(count=self.engine.count)
+            response = search_pb2.AddImagesResponse(count=self.engine.count, generation=self.engine.generation)
             for item in added:
-                response.added.add(id=item.id, key=item.key, path=item.path, duplicate=item.duplicate)
+                response.added.add(
+                    id=item.id, key=item.key, path=item.path, duplicate=item.duplicate,
+                    outcome=_ADD_OUTCOMES[item.outcome], reason=item.reason, message=item.message,
+                )
             return response
 
     def RemoveImages(self, request, context):
@@ -151,7 +158,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 )
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            return search_pb2.RemoveImagesResponse(removed=removed, count=self.engine.count)
+            return search_pb2.RemoveImagesResponse(
+                removed=removed, count=self.engine.count, generation=self.engine.generation
+            )
 
     def GetIndexInfo(self, request, context):
         import json

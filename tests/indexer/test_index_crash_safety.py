@@ -1,0 +1,124 @@
+"""Crash safety of add, remove and compact: a real SIGKILL of a subprocess at every step.
+
+Each operation is run once with `DFF_INDEX_CRASH_TRACE` to list its crash points (every file
+written or renamed, the catalog transaction, the manifest rename), then once per point i with
+`DFF_INDEX_CRASH_AT=i` on a fresh copy of the index. Reopening must give exactly the state before
+or exactly the state after, and running the operation again must give the state after, with no
+file left over that the manifest does not name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from indexer_fixtures import photo, write_variants
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "indexer.cli", *args], cwd=REPO, env=full_env, text=True, capture_output=True, timeout=300
+    )
+
+
+def _state(index_dir: Path) -> dict:
+    """What a reader sees: rows, vectors, and FAISS agreeing with them (each finds itself)."""
+    from indexer.open_index import open_index
+
+    with open_index(index_dir) as index:
+        rows = index.catalog.rows()
+        indexed = np.array([r.id for r in rows if r.indexed], np.int64)
+        vectors = index.vectors(indexed)
+        assert index.count == len(indexed), "FAISS and the catalog disagree"
+        if len(indexed):
+            _, found = index.search(vectors, 1)
+            np.testing.assert_array_equal(found[:, 0], indexed)
+        return {
+            "rows": [(r.id, r.path, r.sha256, r.status) for r in rows],
+            "vectors": vectors.round(5).tolist(),
+            "counts": index.manifest["counts"],
+        }
+
+
+def _no_stray_files(index_dir: Path) -> None:
+    from indexer.generations import referenced_files
+    from indexer.manifest import read_manifest
+
+    named = referenced_files(read_manifest(index_dir))
+    segments = index_dir / "segments"
+    present = {f"segments/{p.name}" for p in segments.iterdir()} if segments.is_dir() else set()
+    present |= {p.name for p in index_dir.iterdir() if p.suffix in (".faiss", ".npy") or ".tmp" in p.name}
+    assert present <= named
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict:
+    """A small index, and the same after an add and a remove (segments + tombstones to compact)."""
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.update import add_images, remove_images
+
+    root = tmp_path_factory.mktemp("crash")
+    folder = root / "photos"
+    write_variants(folder, 6, size=96)
+    config = IndexConfig(image_size=96, k=4, max_iter=30, batch_size=4, workers=0, shard_size=4, threads=1)
+    plain = root / "plain"
+    build_index(folder, plain, config, progress=False)
+    grown = root / "grown"
+    shutil.copytree(plain, grown)
+    add_images(grown, write_variants(root / "more", 9, size=96)[6:], progress=False, config=config)
+    assert remove_images(grown, ids=[1, 7]) == 2
+    new = root / "new"
+    new.mkdir()
+    photo("coffee", 96).rotate(90).save(new / "rotated.jpg")
+    photo("rocket", 96).save(folder / "img_002.jpg")  # changed content at an indexed path: a replacement
+    return {"root": root, "plain": plain, "grown": grown, "add": [str(new / "rotated.jpg"), str(folder / "img_002.jpg")]}
+
+
+OPERATIONS = {
+    "add": ("plain", lambda b, d: ["add", str(d), *b["add"], "--quiet", "--threads", "1", "--workers", "0"]),
+    "remove": ("grown", lambda b, d: ["remove", str(d), "--ids", "0", "3", "8"]),
+    "compact": ("grown", lambda b, d: ["compact", str(d)]),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_a_kill_at_any_step_leaves_the_state_before_or_after_and_the_redo_works(bases: dict, operation: str, tmp_path: Path) -> None:
+    base_name, make_args = OPERATIONS[operation]
+    base = bases[base_name]
+    before = _state(base)
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    trace = tmp_path / "trace.txt"
+    done = _cli(*make_args(bases, reference), env={"DFF_INDEX_CRASH_TRACE": str(trace)})
+    assert done.returncode == 0, done.stderr
+    after = _state(reference)
+    assert after != before or operation == "compact"
+    steps = trace.read_text().splitlines()
+    assert len(steps) >= 4, steps  # at least: data file written + renamed, catalog, manifest
+    outcomes = []
+    for i in range(1, len(steps) + 1):
+        crashed = tmp_path / f"crash-{i}"
+        shutil.copytree(base, crashed)
+        killed = _cli(*make_args(bases, crashed), env={"DFF_INDEX_CRASH_AT": str(i)})
+        assert killed.returncode == -9, (steps[i - 1], killed.stderr)
+        state = _state(crashed)
+        assert state in (before, after), f"crash at {steps[i - 1]} left a third state"
+        outcomes.append("after" if state == after else "before")
+        redo = _cli(*make_args(bases, crashed))
+        assert redo.returncode == 0, redo.stderr
+        assert _state(crashed) == after, f"redo after a crash at {steps[i - 1]}"
+        _no_stray_files(crashed)
+        shutil.rmtree(crashed)
+    # the manifest rename is the commit point: every crash before it gives the old state
+    commit = next(i for i, s in enumerate(steps) if s.endswith("manifest.json: renamed"))
+    if before != after:
+        assert outcomes[:commit] == ["before"] * commit and set(outcomes[commit:]) == {"after"}
