@@ -33,24 +33,28 @@ from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_imag
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
-from .localize import LocalizationResult, Localizer
+from .localize import Concept, LocalizationResult, Localizer
 from .uploads import UploadKeys
 
 STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
 _FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
+_CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 Box = tuple[float, float, float, float]
 __all__ = [
     "QUEUE_STAGE",
     "STAGES",
     "AddedImage",
+    "Concept",
     "EngineConfig",
+    "ImageNotFoundError",
     "InvalidQueryError",
     "QueryDeadlineError",
     "SearchEngine",
     "SearchEngineError",
     "SearchHit",
     "SearchOutcome",
+    "StoredImage",
     "validate_box",
 ]
 
@@ -92,6 +96,8 @@ class SearchHit:
     width: int = 0
     height: int = 0
     heatmap: np.ndarray | None = None  # (h, w) in [0, 1], localization grid
+    shared_concept: int | None = None  # with_concepts: index into SearchOutcome.concepts
+    shared_concept_heatmap: np.ndarray | None = None
 
 
 @dataclass
@@ -101,6 +107,22 @@ class SearchOutcome:
     query_factors: int = 0
     query_size: tuple[int, int] = (0, 0)
     query_heatmap: np.ndarray | None = None
+    concepts: list[Concept] = field(default_factory=list)  # with_concepts: the joint NMF's factors
+
+
+class ImageNotFoundError(SearchEngineError, LookupError):
+    """GetImage of an id that is not (or no longer) in the index, or whose file is gone."""
+
+
+@dataclass
+class StoredImage:
+    id: int
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+    path: str
+    key: str = ""
 
 
 @dataclass
@@ -191,6 +213,7 @@ class SearchEngine:
         localize: bool = False,
         *,
         with_heatmaps: bool = False,
+        with_concepts: bool = False,
         deadline: float | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
@@ -235,7 +258,12 @@ class SearchEngine:
             result = self._backbone_pool.run(
                 clock,
                 "localization",
-                partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
+                partial(
+                    self.localizer.localize,
+                    deadline=deadline,
+                    with_heatmaps=with_heatmaps,
+                    with_concepts=with_concepts,
+                ),
                 img,
                 query_box,
                 [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
@@ -261,6 +289,33 @@ class SearchEngine:
             "pipelined": self.config.pipelined,
             "manifest": manifest,
         }
+
+    def image(self, image_id: int, max_side: int = 0) -> StoredImage:
+        """The stored image of an indexed id: the file as it is (max_side 0) or a JPEG whose longer
+        side is at most `max_side`. Only ids the catalog marks indexed are served; the path comes
+        from the catalog, never from the caller."""
+        from descriptors.images import decode_image
+
+        image_id = int(image_id)
+        with self._catalog_guard.read():
+            index = self._index
+            row = index.catalog.by_ids([image_id]).get(image_id)
+            path = index.paths([image_id])[0] if row is not None and row.indexed else None
+        if path is None:
+            raise ImageNotFoundError(f"image id {image_id} is not in the index")
+        try:
+            data = Path(path).read_bytes()
+            img = decode_image(data, max_pixels=self.config.max_pixels, min_side=1)
+        except (OSError, ImageDecodeError) as exc:
+            raise ImageNotFoundError(f"image id {image_id}: its file {path} cannot be read ({exc})") from exc
+        width, height = img.size
+        content_type = _CONTENT_TYPES.get(_container_format(data))
+        if max_side > 0 or content_type is None:  # shrunk, or a format browsers may not show
+            img.thumbnail((max(1, int(max_side or max(width, height))),) * 2)
+            buffer = io.BytesIO()
+            img.save(buffer, format="JPEG", quality=85)
+            data, content_type = buffer.getvalue(), "image/jpeg"
+        return StoredImage(image_id, data, content_type, width, height, str(path), self._keys.key_for(path))
 
     def close(self) -> None:
         self._batcher.close()
@@ -420,5 +475,7 @@ class SearchEngine:
             hit.width, hit.height = match.size
             if with_heatmaps:
                 hit.heatmap = match.heatmap
+            hit.shared_concept, hit.shared_concept_heatmap = match.shared_concept, match.shared_concept_heatmap
         if with_heatmaps:
             outcome.query_heatmap = result.query_heatmap
+        outcome.concepts = result.concepts
