@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descriptors.encode import backbone_input
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from descriptors.query_expansion import expand_query
 
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
@@ -101,6 +103,7 @@ class SearchOutcome:
     query_factors: int = 0
     query_size: tuple[int, int] = (0, 0)
     query_heatmap: np.ndarray | None = None
+    query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
 
 
 @dataclass
@@ -199,10 +202,13 @@ class SearchEngine:
         with clock.stage("decode"):
             img = self._decode(image)
             query_box = validate_box(box, *img.size)
-            tensor = self.backbone.preprocess(img, self.extractor.image_size)
+            # descriptors.encode: the one encoding dff-eval and the indexer use (baselines forward
+            # the crop, NMF methods the full image with the box for the factor selection)
+            seen, rows_box = backbone_input(img, query_box, self.extractor.config)
+            tensor = self.backbone.preprocess(seen, self.extractor.image_size)
         activation = self._backbone_pool.run(clock, "forward", self._batcher.run, tensor)
         rows = self._nmf_pool.run(
-            clock, "nmf", self.extractor.rows_from_activations, [activation], [img.size], [query_box]
+            clock, "nmf", self.extractor.rows_from_activations, [activation], [seen.size], [rows_box]
         )[0]
         with clock.stage("descriptor"):
             descriptor = np.asarray(
@@ -210,13 +216,7 @@ class SearchEngine:
             )
         with self._catalog_guard.read():
             index = self._index  # FAISS ids and catalog paths from one and the same state
-            k = min(int(top_k), max(1, int(index.count)))
-            with clock.stage("faiss"):
-                scores, ids = index.search(descriptor[None, :], k)
-            scores, ids = scores[0], ids[0]
-            if query_expansion > 0:
-                with clock.stage("expansion"):
-                    scores, ids = self._expand(index, descriptor, scores, ids, int(query_expansion), k)
+            scores, ids = self._rank(index, descriptor, int(top_k), int(query_expansion), clock)
             keep = ids >= 0
             scores, ids = scores[keep], ids[keep]
             paths = index.paths([int(i) for i in ids])
@@ -230,7 +230,9 @@ class SearchEngine:
             )
             for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
-        outcome = SearchOutcome(hits=hits, query_factors=int(rows.shape[0]), query_size=img.size)
+        outcome = SearchOutcome(
+            hits=hits, query_factors=int(rows.shape[0]), query_size=img.size, query_vector=descriptor
+        )
         if localize and hits:
             result = self._backbone_pool.run(
                 clock,
@@ -402,14 +404,25 @@ class SearchEngine:
         except ImageDecodeError as exc:
             raise InvalidQueryError(exc.reason, str(exc)) from exc
 
-    def _expand(self, index, query: np.ndarray, scores, ids, n: int, k: int):
-        top = [int(i) for i in ids[:n] if i >= 0]
-        if not top:
-            return scores, ids
-        neighbours = np.asarray(index.vectors(top), dtype=np.float32)
-        # OpenIndex.search l2-normalizes its queries: the sum is the expanded query
-        new_scores, new_ids = index.search((query + neighbours.sum(axis=0))[None, :], k)
-        return new_scores[0], new_ids[0]
+    @staticmethod
+    def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock):
+        """FAISS search, with average query expansion over the first `depth` neighbours when
+        `depth` > 0 (descriptors.query_expansion, as dff-eval): the first search asks for
+        max(top_k, depth) so that a short result list does not cut the expansion short."""
+        count = max(1, int(index.count))
+        k = min(top_k, count)
+        with clock.stage("faiss"):
+            scores, ids = index.search(query[None, :], max(k, min(depth, count)))
+        scores, ids = scores[0], ids[0]
+        if depth > 0:
+            with clock.stage("expansion"):
+                top = [int(i) for i in ids[:depth] if i >= 0]
+                if top:
+                    neighbours = np.asarray(index.vectors(top), dtype=np.float32)
+                    expanded = expand_query(query, neighbours, depth)
+                    scores, ids = index.search(expanded[None, :].astype(np.float32), k)
+                    scores, ids = scores[0], ids[0]
+        return scores[:k], ids[:k]
 
     def _apply_localization(
         self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool
