@@ -75,6 +75,17 @@ class OpenIndex:
         if removed:
             self._remove(np.concatenate(removed), in_place=True)
 
+    @property
+    def faiss_index(self):
+        return self._faiss
+
+    @faiss_index.setter
+    def faiss_index(self, index) -> None:
+        """Replace the FAISS index (searcher/shards.py cuts a part); removed ids stay hidden."""
+        self._faiss = index
+        hidden = getattr(self, "_hidden", None)
+        self._exclude = excluding_search_params(index, hidden) if hidden is not None and len(hidden) else None
+
     def _add_segment(self, first_id: int, vectors: np.ndarray, replay: bool) -> None:
         at = int(np.searchsorted(self._first_ids, first_id))
         self._first_ids.insert(at, first_id)
