@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 CREATE INDEX IF NOT EXISTS images_path ON images(path);
+CREATE INDEX IF NOT EXISTS images_generation ON images(generation);
+CREATE INDEX IF NOT EXISTS images_removed_generation ON images(removed_generation);
 """
 
 
@@ -79,13 +81,13 @@ class Catalog:
             uri = f"file:{self.path}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
-            existed = self.path.is_file()
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            if not existed:
-                self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self.generation = generation
         self._has_generations = self._detect_generations()
+        if not readonly and self._has_generations:
+            # a new catalog gets its table; an existing one the indexes reconcile() needs (O(log N))
+            self._conn.executescript(_SCHEMA)
 
     def _detect_generations(self) -> bool:
         names = {r[1] for r in self._conn.execute("PRAGMA table_info(images)").fetchall()}
