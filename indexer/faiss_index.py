@@ -109,7 +109,7 @@ def build_faiss_index(
 
 
 def faiss_writer(index):
-    """A `write(temp_path)` for `storage.atomic_write` / `AtomicGroup` that raises OSError on I/O failure."""
+    """A `write(temp_path)` for `storage.atomic_write` that raises OSError on I/O failure."""
     import faiss
 
     def write(temp: str) -> None:

@@ -108,37 +108,6 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
     crash_point(f"{path.name}: renamed")
 
 
-class AtomicGroup:
-    """Several files replaced together: every temp file is written (and fsynced) first, and the
-    renames happen only in `commit()`; leaving the `with` block without commit removes the temps.
-    A failure while writing therefore changes none of the files."""
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[str, Path]] = []
-
-    def write(self, path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
-        path = Path(path)
-        self._staged.append((_write_temp(path, write, suffix), path))
-
-    def write_json(self, path: str | Path, obj: object) -> None:
-        self.write(path, _bytes_writer(_json_bytes(obj)))
-
-    def commit(self) -> None:
-        for temp, path in self._staged:
-            os.replace(temp, path)
-        for folder in {path.parent for _, path in self._staged}:
-            _fsync_dir(folder)
-        self._staged.clear()
-
-    def __enter__(self) -> AtomicGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for temp, _ in self._staged:
-            _unlink_quietly(temp)
-        self._staged.clear()
-
-
 def _bytes_writer(data: bytes) -> Callable[[str], None]:
     def write(temp: str) -> None:
         with open(temp, "wb") as handle:
