@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -119,16 +120,16 @@ def storage_part(sizes: list[int], dim: int, batch: int, repeats: int, work: Pat
         print(f"  wrote a {n:,}-vector index in {time.perf_counter() - t0:.1f} s", flush=True)
         if n == max(sizes):
             out["disk_bytes_before"] = folder_bytes(index_dir)
+        os.sync()  # let the writeback of the fresh index finish: it would slow the first fsyncs
         adds, removes = [], []
-        for r in range(repeats):
+        to_remove = rng.choice(n, size=(repeats, batch), replace=False)
+        for r in range(repeats):  # interleaved, so that I/O noise hits both alike
             block = rng.standard_normal((batch, dim)).astype(np.float32)
             adds.append(add_vectors(index_dir, block / np.linalg.norm(block, axis=1, keepdims=True), f"r{r}"))
             if n == max(sizes) and r == 0:
                 out["disk_bytes_after_add"] = folder_bytes(index_dir)
-        for _ in range(repeats):
-            ids = rng.choice(n, size=batch, replace=False).tolist()
             t0 = time.perf_counter()
-            assert remove_images(index_dir, ids=ids) == len(set(ids))
+            assert remove_images(index_dir, ids=to_remove[r].tolist()) == batch
             removes.append((time.perf_counter() - t0) * 1000.0)
         out["add_ms"][str(n)] = statistics.median(adds)
         out["remove_ms"][str(n)] = statistics.median(removes)
