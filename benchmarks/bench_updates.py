@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
 import sys
@@ -166,8 +165,10 @@ def _p(values: list[float], q: float) -> float:
 
 
 def live_part(work: Path, clients: int, seconds: float, upload: int, image_size: int) -> tuple[dict, float]:
-    from load_search import collection, start_server
+    from load_search import collection
     from PIL import Image
+
+    from searcher.launcher import launch_serve
 
     from indexer.build import build_index
     from indexer.config import IndexConfig
@@ -185,7 +186,8 @@ def live_part(work: Path, clients: int, seconds: float, upload: int, image_size:
         path = work / f"upload-{i:03d}.jpg"
         crop.save(path, quality=90)
         uploads.append((path.name, path.read_bytes()))
-    process, port = start_server(index_dir, ["--torch-threads", "1"])
+    server = launch_serve(index_dir, ["--torch-threads", "1"], log_path=work / "serve.log")
+    port = server.port
     try:
         with SearchClient("127.0.0.1", port, timeout=600) as client:
             client.wait_until_serving(120)
@@ -212,8 +214,7 @@ def live_part(work: Path, clients: int, seconds: float, upload: int, image_size:
                     raise SystemExit(f"{len(errors)} search errors, first: {errors[0]}")
                 results[phase] = (latencies, add_seconds)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        server.stop()
     idle, during = results["idle"][0], results["during_add"][0]
     return {
         "search_p99_ms_idle": _p(idle, 99), "search_p99_ms_during_add": _p(during, 99),

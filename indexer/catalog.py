@@ -114,12 +114,15 @@ class Catalog:
 
     def _visible(self) -> tuple[str, tuple]:
         """SQL condition (and its parameters) for the rows this handle shows."""
+        # unary + keeps SQLite from using the generation indexes for these terms: "IS NULL" on
+        # removed_generation matches almost every row, and that plan scanned the whole table
+        # (measured: 2.5 s per add at 1M rows); lookups go by id, path or sha256 instead
         if not self._has_generations:
             return "1", ()
         if self.generation is None:
-            return "removed_generation IS NULL", ()
+            return "+removed_generation IS NULL", ()
         g = int(self.generation)
-        return "generation <= ? AND (removed_generation IS NULL OR removed_generation > ?)", (g, g)
+        return "+generation <= ? AND (+removed_generation IS NULL OR +removed_generation > ?)", (g, g)
 
     def _columns(self) -> str:
         return _COLUMNS if self._has_generations else _COLUMNS.replace(", generation", ", 0")

@@ -50,7 +50,7 @@ def compact_index(index_dir: str | Path) -> dict:
             vectors_name, faiss_name = f"vectors.{generation:08d}.npy", f"index.{generation:08d}.faiss"
             atomic_write(index_dir / vectors_name, _dense_vectors_writer(index, n_rows), suffix=".npy")
             faiss_index = index.faiss_index
-            hidden = index._hidden
+            hidden = index.hidden_ids
             if len(hidden):
                 vectors = np.load(index_dir / vectors_name, mmap_mode="r")
                 keep = index.catalog.indexed_ids()

@@ -121,6 +121,11 @@ class OpenIndex:
         self.catalog.set_generation(commit.generation)
 
     @property
+    def hidden_ids(self) -> np.ndarray:
+        """Removed ids still in the FAISS index (kept out of searches by a selector)."""
+        return self._hidden
+
+    @property
     def count(self) -> int:
         return int(self.faiss_index.ntotal) - len(self._hidden)
 

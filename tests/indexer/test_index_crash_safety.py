@@ -122,3 +122,23 @@ def test_a_kill_at_any_step_leaves_the_state_before_or_after_and_the_redo_works(
     commit = next(i for i, s in enumerate(steps) if s.endswith("manifest.json: renamed"))
     if before != after:
         assert outcomes[:commit] == ["before"] * commit and set(outcomes[commit:]) == {"after"}
+
+
+def test_compact_folds_segments_and_tombstones_into_one_checkpoint(bases: dict, tmp_path: Path) -> None:
+    from indexer.compact import compact_index
+    from indexer.manifest import read_manifest
+    from indexer.open_index import index_info
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(bases["grown"], index_dir)
+    before = _state(index_dir)
+    manifest = read_manifest(index_dir)
+    assert len(manifest["segments"]) == 2 and len(manifest["tombstones"]) == 1
+    done = compact_index(index_dir)
+    assert done["generation_after"] == manifest["generation"] + 1 and done["indexed"] == 7
+    after = read_manifest(index_dir)
+    assert len(after["segments"]) == 1 and after["tombstones"] == [] and after["faiss"]["generation"] == after["generation"]
+    assert _state(index_dir) == before
+    assert not (index_dir / "segments").exists() or not any((index_dir / "segments").iterdir())
+    assert index_info(index_dir)["live"]["vectors_in_faiss"] == 7
+    _no_stray_files(index_dir)
