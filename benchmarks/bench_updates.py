@@ -168,11 +168,10 @@ def live_part(work: Path, clients: int, seconds: float, upload: int, image_size:
     from load_search import collection
     from PIL import Image
 
-    from searcher.launcher import launch_serve
-
     from indexer.build import build_index
     from indexer.config import IndexConfig
     from searcher.client import SearchClient
+    from searcher.launcher import launch_serve
 
     photos = collection(14, work / "photos")
     index_dir = work / "live-index"
