@@ -22,7 +22,7 @@ from .files import iter_image_files
 from .manifest import build_extractor, check_manifest_matches, read_manifest
 from .open_index import OpenIndex, index_info, open_index
 from .summary import BuildSummary, SkippedFile
-from .update import add_images, remove_images
+from .update import add_images, add_vectors, remove_images
 
 __all__ = [
     "BuildSummary",
@@ -39,6 +39,7 @@ __all__ = [
     "OpenIndex",
     "SkippedFile",
     "add_images",
+    "add_vectors",
     "build_extractor",
     "build_index",
     "check_manifest_matches",

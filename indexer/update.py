@@ -129,24 +129,30 @@ def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id,
 
         whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
     vectors_by_item, decoded_all = _extract(items, extractor, whitening, manifest, runtime, progress)
-    now = time.time()
-    new_rows: list[CatalogRow] = []
-    vectors: list[np.ndarray] = []
+    accepted = []
     for d in decoded_all:
         if d.ok:
-            # ids are given to the images that made it, in input order (failures use none)
-            new_rows.append(CatalogRow(next_id + len(new_rows), d.item.stored_path, d.sha256, d.width, d.height, STATUS_INDEXED, now))
-            vectors.append(vectors_by_item.pop(d.item.id))
-            summary.outcome(d.item.path, "added", new_rows[-1].id, d.sha256)
+            accepted.append((d.item.path, d.item.stored_path, d.sha256, d.width, d.height, vectors_by_item.pop(d.item.id)))
         else:
             summary.skip(d.item.path, str(d.reason), d.message or "")
+    _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+
+
+def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary) -> None:
+    """One generation with the `accepted` images ((path, stored path, sha256, width, height,
+    vector), in order; ids given in that order) replacing the entries of their paths."""
+    now = time.time()
+    new_rows: list[CatalogRow] = []
+    for path, stored, sha, width, height, _vector in accepted:
+        new_rows.append(CatalogRow(next_id + len(new_rows), stored, sha, width, height, STATUS_INDEXED, now))
+        summary.outcome(path, "added", new_rows[-1].id, sha)
     # a path whose new content failed to decode keeps its old entry
     new_paths = {r.path for r in new_rows}
     replaced = {row.id: row for path, row in replaced_by_path.items() if path in new_paths}
     commit = commit_generation(
         index_dir, manifest, catalog,
         insert=new_rows,
-        vectors=np.stack(vectors) if vectors else None,
+        vectors=np.stack([a[-1] for a in accepted]).astype(np.float32) if accepted else None,
         remove=replaced,
         next_id=next_id + len(new_rows),
     )
@@ -154,6 +160,50 @@ def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id,
     summary.indexed = len(new_rows)
     summary.ids = [r.id for r in new_rows]
     summary.total_indexed = int(commit.manifest["counts"]["indexed"])
+
+
+def add_vectors(
+    index_dir: str | Path,
+    images: Sequence[tuple[str | Path, str, int, int]],
+    vectors: np.ndarray,
+) -> BuildSummary:
+    """Add images whose global descriptors were computed elsewhere (a Ray job, another machine):
+    `images` = (path, sha256, width, height) per row of `vectors` (n, dim). The same duplicate,
+    replacement, id and commit rules as `add_images` (which is extraction + this), no extraction."""
+    started = time.perf_counter()
+    index_dir = Path(os.path.abspath(index_dir))
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    if len(images) != len(vectors):
+        raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
+    summary = BuildSummary(index_dir=str(index_dir))
+    with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
+        manifest = begin_write(index_dir, catalog)
+        if len(vectors) and vectors.shape[1] != int(manifest["dim"]):
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, the index {manifest['dim']}")
+        next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
+        known = catalog.indexed_by_sha256(sha for _, sha, _, _ in images)
+        accepted, replaced_by_path, first_with = [], {}, {}
+        for (path, sha, width, height), vector in zip(images, vectors, strict=True):
+            if sha in known:
+                summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
+                continue
+            if sha in first_with:
+                summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
+                continue
+            first_with[sha] = path
+            stored = catalog_path(path, manifest["source_root"], index_dir)
+            previous = catalog.by_path(stored)
+            if previous is not None:
+                replaced_by_path[stored] = previous
+            accepted.append((path, stored, sha, int(width), int(height), vector))
+        if accepted:
+            _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+        else:
+            summary.total_indexed = int(manifest["counts"]["indexed"])
+        summary.order_inputs([Path(p) for p, _, _, _ in images])
+    summary.seconds = time.perf_counter() - started
+    summary.factory, summary.dim = manifest["faiss"]["factory"], int(manifest["dim"])
+    return summary
 
 
 def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtime: IndexConfig, progress: bool):

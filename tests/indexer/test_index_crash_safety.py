@@ -4,11 +4,14 @@ Each operation is run once with `DFF_INDEX_CRASH_TRACE` to list its crash points
 written or renamed, the catalog transaction, the manifest rename), then once per point i with
 `DFF_INDEX_CRASH_AT=i` on a fresh copy of the index. Reopening must give exactly the state before
 or exactly the state after, and running the operation again must give the state after, with no
-file left over that the manifest does not name.
+file left over that the manifest does not name. `add` is swept through `indexer.update.add_vectors`
+(what `add_images` runs after encoding, every crash point included) so that each step does not
+load the CNN; one real `dff-index add` is killed at its commit point.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,10 +25,20 @@ from indexer_fixtures import photo, write_variants
 REPO = Path(__file__).resolve().parents[2]
 
 
+ADD_VECTORS = """
+import json, sys
+import numpy as np
+from indexer.update import add_vectors
+spec = json.load(open(sys.argv[2]))
+add_vectors(sys.argv[1], [tuple(i) for i in spec["images"]], np.array(spec["vectors"], np.float32))
+"""
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", **(env or {}))
+    command = ["-c", ADD_VECTORS, *args[1:]] if args[0] == "add-vectors" else ["-m", "indexer.cli", *args]
     return subprocess.run(
-        [sys.executable, "-m", "indexer.cli", *args], cwd=REPO, env=full_env, text=True, capture_output=True, timeout=300
+        [sys.executable, *command], cwd=REPO, env=full_env, text=True, capture_output=True, timeout=600
     )
 
 
@@ -80,11 +93,25 @@ def bases(tmp_path_factory) -> dict:
     new.mkdir()
     photo("coffee", 96).rotate(90).save(new / "rotated.jpg")
     photo("rocket", 96).save(folder / "img_002.jpg")  # changed content at an indexed path: a replacement
-    return {"root": root, "plain": plain, "grown": grown, "add": [str(new / "rotated.jpg"), str(folder / "img_002.jpg")]}
+    added = [new / "rotated.jpg", folder / "img_002.jpg"]
+    # vectors computed elsewhere (random unit vectors of the index's dimension) for add_vectors
+    import json
+
+    from indexer.manifest import read_manifest
+
+    dim = int(read_manifest(plain)["dim"])
+    vectors = np.random.default_rng(0).standard_normal((len(added), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spec = root / "add.json"
+    spec.write_text(json.dumps({
+        "images": [[str(p), hashlib.sha256(p.read_bytes()).hexdigest(), 96, 96] for p in added],
+        "vectors": vectors.tolist(),
+    }))
+    return {"root": root, "plain": plain, "grown": grown, "add": [str(p) for p in added], "spec": str(spec)}
 
 
 OPERATIONS = {
-    "add": ("plain", lambda b, d: ["add", str(d), *b["add"], "--quiet", "--threads", "1", "--workers", "0"]),
+    "add": ("plain", lambda b, d: ["add-vectors", str(d), b["spec"]]),
     "remove": ("grown", lambda b, d: ["remove", str(d), "--ids", "0", "3", "8"]),
     "compact": ("grown", lambda b, d: ["compact", str(d)]),
 }
@@ -142,3 +169,25 @@ def test_compact_folds_segments_and_tombstones_into_one_checkpoint(bases: dict, 
     assert not (index_dir / "segments").exists() or not any((index_dir / "segments").iterdir())
     assert index_info(index_dir)["live"]["vectors_in_faiss"] == 7
     _no_stray_files(index_dir)
+
+
+def test_a_real_dff_index_add_killed_at_its_commit_point_changes_nothing_and_the_redo_works(bases: dict, tmp_path: Path) -> None:
+    args = ["--quiet", "--threads", "1", "--workers", "0"]
+    before = _state(bases["plain"])
+    reference = tmp_path / "reference"
+    shutil.copytree(bases["plain"], reference)
+    trace = tmp_path / "trace.txt"
+    done = _cli("add", str(reference), *bases["add"], *args, env={"DFF_INDEX_CRASH_TRACE": str(trace)})
+    assert done.returncode == 0, done.stderr
+    after = _state(reference)
+    steps = trace.read_text().splitlines()
+    commit = next(i for i, s in enumerate(steps, start=1) if s.endswith("manifest.json: written, not renamed"))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(bases["plain"], crashed)
+    killed = _cli("add", str(crashed), *bases["add"], *args, env={"DFF_INDEX_CRASH_AT": str(commit)})
+    assert killed.returncode == -9, killed.stderr
+    assert _state(crashed) == before  # catalog rows and the segment were written, not committed
+    redo = _cli("add", str(crashed), *bases["add"], *args)
+    assert redo.returncode == 0, redo.stderr
+    assert _state(crashed) == after
+    _no_stray_files(crashed)
