@@ -17,8 +17,12 @@ from .update import add_images, remove_images
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size, help="images per forward/NMF batch")
-    parser.add_argument("--workers", type=int, default=IndexConfig.workers, help="decode threads (0: decode inline)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for forward + NMF (0: torch's default)")
+    parser.add_argument("--workers", type=int, default=None, help="decode threads (0: decode inline; default: as many as --threads)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -78,6 +82,12 @@ def _check_add_expectations(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("build", "add"):
+            from descriptors.threads import setup_threads
+
+            threads = setup_threads(args.threads, verbose=args.verbose, prog=f"dff-index {args.command}")
+            args.threads = threads.compute
+            args.workers = threads.decode if args.workers is None else args.workers
         if args.command == "build":
             config = IndexConfig(
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,

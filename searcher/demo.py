@@ -94,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, help="index directory (default: a cache folder)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the demo index")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads for dff-index and dff-serve (default 0: the CPUs not busy with other work)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="dff-index and dff-serve print their thread settings")
     args = parser.parse_args(argv)
+    thread_flags = (["--threads", str(args.threads)] if args.threads else []) + (["--verbose"] if args.verbose else [])
 
     cache = default_cache_dir()
     if args.folder is None:
@@ -123,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (index_dir / "manifest.json").exists():
         print(f"== indexing {folder} -> {index_dir}", flush=True)
-        subprocess.run([_tool("dff-index"), "build", str(folder), "--out", str(index_dir)], check=True)
+        subprocess.run([_tool("dff-index"), "build", str(folder), "--out", str(index_dir), *thread_flags], check=True)
     else:
         print(f"== using the existing index {index_dir} (--rebuild to redo it)", flush=True)
 
     port = free_port()
     print(f"== starting dff-serve on 127.0.0.1:{port}", flush=True)
-    server = subprocess.Popen([_tool("dff-serve"), "--index", str(index_dir), "--port", str(port)])
+    server = subprocess.Popen([_tool("dff-serve"), "--index", str(index_dir), "--port", str(port), *thread_flags])
     try:
         wait_serving(port, server)
         print(f"== query {query}", flush=True)
