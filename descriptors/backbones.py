@@ -218,9 +218,16 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def retrieval_image_size(name: str) -> int:
     """The registry's default smaller image side for instance retrieval with backbone `name`
-    (no weights are loaded)."""
+    (no weights are loaded); `timm:NAME` / `torchvision:NAME`: 320 (descriptors.named_backbones)."""
+    from .named_backbones import NAMED_RETRIEVAL_IMAGE_SIZE, is_named
+
+    if is_named(name):
+        return NAMED_RETRIEVAL_IMAGE_SIZE
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+        raise KeyError(
+            f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}, "
+            "or timm:NAME / torchvision:NAME"
+        )
     return BACKBONES[name].retrieval_image_size
 
 
@@ -259,6 +266,7 @@ class Backbone(nn.Module):
         channels_last: bool | None = None,
         max_batch: int | None = None,
         max_side_ratio: float = 3.0,
+        weights_sha256: str | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -269,7 +277,8 @@ class Backbone(nn.Module):
         self.mean = spec.mean
         self.std = spec.std
         self.weights_path = weights_path
-        self.weights_sha256 = file_sha256(weights_path)
+        # named backbones (timm:/torchvision:) give the digest of their state dict instead
+        self.weights_sha256 = weights_sha256 or file_sha256(weights_path)
         self.device = torch.device(device)
         # Measured on a 2-core CPU: channels-last made the batch-1 forward ~1.8x faster, and
         # batching made it slower per image; on CUDA batching is what pays.
@@ -338,6 +347,29 @@ def _cached_trunk(name: str, weights: str | None, reflection_padding: bool) -> t
     return BACKBONES[name].build(weights, reflection_padding)
 
 
+@lru_cache(maxsize=8)
+def _cached_named(name: str, weights: str | None, reflection_padding: bool) -> tuple[BackboneSpec, nn.Module, str, str]:
+    """A `timm:NAME` / `torchvision:NAME` backbone: its spec (geometry from a probe forward),
+    trunk, weights origin and state-dict digest (descriptors.named_backbones)."""
+    from .named_backbones import NAMED_RETRIEVAL_IMAGE_SIZE, build_named
+
+    named = build_named(name, weights)
+    if reflection_padding:
+        _use_reflection_padding(named.trunk)
+    spec = BackboneSpec(
+        name=name,
+        layer=named.layer,
+        channels=named.channels,
+        stride=named.stride,
+        mean=named.mean,
+        std=named.std,
+        build=lambda w, r, name=name: _cached_named(name, w, r)[1:3],
+        description=f"{name}, last non-negative feature map ({named.layer})",
+        retrieval_image_size=NAMED_RETRIEVAL_IMAGE_SIZE,
+    )
+    return spec, named.trunk, named.weights, named.weights_sha256
+
+
 def load_backbone(
     name: str = "efficientnet-lite0",
     weights: str | None = None,
@@ -350,9 +382,27 @@ def load_backbone(
 
     Raises `KeyError` with the known names for an unknown backbone, `WeightsUnavailableError`
     when the weights cannot be found (the message names the file to place in the torch cache).
+    `timm:NAME` / `torchvision:NAME` load any CNN of those libraries whose last feature map is
+    non-negative (`descriptors.named_backbones`: the layer rule; `LayerRuleError` otherwise;
+    `weights="random"`: seeded random weights, for tests).
     """
+    from .named_backbones import RANDOM_WEIGHTS, is_named
+
+    if is_named(name):
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        if weights is not None and weights != RANDOM_WEIGHTS:
+            weights = str(Path(weights).expanduser().resolve())
+        spec, trunk, origin, digest = _cached_named(name, weights, reflection_padding)
+        import copy
+
+        return Backbone(spec, copy.deepcopy(trunk), origin, device, channels_last, max_batch, weights_sha256=digest)
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+        raise KeyError(
+            f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}, "
+            "or timm:NAME / torchvision:NAME"
+        )
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from .aggregate import aggregate_rows
-from .boxes import box_to_grid, grid_cells, select_factors_in_grid_box
+from .boxes import select_factors_in_grid_box
 from .factorized import gaussian_for_grid, nmf_v_rows, nmf_vu_rows
 from .nmf import factorize_activations
 from .pooling import crow, gem, mac, rmac_region_vectors, spoc
@@ -264,50 +264,26 @@ class Extractor:
         image_whs: Sequence[tuple[int, int]],
         boxes: Sequence[Box | None] | None = None,
     ) -> list[np.ndarray]:
-        """Rows from cached activations; ``boxes`` in pixels of images of size ``image_whs``.
+        """Rows from activations of images of size ``image_whs``; ``boxes`` (pixels, NMF methods
+        only: baselines crop the image before the forward) select factors
+        (``descriptors.encode.rows_from_activations``)."""
+        from .encode import rows_from_activations
 
-        NMF methods map each box onto the activation's grid. Baselines crop the activation map to
-        the cells the box touches (only this cache path; ``local_rows`` crops the image instead).
-        """
-        if len(image_whs) != len(acts) or (boxes is not None and len(boxes) != len(acts)):
-            raise ValueError(
-                f"rows_from_activations: {len(acts)} activations, {len(image_whs)} sizes, "
-                f"{'no' if boxes is None else len(boxes)} boxes"
-            )
-        if boxes is None or all(b is None for b in boxes):
-            return local_descriptors(acts, self.config)
-        grid_boxes = [
-            None if box is None else box_to_grid(box, wh, (A.shape[1], A.shape[2]))
-            for A, wh, box in zip(acts, image_whs, boxes, strict=True)
-        ]
-        if self.config.uses_nmf:
-            return local_descriptors(acts, self.config, grid_boxes)
-        cropped = []
-        for A, grid_box in zip(acts, grid_boxes, strict=True):
-            if grid_box is None:
-                cropped.append(A)
-                continue
-            x0, y0, x1, y1 = grid_cells(grid_box)
-            cropped.append(A[:, y0:y1, x0:x1])
-        return local_descriptors(cropped, self.config)
+        return rows_from_activations(acts, image_whs, boxes, self.config)
 
     def local_rows(
         self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
     ) -> list[np.ndarray]:
         """Local rows of each image; a box (pixels of that image) selects NMF factors on the full
-        image, and crops the image for the baselines."""
+        image, and crops the image for the baselines (``descriptors.encode.backbone_input``)."""
+        from .encode import backbone_input
+
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"local_rows: {len(images)} images but {len(boxes)} boxes")
-        images = list(images)
         boxes = list(boxes) if boxes is not None else [None] * len(images)
-        if not self.config.uses_nmf:
-            images = [
-                img if box is None else img.crop(crop_rect(box, img.size))
-                for img, box in zip(images, boxes, strict=True)
-            ]
-            return local_descriptors(self.activations(images), self.config)
-        whs = [img.size for img in images]
-        return self.rows_from_activations(self.activations(images), whs, boxes)
+        planned = [backbone_input(img, box, self.config) for img, box in zip(images, boxes, strict=True)]
+        seen = [img for img, _ in planned]
+        return self.rows_from_activations(self.activations(seen), [img.size for img in seen], [b for _, b in planned])
 
     def global_descriptor(self, rows: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
         """l2 -> whiten -> l2 -> sum -> l2 of ``rows`` (``aggregate_rows``)."""

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from descriptors.backbones import Backbone, file_sha256
+from descriptors.encode import crop_to_box
 from descriptors.images import decode_image
 from descriptors.pipeline import crop_rect
 
@@ -58,8 +59,8 @@ def _slug(text: str) -> str:
 
 def crop_image(img, box: Box):
     """Crop a PIL image to a float box, rounded outward to whole pixels and clipped to the image
-    (the same rectangle the Extractor crops for the baselines)."""
-    return img.crop(crop_rect(box, img.size))
+    (``descriptors.encode.crop_to_box``: the crop every program forwards for the baselines)."""
+    return crop_to_box(img, box)
 
 
 class ActivationCache:

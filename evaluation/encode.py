@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from descriptors.aggregate import aggregate_rows, l2_normalize_rows
-from descriptors.boxes import box_to_grid
+from descriptors.encode import rows_by_method
 from descriptors.pipeline import NMF_METHODS, DescriptorConfig, local_descriptors_by_method
+from descriptors.query_expansion import expand_query
 from descriptors.whitening import PCAWhitening
 from evaluation.cache import ActivationCache, Box, ImageRequest
 
@@ -92,16 +93,15 @@ class MethodEncoder:
         nmf_methods = [m for m in self.methods if m in NMF_METHODS]
         baselines = [m for m in self.methods if m not in NMF_METHODS]
         rows: dict[str, list[np.ndarray]] = {}
+        # one encoding with the searcher's (descriptors.encode): NMF methods keep the factors
+        # inside the box on the full image's activations; baselines forward the image cropped to
+        # the box (backbone_input's crop, cached as its own request, loaded once for all)
         if nmf_methods:
-            # NMF methods keep the factors inside the box on the full image's activations
-            grid_boxes = [
-                None if b is None else box_to_grid(b, c.image_wh, tuple(c.activation.shape[1:]))
-                for c, b in zip(full, boxes, strict=True)
-            ]
-            by_method = local_descriptors_by_method(acts, [self.configs[m] for m in nmf_methods], grid_boxes)
+            by_method = rows_by_method(
+                acts, [c.image_wh for c in full], boxes, [self.configs[m] for m in nmf_methods]
+            )
             rows.update(zip(nmf_methods, by_method, strict=True))
         if baselines:
-            # baselines use the activations of the image cropped to the box (loaded once for all)
             cropped: list[torch.Tensor] = [
                 a if b is None else self.cache.load(ImageRequest(r.path, b)).activation
                 for a, r, b in zip(acts, requests, boxes, strict=True)
@@ -163,7 +163,5 @@ def expand_queries(
     for i in range(len(queries)):
         skip = None if exclude is None else exclude[i]
         top = [j for j in ranking[i, : n + 1] if j != skip][:n]
-        v = queries[i] + database[top].sum(axis=0)
-        norm = np.linalg.norm(v)
-        expanded[i] = v / norm if norm > 0 else v
+        expanded[i] = expand_query(queries[i], database[top], n)
     return expanded

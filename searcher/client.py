@@ -90,11 +90,12 @@ class SearchClient:
         localize: bool = False,
         return_heatmaps: bool = False,
         timeout: float | None = None,
+        return_concepts: bool = False,
     ) -> search_pb2.SearchResponse:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
-            return_heatmaps=return_heatmaps,
+            return_heatmaps=return_heatmaps, return_concepts=return_concepts,
         )
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
@@ -117,6 +118,11 @@ class SearchClient:
     ) -> search_pb2.RemoveImagesResponse:
         request = search_pb2.RemoveImagesRequest(ids=list(ids), paths=list(paths))
         return self.stub.RemoveImages(request, timeout=self._timeout(timeout), metadata=self.metadata)
+
+    def get_image(self, image_id: int, max_side: int = 0, timeout: float | None = None) -> search_pb2.ImageData:
+        """The stored image of an indexed id (max_side > 0: a JPEG at most that large); NOT_FOUND otherwise."""
+        request = search_pb2.GetImageRequest(id=int(image_id), max_side=int(max_side))
+        return self.stub.GetImage(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def info(self, timeout: float | None = None) -> search_pb2.IndexInfo:
         return self.stub.GetIndexInfo(

@@ -28,12 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descriptors.encode import backbone_input
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from descriptors.query_expansion import expand_query
 
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
-from .localize import LocalizationResult, Localizer
+from .localize import Concept, LocalizationResult, Localizer
+from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
 STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
@@ -44,13 +47,16 @@ __all__ = [
     "QUEUE_STAGE",
     "STAGES",
     "AddedImage",
+    "Concept",
     "EngineConfig",
+    "ImageNotFoundError",
     "InvalidQueryError",
     "QueryDeadlineError",
     "SearchEngine",
     "SearchEngineError",
     "SearchHit",
     "SearchOutcome",
+    "StoredImage",
     "validate_box",
 ]
 
@@ -92,6 +98,8 @@ class SearchHit:
     width: int = 0
     height: int = 0
     heatmap: np.ndarray | None = None  # (h, w) in [0, 1], localization grid
+    shared_concept: int | None = None  # with_concepts: index into SearchOutcome.concepts
+    shared_concept_heatmap: np.ndarray | None = None
 
 
 @dataclass
@@ -101,6 +109,8 @@ class SearchOutcome:
     query_factors: int = 0
     query_size: tuple[int, int] = (0, 0)
     query_heatmap: np.ndarray | None = None
+    concepts: list[Concept] = field(default_factory=list)  # with_concepts: the joint NMF's factors
+    query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
 
 
 @dataclass
@@ -191,6 +201,7 @@ class SearchEngine:
         localize: bool = False,
         *,
         with_heatmaps: bool = False,
+        with_concepts: bool = False,
         deadline: float | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
@@ -199,10 +210,13 @@ class SearchEngine:
         with clock.stage("decode"):
             img = self._decode(image)
             query_box = validate_box(box, *img.size)
-            tensor = self.backbone.preprocess(img, self.extractor.image_size)
+            # descriptors.encode: the one encoding dff-eval and the indexer use (baselines forward
+            # the crop, NMF methods the full image with the box for the factor selection)
+            seen, rows_box = backbone_input(img, query_box, self.extractor.config)
+            tensor = self.backbone.preprocess(seen, self.extractor.image_size)
         activation = self._backbone_pool.run(clock, "forward", self._batcher.run, tensor)
         rows = self._nmf_pool.run(
-            clock, "nmf", self.extractor.rows_from_activations, [activation], [img.size], [query_box]
+            clock, "nmf", self.extractor.rows_from_activations, [activation], [seen.size], [rows_box]
         )[0]
         with clock.stage("descriptor"):
             descriptor = np.asarray(
@@ -210,13 +224,7 @@ class SearchEngine:
             )
         with self._catalog_guard.read():
             index = self._index  # FAISS ids and catalog paths from one and the same state
-            k = min(int(top_k), max(1, int(index.count)))
-            with clock.stage("faiss"):
-                scores, ids = index.search(descriptor[None, :], k)
-            scores, ids = scores[0], ids[0]
-            if query_expansion > 0:
-                with clock.stage("expansion"):
-                    scores, ids = self._expand(index, descriptor, scores, ids, int(query_expansion), k)
+            scores, ids = self._rank(index, descriptor, int(top_k), int(query_expansion), clock)
             keep = ids >= 0
             scores, ids = scores[keep], ids[keep]
             paths = index.paths([int(i) for i in ids])
@@ -230,12 +238,19 @@ class SearchEngine:
             )
             for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
-        outcome = SearchOutcome(hits=hits, query_factors=int(rows.shape[0]), query_size=img.size)
+        outcome = SearchOutcome(
+            hits=hits, query_factors=int(rows.shape[0]), query_size=img.size, query_vector=descriptor
+        )
         if localize and hits:
             result = self._backbone_pool.run(
                 clock,
                 "localization",
-                partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
+                partial(
+                    self.localizer.localize,
+                    deadline=deadline,
+                    with_heatmaps=with_heatmaps,
+                    with_concepts=with_concepts,
+                ),
                 img,
                 query_box,
                 [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
@@ -261,6 +276,15 @@ class SearchEngine:
             "pipelined": self.config.pipelined,
             "manifest": manifest,
         }
+
+    def image(self, image_id: int, max_side: int = 0) -> StoredImage:
+        """The stored image of an indexed id (`searcher.stored_images`): the file as it is
+        (max_side 0) or a JPEG whose longer side is at most `max_side`; ImageNotFoundError for any
+        id the catalog does not mark indexed."""
+        with self._catalog_guard.read():
+            index = self._index
+            path = indexed_image_path(index.catalog, image_id, index.source_root, index.index_dir)
+        return load_stored_image(image_id, path, max_side, self.config.max_pixels, self._keys.key_for(path))
 
     def close(self) -> None:
         self._batcher.close()
@@ -402,23 +426,38 @@ class SearchEngine:
         except ImageDecodeError as exc:
             raise InvalidQueryError(exc.reason, str(exc)) from exc
 
-    def _expand(self, index, query: np.ndarray, scores, ids, n: int, k: int):
-        top = [int(i) for i in ids[:n] if i >= 0]
-        if not top:
-            return scores, ids
-        neighbours = np.asarray(index.vectors(top), dtype=np.float32)
-        # OpenIndex.search l2-normalizes its queries: the sum is the expanded query
-        new_scores, new_ids = index.search((query + neighbours.sum(axis=0))[None, :], k)
-        return new_scores[0], new_ids[0]
+    @staticmethod
+    def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock):
+        # `index`: anything with .count, .search(queries, k) and .vectors(ids): an OpenIndex here,
+        # the fan-out over shard deployments in searcher/ray_serve.py
+        """FAISS search, with average query expansion over the first `depth` neighbours when
+        `depth` > 0 (descriptors.query_expansion, as dff-eval): the first search asks for
+        max(top_k, depth) so that a short result list does not cut the expansion short."""
+        count = max(1, int(index.count))
+        k = min(top_k, count)
+        with clock.stage("faiss"):
+            scores, ids = index.search(query[None, :], max(k, min(depth, count)))
+        scores, ids = scores[0], ids[0]
+        if depth > 0:
+            with clock.stage("expansion"):
+                top = [int(i) for i in ids[:depth] if i >= 0]
+                if top:
+                    neighbours = np.asarray(index.vectors(top), dtype=np.float32)
+                    expanded = expand_query(query, neighbours, depth)
+                    scores, ids = index.search(expanded[None, :].astype(np.float32), k)
+                    scores, ids = scores[0], ids[0]
+        return scores[:k], ids[:k]
 
-    def _apply_localization(
-        self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool
-    ) -> None:
+    @staticmethod
+    def _apply_localization(outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:
+        # static: the Ray Serve ingress (searcher/ray_serve.py) applies its encoder's localization with it
         for hit, match in zip(outcome.hits, result.matches, strict=True):
             hit.box = match.box
             hit.image_missing = match.missing
             hit.width, hit.height = match.size
             if with_heatmaps:
                 hit.heatmap = match.heatmap
+            hit.shared_concept, hit.shared_concept_heatmap = match.shared_concept, match.shared_concept_heatmap
         if with_heatmaps:
             outcome.query_heatmap = result.query_heatmap
+        outcome.concepts = result.concepts

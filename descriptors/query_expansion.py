@@ -1,0 +1,27 @@
+"""Query expansion: a query re-issued with its first neighbours folded in.
+
+Pure functions on numpy vectors, shared by the searcher (``searcher/engine.py``) and ``dff-eval``
+(``evaluation/encode.py``): the caller searches, picks the neighbours in rank order (skipping
+what it must, e.g. the query's own image in leave-one-out), and searches again with the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["expand_query"]
+
+
+def expand_query(query: np.ndarray, neighbours: np.ndarray, depth: int) -> np.ndarray:
+    """Average query expansion: ``query`` + its first ``depth`` ``neighbours`` (rows, best first),
+    l2-normalized. ``depth == 0`` returns ``query`` itself; fewer than ``depth`` neighbours (a small
+    index) use all there are."""
+    if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or depth < 0:
+        raise ValueError(f"expand_query: depth must be an int >= 0, got {depth!r}")
+    query = np.asarray(query)
+    if depth == 0:
+        return query
+    neighbours = np.asarray(neighbours, dtype=query.dtype).reshape(-1, query.shape[-1])
+    expanded = query + neighbours[:depth].sum(axis=0)
+    norm = np.linalg.norm(expanded)
+    return expanded / norm if norm > 0 else expanded
