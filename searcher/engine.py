@@ -151,7 +151,7 @@ class SearchEngine:
             slots = max(slots, config.max_batch)  # the batcher needs concurrent submitters
         self.compute_slots = slots
         forward_threads = torch.get_num_threads()
-        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
+        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads, follow_load=True)
         self._nmf_pool = (
             ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
             if config.pipelined
