@@ -11,7 +11,7 @@ every path alike:
   grpc            SearchClient.search with what the page asks for (localize, heatmaps, concepts)
   web             POST /api/search (the upload is made once, as the page does)
   web + thumbs    POST /api/search, then GET every result's thumbnail (6 at a time, as a browser)
-and the same pair with localize off (the cheapest search, where the page's overhead shows most).
+(each pair back to back, which of the two goes first alternating) and the same pair with localize off (the cheapest search, where the page's overhead shows most).
 Page load: Chromium (when installed) from navigation to the page being ready (index panel
 filled); else the HTML, JS, CSS and /api/info over HTTP.
 
@@ -136,26 +136,26 @@ def main(argv: list[str] | None = None) -> int:
             client.search(data, top_k=args.top_k, localize=True, return_heatmaps=True, return_concepts=True)
             thumbnails(warm, web_search(warm, position, True), "thumb_warm")
         rows["thumb_warm"].clear()
+
+        def timed(key: str, call) -> None:
+            start = time.perf_counter()
+            call()
+            rows[key].append(_ms(start))
+
         for round_number in range(args.rounds):
             for position, data in enumerate(queries):
-                start = time.perf_counter()
-                client.search(data, top_k=args.top_k, localize=True, return_heatmaps=True, return_concepts=True)
-                rows["grpc"].append(_ms(start))
-                start = time.perf_counter()
-                web_search(warm, position, True)
-                rows["web"].append(_ms(start))
-                start = time.perf_counter()
-                client.search(data, top_k=args.top_k)
-                rows["grpc_plain"].append(_ms(start))
-                start = time.perf_counter()
-                web_search(warm, position, False)
-                rows["web_plain"].append(_ms(start))
-                start = time.perf_counter()
-                thumbnails(cold, web_search(cold, position, True), "thumb_cold")
-                rows["web_thumbs_cold"].append(_ms(start))
-                start = time.perf_counter()
-                thumbnails(warm, web_search(warm, position, True), "thumb_warm")
-                rows["web_thumbs_warm"].append(_ms(start))
+                pairs = [
+                    [("grpc", lambda d=data: client.search(d, top_k=args.top_k, localize=True, return_heatmaps=True,
+                                                           return_concepts=True)),
+                     ("web", lambda p=position: web_search(warm, p, True))],
+                    [("grpc_plain", lambda d=data: client.search(d, top_k=args.top_k)),
+                     ("web_plain", lambda p=position: web_search(warm, p, False))],
+                    [("web_thumbs_cold", lambda p=position: thumbnails(cold, web_search(cold, p, True), "thumb_cold")),
+                     ("web_thumbs_warm", lambda p=position: thumbnails(warm, web_search(warm, p, True), "thumb_warm"))],
+                ]
+                for pair in pairs:  # each pair back to back, its order alternating between rounds
+                    for key, call in (pair if (round_number + position) % 2 == 0 else pair[::-1]):
+                        timed(key, call)
             print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
 
     med = {key: statistics.median(values) for key, values in rows.items()}

@@ -117,10 +117,10 @@ def add_images(
 
 
 def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary) -> None:
-    if runtime.threads:
-        import torch
+    if extractor is None or runtime.threads:  # a server's add keeps the server's settings
+        from descriptors.threads import setup_threads
 
-        torch.set_num_threads(runtime.threads)
+        setup_threads(runtime.threads)
     if extractor is None:
         extractor = build_extractor(manifest, device=runtime.device)
     whitening = None

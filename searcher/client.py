@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="threads of the local work (reading the image, --show's figure); default 0: the free CPUs",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     return parser
 
 
@@ -199,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.image.is_file():
         print(f"dff-query: {args.image} is not a file", file=sys.stderr)
         return 2
+    if args.threads or args.verbose:  # the client computes little: measure the load only when asked
+        from descriptors.threads import setup_threads
+
+        setup_threads(args.threads, verbose=args.verbose, prog="dff-query", load_libraries=False)
     token = read_token_file(args.token_file) if args.token_file else None
     localize = args.localize or args.show is not None
     with SearchClient(args.host, args.port, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:

@@ -69,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         "--serve", action=argparse.BooleanOptionalAction, default=None,
         help="keep the server and the page running after the query until Ctrl-C (default: when run in a terminal)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads for dff-index and dff-serve (default 0: the CPUs not busy with other work)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="dff-index and dff-serve print their thread settings")
     args = parser.parse_args(argv)
+    thread_flags = (["--threads", str(args.threads)] if args.threads else []) + (["--verbose"] if args.verbose else [])
 
     cache = default_cache_dir()
     if args.folder is None:
@@ -98,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (index_dir / "manifest.json").exists():
         print(f"== indexing {folder} -> {index_dir}", flush=True)
-        subprocess.run([console_script("dff-index"), "build", str(folder), "--out", str(index_dir)], check=True)
+        subprocess.run([console_script("dff-index"), "build", str(folder), "--out", str(index_dir), *thread_flags], check=True)
     else:
         print(f"== using the existing index {index_dir} (--rebuild to redo it)", flush=True)
 
     print("== starting dff-serve and the search page", flush=True)
     try:
-        server = launch_serve(index_dir)
+        server = launch_serve(index_dir, thread_flags)
     except RuntimeError as exc:
         raise SystemExit(f"dff-demo: {exc}") from exc
     with server:

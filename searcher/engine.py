@@ -38,11 +38,11 @@ from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
 from .localize import Concept, LocalizationResult, Localizer
+from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
 STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
 _FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
-_CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 Box = tuple[float, float, float, float]
 __all__ = [
@@ -115,21 +115,6 @@ class SearchOutcome:
     query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
 
 
-class ImageNotFoundError(SearchEngineError, LookupError):
-    """GetImage of an id that is not (or no longer) in the index, or whose file is gone."""
-
-
-@dataclass
-class StoredImage:
-    id: int
-    data: bytes
-    content_type: str
-    width: int
-    height: int
-    path: str
-    key: str = ""
-
-
 # per-input outcomes of AddImages
 ADDED, DUPLICATE, SKIPPED = "added", "duplicate", "skipped"
 
@@ -181,7 +166,7 @@ class SearchEngine:
         # behind an upload's encoding in the backbone pool
         self._write_pool = ComputePool(1, "write", torch_threads=1)
         forward_threads = torch.get_num_threads()
-        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
+        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads, follow_load=True)
         self._nmf_pool = (
             ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
             if config.pipelined
@@ -313,31 +298,13 @@ class SearchEngine:
         }
 
     def image(self, image_id: int, max_side: int = 0) -> StoredImage:
-        """The stored image of an indexed id: the file as it is (max_side 0) or a JPEG whose longer
-        side is at most `max_side`. Only ids the catalog marks indexed are served; the path comes
-        from the catalog, never from the caller."""
-        from descriptors.images import decode_image
-
-        image_id = int(image_id)
+        """The stored image of an indexed id (`searcher.stored_images`): the file as it is
+        (max_side 0) or a JPEG whose longer side is at most `max_side`; ImageNotFoundError for any
+        id the catalog does not mark indexed."""
         with self._index_guard.read():
             index = self._index
-            row = index.catalog.by_ids([image_id]).get(image_id)
-            path = index.paths([image_id])[0] if row is not None and row.indexed else None
-        if path is None:
-            raise ImageNotFoundError(f"image id {image_id} is not in the index")
-        try:
-            data = Path(path).read_bytes()
-            img = decode_image(data, max_pixels=self.config.max_pixels, min_side=1)
-        except (OSError, ImageDecodeError) as exc:
-            raise ImageNotFoundError(f"image id {image_id}: its file {path} cannot be read ({exc})") from exc
-        width, height = img.size
-        content_type = _CONTENT_TYPES.get(_container_format(data))
-        if max_side > 0 or content_type is None:  # shrunk, or a format browsers may not show
-            img.thumbnail((max(1, int(max_side or max(width, height))),) * 2)
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=85)
-            data, content_type = buffer.getvalue(), "image/jpeg"
-        return StoredImage(image_id, data, content_type, width, height, str(path), self._keys.key_for(path))
+            path = indexed_image_path(index.catalog, image_id, index.source_root, index.index_dir)
+        return load_stored_image(image_id, path, max_side, self.config.max_pixels, self._keys.key_for(path))
 
     def close(self) -> None:
         self._batcher.close()

@@ -51,12 +51,14 @@ class ServerConfig:
     max_top_k: int = 100
     max_message_mb: float = 32.0
     workers: int = 16
-    # torch intra-op threads; FAISS shares the same OpenMP pool, so this sets both.
-    torch_threads: int | None = None  # None: torch's default (all cores)
+    # compute threads of torch, FAISS and BLAS (`--threads`); None: the CPUs free of other work,
+    # re-measured while serving (descriptors.threads)
+    torch_threads: int | None = None
     compute_slots: int | None = None
     pipelined: bool = True
     nmf_threads: int | None = 1
     grace_s: float = 30.0
+    verbose: bool = False  # print the thread settings chosen
 
     def resolved_max_batch(self) -> int:
         if self.max_batch is not None:
@@ -92,10 +94,9 @@ def _credentials(config: ServerConfig):
 
 def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
     """Load the index (unless an engine is given), bind, register services, start serving."""
-    import torch
+    from descriptors.threads import setup_threads
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:
@@ -161,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-top-k", type=int, default=100)
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads", "--torch-threads", dest="torch_threads", type=int,
+        help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
     parser.add_argument(
         "--no-pipeline", action="store_true",
@@ -220,7 +225,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
         max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
-        nmf_threads=args.nmf_threads or None,
+        nmf_threads=args.nmf_threads or None, verbose=args.verbose,
     )
 
 
