@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     coupled.add_argument("--ranks", type=_ints, default=(10, 20, 30, 40, 50))
     coupled.add_argument("--train-fractions", type=_fractions, default=(0.25, 0.5, 0.75, 1.0))
     coupled.add_argument("--epochs", type=int, default=30)
+    coupled.add_argument("--equal-steps", action="store_true",
+                         help="scale the epochs by 1/fraction: the same number of gradient steps for every fraction")
     coupled.add_argument("--seeds", type=_ids, default=(0,))
     coupled.add_argument("--max-iter", type=int, default=200)
     coupled.add_argument("--tol", type=float, default=1e-6)
@@ -112,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
         if hasattr(args, name):
             setattr(config, name, getattr(args, name))
     config.crow_weighting = bool(getattr(args, "crow", False))
+    config.equal_steps = bool(getattr(args, "equal_steps", False))
     config.compare_random = getattr(args, "compare", "none") == "random"
     config.n_filters = getattr(args, "filters", config.n_filters)
     for name in ("k", "max_iter", "epochs", "max_images", "max_rows", "top_singular", "n_filters"):
