@@ -82,7 +82,7 @@ def rank_figure(curves: dict[str, dict[str, dict]], title: str):
     ax.set_ylabel("relative error ||X - UV|| / ||X||")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

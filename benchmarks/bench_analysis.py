@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--ks", default="1,2,4,8,16,32")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rank-max-rows", type=int, default=AnalyzeConfig(out=Path(".")).max_rows,
+                        help="activation rows per layer for rank (default: the command's)")
     parser.add_argument("--coupled-k", type=int, default=30)
     parser.add_argument("--coupled-iters", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -102,10 +104,12 @@ def main() -> None:
         results["weights_layers"] = len(weights["layers"])
         results["forward_seconds"], results["forward_cpu_seconds"] = forward_seconds(folder, args.image_size)
         start, cpu = time.perf_counter(), time.process_time()
-        run_rank(AnalyzeConfig(out=tmp / "rank", progress=False, ks=ks, image_size=args.image_size), folder)
+        run_rank(AnalyzeConfig(out=tmp / "rank", progress=False, ks=ks, image_size=args.image_size,
+                               max_rows=args.rank_max_rows), folder)
         results["rank_seconds"] = time.perf_counter() - start
         results["rank_cpu_seconds"] = time.process_time() - cpu
     results.update(rank_images=args.images, rank_ks=list(ks), rank_image_size=args.image_size,
+                   rank_max_rows=args.rank_max_rows,
                    rank_x_forward=results["rank_seconds"] / results["forward_seconds"],
                    rank_cpu_x_forward_cpu=results["rank_cpu_seconds"] / results["forward_cpu_seconds"])
     results["coupled"] = coupled_vs_plain(args.coupled_k, args.coupled_iters)
@@ -117,7 +121,7 @@ def main() -> None:
     print("| measurement | wall s | CPU s | reference (wall / CPU s) | ratio (wall / CPU) |\n|---|---:|---:|---|---:|")
     print(f"| weights, efficientnet-lite0 ({results['weights_layers']} conv layers) | {results['weights_seconds']:.1f} "
           f"| {results['weights_cpu_seconds']:.1f} | | |")
-    print(f"| rank, {args.images} images at {args.image_size} px, K = {args.ks}, 8 layers | {results['rank_seconds']:.1f} "
+    print(f"| rank, {args.images} images at {args.image_size} px, K = {args.ks}, 8 layers, <= {args.rank_max_rows} rows | {results['rank_seconds']:.1f} "
           f"| {results['rank_cpu_seconds']:.1f} | bare forward of the same images {results['forward_seconds']:.1f} / "
           f"{results['forward_cpu_seconds']:.1f} | {results['rank_x_forward']:.1f} / {results['rank_cpu_x_forward_cpu']:.1f} |")
     print(f"| coupled NMF, {c['shape']} K = {c['k']}, ms/iteration | {c['coupled_ms_per_iteration']:.1f} | "
