@@ -51,12 +51,14 @@ class ServerConfig:
     max_top_k: int = 100
     max_message_mb: float = 32.0
     workers: int = 16
-    # torch intra-op threads; FAISS shares the same OpenMP pool, so this sets both.
-    torch_threads: int | None = None  # None: torch's default (all cores)
+    # compute threads of torch, FAISS and BLAS (`--threads`); None: the CPUs free of other work,
+    # re-measured while serving (descriptors.threads)
+    torch_threads: int | None = None
     compute_slots: int | None = None
     pipelined: bool = True
     nmf_threads: int | None = 1
     grace_s: float = 30.0
+    verbose: bool = False  # print the thread settings chosen
 
     def resolved_max_batch(self) -> int:
         if self.max_batch is not None:
@@ -92,10 +94,9 @@ def _credentials(config: ServerConfig):
 
 def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
     """Load the index (unless an engine is given), bind, register services, start serving."""
-    import torch
+    from descriptors.threads import setup_threads
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:
@@ -161,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-top-k", type=int, default=100)
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads", "--torch-threads", dest="torch_threads", type=int,
+        help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
     parser.add_argument(
         "--no-pipeline", action="store_true",
@@ -169,7 +174,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nmf-threads", type=int, default=1, help="torch threads of the NMF pool (0: default)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    ray = parser.add_argument_group("Ray Serve (docs/scaling.md; needs the [ray] extra)")
+    ray.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="serve as a Ray Serve app with gRPC ingress on --port: no ADDRESS starts a local Ray, "
+        "'auto' joins the running cluster, or ray://host:10001",
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="query encoder replicas (backbone + NMF)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale the encoders from this many ...")
+    ray.add_argument("--max-replicas", type=int, help="... up to this many")
+    ray.add_argument("--shards", type=int, default=1, help="split the index into this many shard deployments")
+    ray.add_argument("--encoder-cpus", type=float, default=1.0, help="CPUs reserved per encoder replica")
+    ray.add_argument("--encoder-gpus", type=float, default=0.0, help="GPUs per encoder replica")
     return parser
+
+
+def _serve_on_ray(args: argparse.Namespace, stop: threading.Event) -> int:
+    """`dff-serve --ray`: deploy, print the port, wait for SIGTERM/SIGINT, delete the app."""
+    from indexer import IndexerError
+
+    from .ray_serve import RayServeConfig, start_on_ray, stop_on_ray
+
+    try:
+        config = RayServeConfig(
+            index=args.index, address=args.ray, port=args.port, replicas=args.replicas,
+            min_replicas=args.min_replicas, max_replicas=args.max_replicas, shards=args.shards,
+            encoder_cpus=args.encoder_cpus, encoder_gpus=args.encoder_gpus,
+            device="cuda" if args.encoder_gpus > 0 and args.device == "cpu" else args.device,
+            token=read_token_file(args.token_file) if args.token_file else None, max_top_k=args.max_top_k,
+        )
+        if args.tls_cert or args.tls_key or args.metrics_port:
+            log.warning("--ray: TLS and --metrics-port do not apply (see docs/scaling.md: Ray's proxy and metrics)")
+        port = start_on_ray(config)
+    except (IndexerError, ValueError, RuntimeError, OSError) as exc:
+        print(f"dff-serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    log.info("serving %s on Ray: %d shard(s), encoders %s", args.index, args.shards, config.encoder_scaling())
+    print(f"dff-serve: listening on 0.0.0.0:{port} (Ray Serve gRPC proxy)", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("deleting the Ray Serve application")
+    stop_on_ray()
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -179,7 +225,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
         max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
-        nmf_threads=args.nmf_threads or None,
+        nmf_threads=args.nmf_threads or None, verbose=args.verbose,
     )
 
 
@@ -187,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # faiss logs which SIMD build it tried at INFO level on every start: noise for an operator
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    config = config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
     if not Path(config.index).is_dir():
         print(f"dff-serve: index directory {config.index} does not exist; build it with dff-index", file=sys.stderr)
         return 2
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if args.ray is not None:
+        return _serve_on_ray(args, stop)
     try:
         running = start_server(config)
     except Exception as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,27 +16,17 @@ import pytest
 from searcher_fixtures import jpeg_bytes, photo
 
 from searcher.client import SearchClient
+from searcher.launcher import launch_serve
 
 BIN = Path(sys.executable).parent
 
 
 def _start(index: Path, token_file: Path) -> tuple[subprocess.Popen, int]:
-    log = open(index.parent / "serve.log", "a")  # noqa: SIM115 - the server's stderr, read on failure
-    process = subprocess.Popen(
-        [str(BIN / "dff-serve"), "--index", str(index), "--port", "0", "--token-file", str(token_file),
-         "--torch-threads", "1"],
-        stdout=subprocess.PIPE, stderr=log, text=True,
+    server = launch_serve(
+        index, ["--token-file", str(token_file), "--torch-threads", "1"], log_path=index.parent / "serve.log",
+        timeout=120,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise AssertionError(f"dff-serve exited {process.returncode}: {(index.parent / 'serve.log').read_text()}")
-    process.kill()
-    raise AssertionError("dff-serve did not print its port within 120 s")
+    return server.process, server.port
 
 
 def _stop(process: subprocess.Popen) -> int:
