@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, required=True, help="output folder (PNGs, JSON)")
     common.add_argument("--json", type=Path, help="also write the command's JSON here")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    common.add_argument("--threads", type=int, default=0,
+                        help="compute threads of torch and BLAS (default 0: the CPUs not busy with other work, at least 1)")
+    common.add_argument("--verbose", action="store_true", help="print the thread settings")
     common.add_argument("--no-progress", action="store_true")
     net = argparse.ArgumentParser(add_help=False)
     net.add_argument("--backbone", default="efficientnet-lite0")
@@ -167,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from descriptors.images import ImageDecodeError
+    from descriptors.threads import setup_threads
     from indexer.errors import IndexerError
 
     previous_threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
+        setup_threads(args.threads, verbose=args.verbose, prog=f"dff-analyze {args.command}")
         payload = run(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImageDecodeError, IndexerError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
