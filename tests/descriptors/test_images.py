@@ -71,3 +71,41 @@ def test_exif_orientation_applied():
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", exif=exif.tobytes())
     assert decode_image(buffer.getvalue()).size == (20, 40)
+
+
+def _jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(buffer, format="JPEG", quality=80, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_jpeg_is_decoded_at_the_scale_the_backbone_needs() -> None:
+    from descriptors.images import decode_image, full_size
+
+    data = _jpeg((2400, 1600))
+    img = decode_image(data, reduce_to=320)
+    assert img.size == (600, 400) and full_size(img) == (2400, 1600)  # 1/4: 400 >= 320 > 200
+    full = decode_image(data)
+    assert full.size == full_size(full) == (2400, 1600)
+    # a region keeps enough pixels for its crop: a 400x300 region (300 < 320) is decoded in full
+    region = decode_image(data, reduce_to=320, region=(100, 100, 500, 400))
+    assert region.size == (2400, 1600)
+    half = decode_image(data, reduce_to=320, region=(0, 0, 1400, 700))  # 700 / 2 = 350 >= 320
+    assert half.size == (1200, 800) and full_size(half) == (2400, 1600)
+
+
+def test_the_full_size_follows_the_exif_rotation() -> None:
+    from descriptors.images import decode_image, full_size
+
+    img = decode_image(_jpeg((2400, 1600), orientation=6), reduce_to=320)  # 90 degrees
+    assert img.size == (400, 600) and full_size(img) == (1600, 2400)
