@@ -63,7 +63,19 @@ def extract_to_partial(
         (g, items[g * size:(g + 1) * size]) for g in range((len(items) + size - 1) // size) if g not in completed
     ]
     todo = sum(len(group) for _, group in groups)
-    if todo:
+    if todo and config.ray_address is not None:
+        from .ray_build import run_extraction_on_ray
+
+        # the same stage functions in an actor pool; the writer (commit_shard) stays in this process
+        with progress_bar(len(items), len(items) - todo, progress, desc) as bar:
+            run_extraction_on_ray(
+                groups,
+                lambda g, decoded, results: partial.commit_shard(g, decoded, results, stores_rows),
+                config,
+                stores_rows=stores_rows,
+                bar=bar,
+            )
+    elif todo:
         if extractor is None:
             extractor = make_extractor(config)
         with progress_bar(len(items), len(items) - todo, progress, desc) as bar:
@@ -103,6 +115,10 @@ def build_index(
     """
     config = config or IndexConfig()
     started = time.perf_counter()
+    if config.ray_address is not None:
+        from .ray_cluster import import_ray
+
+        import_ray()  # a missing [ray] extra fails here, before anything is written
     folder = Path(folder).expanduser().resolve()
     out = Path(os.path.abspath(Path(out).expanduser()))
     if not folder.is_dir():

@@ -18,9 +18,9 @@ from .open_index import index_info, list_images
 from .update import add_images, remove_images
 
 
-def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+def _add_runtime_flags(parser: argparse.ArgumentParser, workers_help: str = "decode threads (0: decode inline)") -> None:
     parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size, help="images per forward/NMF batch")
-    parser.add_argument("--workers", type=int, default=IndexConfig.workers, help="decode threads (0: decode inline)")
+    parser.add_argument("--workers", type=int, default=None, help=workers_help)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for forward + NMF (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -48,7 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-pixels", type=int, default=IndexConfig.max_pixels, help="decompression-bomb cap")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (at the very end)")
     build.add_argument("--shard-size", type=int, default=IndexConfig.shard_size, help=argparse.SUPPRESS)
-    _add_runtime_flags(build)
+    build.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="extract on a Ray cluster: no ADDRESS starts a local one, 'auto' joins the running one, "
+        "or ray://host:10001 (needs the [ray] extra; every node must see FOLDER at the same path)",
+    )
+    build.add_argument("--cpus-per-worker", type=float, default=IndexConfig.cpus_per_worker, help="with --ray")
+    build.add_argument("--gpus-per-worker", type=float, default=IndexConfig.gpus_per_worker, help="with --ray")
+    _add_runtime_flags(
+        build,
+        workers_help="decode threads (default 2; 0: decode inline); with --ray: Ray workers, each loading "
+        "the backbone once (default: the cluster's CPUs / --cpus-per-worker)",
+    )
 
     add = sub.add_parser("add", help="add files or folders to an index (skips content already indexed)")
     add.add_argument("index_dir")
@@ -102,14 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,
                 descriptor=args.descriptor, k=args.k, max_iter=args.max_iter, image_size=args.image_size,
                 whiten_dim=args.whiten_dim, whiten_on=args.whiten_on, faiss=args.faiss,
-                faiss_search_params=args.faiss_search_params, batch_size=args.batch_size, workers=args.workers,
-                threads=args.threads, device=args.device, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
+                faiss_search_params=args.faiss_search_params, batch_size=args.batch_size, threads=args.threads,
+                device=args.device, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
+                ray_address=args.ray, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             )
+            if args.workers is not None:
+                config = config.replace(**({"ray_workers": args.workers} if args.ray else {"workers": args.workers}))
             summary = build_index(args.folder, args.out, config, progress=not args.quiet)
             print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
         elif args.command == "add":
             _check_add_expectations(args)
-            runtime = IndexConfig(batch_size=args.batch_size, workers=args.workers, threads=args.threads, device=args.device)
+            runtime = IndexConfig(
+                batch_size=args.batch_size, workers=IndexConfig.workers if args.workers is None else args.workers,
+                threads=args.threads, device=args.device,
+            )
             summary = add_images(args.index_dir, args.inputs, progress=not args.quiet, config=runtime)
             print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
         elif args.command == "remove":

@@ -51,6 +51,13 @@ class IndexConfig:
     shard_size: int = 256  # images per committed shard of stage 1 (the unit of resume)
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
+    # Ray (`--ray [ADDRESS]`): stage 1 runs in an actor pool of `ray_workers` workers on a Ray
+    # cluster; None = this process (see indexer/ray_build.py). Not part of the fingerprint: a
+    # build interrupted on Ray resumes locally and the other way round (the shards are the same).
+    ray_address: str | None = None  # "local" (start one), "auto", "ray://host:port", ...
+    ray_workers: int = 0  # 0: the cluster's CPUs // cpus_per_worker
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
 
     def __post_init__(self) -> None:
         if self.descriptor not in DESCRIPTOR_METHODS:
@@ -69,6 +76,11 @@ class IndexConfig:
             raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.ray_workers < 0 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ValueError(
+                f"--workers must be >= 0, --cpus-per-worker > 0 and --gpus-per-worker >= 0; got "
+                f"{self.ray_workers}, {self.cpus_per_worker}, {self.gpus_per_worker}"
+            )
         if self.whiten_on and not self.whiten_dim:
             raise ValueError("--whiten-on needs --whiten-dim D (D > 0)")
 

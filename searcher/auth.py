@@ -53,6 +53,21 @@ def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, messag
     return grpc.unary_unary_rpc_method_handler(unary)
 
 
+def token_problem(expected: bytes, metadata) -> str | None:
+    """Why `metadata` ((key, value) pairs) does not carry `expected` (b"Bearer <token>"); None when it does."""
+    supplied = dict(metadata or ()).get("authorization")
+    if supplied is None:
+        return (
+            "missing 'authorization: Bearer <token>' metadata; pass --token-file to dff-query "
+            "or token= to SearchClient"
+        )
+    if isinstance(supplied, str):
+        supplied = supplied.encode()
+    if not hmac.compare_digest(supplied, expected):
+        return "wrong bearer token; check the token file"
+    return None
+
+
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str | None, require_for_writes_without_token: bool = False) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
@@ -74,19 +89,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
                     "non-loopback address; restart dff-serve with --token-file FILE",
                 )
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        supplied = metadata.get("authorization")
-        if supplied is None:
-            return _abort_handler(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing 'authorization: Bearer <token>' metadata; pass --token-file to dff-query "
-                "or token= to SearchClient",
-            )
-        if isinstance(supplied, str):
-            supplied = supplied.encode()
-        if not hmac.compare_digest(supplied, self._expected):
-            return _abort_handler(
-                handler, grpc.StatusCode.UNAUTHENTICATED, "wrong bearer token; check the token file"
-            )
+        problem = token_problem(self._expected, handler_call_details.invocation_metadata)
+        if problem is not None:
+            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
         return handler

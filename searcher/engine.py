@@ -443,6 +443,8 @@ class SearchEngine:
 
     @staticmethod
     def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock):
+        # `index`: anything with .count, .search(queries, k) and .vectors(ids): an OpenIndex here,
+        # the fan-out over shard deployments in searcher/ray_serve.py
         """FAISS search, with average query expansion over the first `depth` neighbours when
         `depth` > 0 (descriptors.query_expansion, as dff-eval): the first search asks for
         max(top_k, depth) so that a short result list does not cut the expansion short."""
@@ -461,9 +463,9 @@ class SearchEngine:
                     scores, ids = scores[0], ids[0]
         return scores[:k], ids[:k]
 
-    def _apply_localization(
-        self, outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool
-    ) -> None:
+    @staticmethod
+    def _apply_localization(outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:
+        # static: the Ray Serve ingress (searcher/ray_serve.py) applies its encoder's localization with it
         for hit, match in zip(outcome.hits, result.matches, strict=True):
             hit.box = match.box
             hit.image_missing = match.missing

@@ -239,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-localize", type=_positive_int, default=100, help="results localized per request")
     limits.add_argument("--max-add-images", type=_positive_int, default=1000, help="images per AddImages call")
     limits.add_argument("--max-add-mb", type=float, default=256.0, help="MiB of images per AddImages call")
+    ray = parser.add_argument_group("Ray Serve (docs/scaling.md; needs the [ray] extra)")
+    ray.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="serve as a Ray Serve app with gRPC ingress on --port: no ADDRESS starts a local Ray, "
+        "'auto' joins the running cluster, or ray://host:10001",
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="query encoder replicas (backbone + NMF)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale the encoders from this many ...")
+    ray.add_argument("--max-replicas", type=int, help="... up to this many")
+    ray.add_argument("--shards", type=int, default=1, help="split the index into this many shard deployments")
+    ray.add_argument("--encoder-cpus", type=float, default=1.0, help="CPUs reserved per encoder replica")
+    ray.add_argument("--encoder-gpus", type=float, default=0.0, help="GPUs per encoder replica")
     return parser
 
 
@@ -250,6 +262,35 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _serve_on_ray(args: argparse.Namespace, stop: threading.Event) -> int:
+    """`dff-serve --ray`: deploy, print the port, wait for SIGTERM/SIGINT, delete the app."""
+    from indexer import IndexerError
+
+    from .ray_serve import RayServeConfig, start_on_ray, stop_on_ray
+
+    try:
+        config = RayServeConfig(
+            index=args.index, address=args.ray, port=args.port, replicas=args.replicas,
+            min_replicas=args.min_replicas, max_replicas=args.max_replicas, shards=args.shards,
+            encoder_cpus=args.encoder_cpus, encoder_gpus=args.encoder_gpus,
+            device="cuda" if args.encoder_gpus > 0 and args.device == "cpu" else args.device,
+            token=read_token_file(args.token_file) if args.token_file else None, max_top_k=args.max_top_k,
+        )
+        if args.tls_cert or args.tls_key or args.metrics_port:
+            log.warning("--ray: TLS and --metrics-port do not apply (see docs/scaling.md: Ray's proxy and metrics)")
+        port = start_on_ray(config)
+    except (IndexerError, ValueError, RuntimeError, OSError) as exc:
+        print(f"dff-serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    log.info("serving %s on Ray: %d shard(s), encoders %s", args.index, args.shards, config.encoder_scaling())
+    print(f"dff-serve: listening on 0.0.0.0:{port} (Ray Serve gRPC proxy)", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("deleting the Ray Serve application")
+    stop_on_ray()
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -268,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # faiss logs which SIMD build it tried at INFO level on every start: noise for an operator
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    config = config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
     if not Path(config.index).is_dir():
         print(f"dff-serve: index directory {config.index} does not exist; build it with dff-index", file=sys.stderr)
         return 2
@@ -286,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    if args.ray is not None:
+        return _serve_on_ray(args, stop)
     try:
         running = start_server(config)
     except Exception as exc:

@@ -41,3 +41,20 @@ def default_backbone():
     from descriptors.backbones import load_backbone
 
     return load_backbone("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One private in-process Ray for the session's Ray tests (2 CPUs, a 300 MB object store)."""
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    from indexer.ray_cluster import connect
+
+    ray = connect("local", num_cpus=2, object_store_mb=300)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # Serve never started
+        pass
+    ray.shutdown()

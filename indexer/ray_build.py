@@ -1,0 +1,117 @@
+"""Stage 1 of `dff-index build --ray`: the local builder's stage functions in a Ray Data actor pool.
+
+Ray Data reads the build's file list (one row per shard: the shard's index and its files) and
+`map_batches` hands each row to a `ShardExtractor` actor. An actor loads the backbone once and
+runs `extraction.run_extraction` -- the same reader -> mapper [-> finisher] chain, the same
+batches -- on its shard, and returns the decoded metadata and the rows (or vectors). The writer
+stays in the driver: it is `PartialBuild.commit_shard`, exactly as in a local build, so the
+journal has one writer, the shards are the local builder's files, a killed job resumes at the
+first unfinished shard (locally or on Ray), and stage 2 (whitening, FAISS, catalog, manifest)
+runs unchanged in the driver.
+
+Only the workers read the images: every node must see the input folder at the same path (a
+shared filesystem). The driver alone writes `OUT.partial/` and `OUT`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .config import IndexConfig
+from .errors import IndexerError
+from .ray_cluster import cluster_cpus, connect
+from .stages import WorkItem
+
+MAX_BLOCKS = 10_000
+
+
+class ShardExtractor:
+    """A Ray Data actor: one backbone per worker; one shard of work items per call."""
+
+    def __init__(self, config: IndexConfig, stores_rows: bool) -> None:
+        from .extraction import make_extractor
+
+        if not config.threads:
+            # one torch team per worker, as wide as the CPUs Ray reserved for it
+            config = config.replace(threads=max(1, int(config.cpus_per_worker)))
+        if config.gpus_per_worker > 0 and config.device == "cpu":
+            config = config.replace(device="cuda")
+        self.config, self.stores_rows = config, stores_rows
+        self.extractor = make_extractor(config)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .extraction import run_extraction
+
+        groups = [
+            (int(g), [WorkItem(int(i), Path(p), s) for i, p, s in json.loads(str(items))])
+            for g, items in zip(batch["group"], batch["items"], strict=True)
+        ]
+        done: list[bytes] = []
+
+        def collect(group: int, decoded: list, results: list) -> None:
+            done.append(pickle.dumps((group, decoded, results), protocol=pickle.HIGHEST_PROTOCOL))
+
+        run_extraction(
+            groups, self.extractor, collect, self.config,
+            stores_rows=self.stores_rows, max_pixels=self.config.max_pixels,
+        )
+        return {"shard": np.array(done, dtype=object)}
+
+
+def plan_rows(groups: Sequence[tuple[int, Sequence[WorkItem]]]) -> list[dict]:
+    """The dataset Ray Data reads: one row per shard (paths as strings, JSON to keep rows flat)."""
+    return [
+        {"group": g, "items": json.dumps([[it.id, str(it.path), it.stored_path] for it in items])}
+        for g, items in groups
+    ]
+
+
+def worker_count(config: IndexConfig, n_groups: int) -> int:
+    wanted = config.ray_workers or max(1, int(cluster_cpus() // config.cpus_per_worker))
+    return max(1, min(wanted, n_groups))
+
+
+def run_extraction_on_ray(
+    groups: Sequence[tuple[int, Sequence[WorkItem]]],
+    writer: Callable[[int, list, list], None],
+    config: IndexConfig,
+    *,
+    stores_rows: bool,
+    bar=None,
+) -> None:
+    """Extract `groups` on the Ray cluster; `writer(group, decoded, results)` runs here per shard."""
+    connect(config.ray_address)
+    import ray.data
+    from ray.exceptions import RayError
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts images; Ray's would count rows of shards
+    context.enable_operator_progress_bars = False
+    rows = plan_rows(groups)
+    workers = worker_count(config, len(rows))
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
+        ShardExtractor,
+        batch_size=1,
+        concurrency=workers,
+        num_cpus=config.cpus_per_worker,
+        num_gpus=config.gpus_per_worker or None,
+        fn_constructor_kwargs={"config": config, "stores_rows": stores_rows},
+        batch_format="numpy",
+    )
+    try:
+        for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
+            for payload in batch["shard"]:
+                group, decoded, results = pickle.loads(payload)
+                writer(group, decoded, results)
+                if bar is not None:
+                    bar.update(len(decoded))
+    except RayError as exc:
+        # the worker's own error (e.g. WeightsUnavailableError) says what to do; keep its message
+        cause = getattr(exc, "cause", None) or exc
+        message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise IndexerError(f"a Ray worker failed: {message}; the shards finished so far are kept") from exc

@@ -1,0 +1,353 @@
+"""`dff-serve --ray`: the search service as a Ray Serve application with gRPC ingress.
+
+Deployments (one application, `dffsearch`):
+
+- `SearchIngress` (gRPC, `dffsearch.v1.SearchService` + `grpc.health.v1.Health`): checks the
+  bearer token, asks an encoder for the query vector, fans the FAISS search out to every shard,
+  merges the top-k (`searcher.shards.merge_top_k`), runs query expansion with the engine's
+  ranking (`SearchEngine._rank` over a `ShardedIndex`), looks the paths up, answers;
+- `QueryEncoder` (replicated; fixed `--replicas` or autoscaling between `--min-replicas` and
+  `--max-replicas`): decode -> backbone -> NMF -> descriptor with the index's extractor and
+  whitening (`Extractor.local_rows` + `global_descriptor`, the encoding of `descriptors.encode`),
+  and the localization of results (`searcher.localize.Localizer`);
+- `IndexShard0..S-1`: shard s holds the vectors with `id % S == s` (`searcher.shards`).
+
+The application serves a snapshot: AddImages/RemoveImages answer UNIMPLEMENTED (add with
+`dff-index add`, then restart). Every node must see the index directory at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .shards import merge_top_k, open_index_part, shard_of
+
+APP_NAME = "dffsearch"
+SERVICER_FUNCTIONS = [
+    "dffsearch.v1.search_pb2_grpc.add_SearchServiceServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+
+
+@dataclass
+class RayServeConfig:
+    """`dff-serve --ray` settings (its flags)."""
+
+    index: Path
+    address: str = "local"
+    port: int = 50051
+    http_port: int = 0  # Ray Serve's HTTP proxy (unused by us, but Serve starts one): 0 = a free port
+    replicas: int = 1  # query encoder replicas (fixed)
+    min_replicas: int | None = None  # with max_replicas: autoscaling bounds instead of `replicas`
+    max_replicas: int | None = None
+    shards: int = 1
+    encoder_cpus: float = 1.0
+    encoder_gpus: float = 0.0
+    device: str = "cpu"
+    token: str | None = None
+    max_top_k: int = 100
+    max_query_expansion: int = 50
+    extra: dict = field(default_factory=dict)
+
+    def encoder_scaling(self) -> dict:
+        if self.min_replicas is None and self.max_replicas is None:
+            return {"num_replicas": max(1, self.replicas)}
+        low = max(1, self.min_replicas or 1)
+        high = max(low, self.max_replicas or low)
+        return {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 2}}
+
+
+@dataclass
+class EncodedQuery:
+    descriptor: np.ndarray | None
+    query_factors: int = 0
+    size: tuple[int, int] = (0, 0)
+    stages_ms: dict = field(default_factory=dict)
+    error: tuple[str, str] | None = None  # (InvalidQueryError.reason, message)
+
+
+class QueryEncoder:
+    def __init__(self, index_dir: str, device: str = "cpu") -> None:
+        import indexer
+        from descriptors.whitening import PCAWhitening
+        from indexer.manifest import WHITENING_NAME
+
+        from .localize import Localizer
+
+        manifest = indexer.read_manifest(index_dir)
+        self.extractor = indexer.build_extractor(manifest, device)
+        self.whitening = None
+        if int(manifest["whitening"].get("dim", 0)) > 0:
+            self.whitening = PCAWhitening.load(Path(index_dir) / WHITENING_NAME)
+        self.localizer = Localizer(self.extractor.backbone, self.extractor.config, image_size=224)
+
+    def _image(self, image: bytes, box):
+        from descriptors.encode import decode_options
+        from descriptors.images import DEFAULT_MAX_PIXELS, decode_image, full_size
+
+        from .errors import validate_box
+
+        # decoded as dff-serve, the indexer and dff-eval decode (descriptors.encode.decode_options)
+        options = decode_options(self.extractor.image_size, box, self.extractor.config)
+        img = decode_image(image, max_pixels=DEFAULT_MAX_PIXELS, min_side=16, **options)
+        return img, validate_box(box, *full_size(img))
+
+    def encode(self, image: bytes, box) -> EncodedQuery:
+        from descriptors.images import ImageDecodeError, full_size
+
+        from .errors import InvalidQueryError
+
+        started = time.perf_counter()
+        try:
+            img, query_box = self._image(image, box)
+        except ImageDecodeError as exc:
+            return EncodedQuery(None, error=(exc.reason, str(exc)))
+        except InvalidQueryError as exc:
+            return EncodedQuery(None, error=(getattr(exc, "reason", "bad-box"), str(exc)))
+        decoded = time.perf_counter()
+        rows = self.extractor.local_rows([img], [query_box])[0]
+        encoded = time.perf_counter()
+        descriptor = np.asarray(self.extractor.global_descriptor(rows, self.whitening), dtype=np.float32)
+        stages = {
+            "decode": 1000 * (decoded - started),
+            "forward+nmf": 1000 * (encoded - decoded),
+            "descriptor": 1000 * (time.perf_counter() - encoded),
+        }
+        return EncodedQuery(descriptor, int(rows.shape[0]), full_size(img), stages)
+
+    def localize(self, image: bytes, box, paths: list[str], with_heatmaps: bool):
+        img, query_box = self._image(image, box)
+        return self.localizer.localize(img, query_box, paths, with_heatmaps=with_heatmaps)
+
+
+class IndexShard:
+    def __init__(self, index_dir: str, shard: int, shards: int) -> None:
+        self.index = open_index_part(index_dir, shard, shards)
+
+    def count(self) -> int:
+        return self.index.count
+
+    def search(self, queries: np.ndarray, k: int):
+        return self.index.search(queries, k)
+
+    def vectors(self, ids: list[int]) -> np.ndarray:
+        return self.index.vectors(ids)
+
+    def paths(self, ids: list[int]) -> list[str | None]:
+        return self.index.paths(ids)
+
+
+class ShardedIndex:
+    """The `.count / .search / .vectors / .paths` of an OpenIndex, answered by shard deployments."""
+
+    def __init__(self, handles: list) -> None:
+        self.handles = handles
+        self._count: int | None = None
+
+    @property
+    def count(self) -> int:
+        # asked on first use, not in __init__: a replica's constructor must not block on handles
+        if self._count is None:
+            self._count = sum(p.result() for p in [h.count.remote() for h in self.handles])
+        return self._count
+
+    def search(self, queries: np.ndarray, k: int):
+        pending = [h.search.remote(queries, k) for h in self.handles]  # all shards at once
+        return merge_top_k([p.result() for p in pending], k)
+
+    def _by_owner(self, method: str, ids) -> list:
+        ids = [int(i) for i in ids]
+        owners = shard_of(np.asarray(ids, dtype=np.int64), len(self.handles)) if ids else []
+        out: list = [None] * len(ids)
+        pending = []
+        for s, handle in enumerate(self.handles):
+            positions = [p for p, o in enumerate(owners) if o == s]
+            if positions:
+                pending.append((positions, getattr(handle, method).remote([ids[p] for p in positions])))
+        for positions, response in pending:
+            for p, value in zip(positions, response.result(), strict=True):
+                out[p] = value
+        return out
+
+    def vectors(self, ids) -> np.ndarray:
+        rows = self._by_owner("vectors", ids)
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+    def paths(self, ids) -> list[str | None]:
+        return self._by_owner("paths", ids)
+
+
+class SearchIngress:
+    """gRPC methods of `dffsearch.v1.SearchService` and `grpc.health.v1.Health` (by method name)."""
+
+    def __init__(self, index_dir: str, encoder, shards: list, token: str | None, max_top_k: int, max_qe: int) -> None:
+        import indexer
+
+        self.index_dir, self.encoder, self.max_top_k, self.max_qe = index_dir, encoder, max_top_k, max_qe
+        self.manifest = indexer.read_manifest(index_dir)
+        self.index = ShardedIndex(shards)
+        from .uploads import UploadKeys
+
+        self.keys = UploadKeys(Path(index_dir))
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.stage_seconds = None
+        try:  # exported through Ray's metrics agent (Prometheus) with Serve's own request metrics
+            from ray.serve.metrics import Histogram
+
+            from .metrics import LATENCY_BUCKETS
+
+            self.stage_seconds = Histogram(
+                "dffsearch_stage_seconds", "Search latency per stage", boundaries=list(LATENCY_BUCKETS),
+                tag_keys=("stage",),
+            )
+        except Exception:  # metrics are best effort; searching is not
+            pass
+
+    def _fail(self, grpc_context, code, message: str):
+        grpc_context.set_code(code)
+        grpc_context.set_details(message)
+        raise RuntimeError(message)  # Serve keeps the code and details set above
+
+    def _authorize(self, grpc_context) -> None:
+        import grpc
+
+        from .auth import token_problem
+
+        if self.expected is not None:
+            problem = token_problem(self.expected, grpc_context.invocation_metadata())
+            if problem is not None:
+                self._fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, problem)
+
+    def Search(self, request, grpc_context):
+        import grpc
+
+        from .concurrency import StageClock
+        from .engine import SearchEngine, SearchHit, SearchOutcome
+        from .servicer import search_response
+
+        self._authorize(grpc_context)
+        top_k, depth = int(request.top_k), int(request.query_expansion)
+        if not 1 <= top_k <= self.max_top_k:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"top_k={top_k} is out of range; ask for 1 to {self.max_top_k} results")
+        if not 0 <= depth <= self.max_qe:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"query_expansion={depth} is out of range; use 0 (off) to {self.max_qe}")
+        box = None
+        if request.HasField("box"):
+            box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1)
+        query = self.encoder.encode.remote(request.image, box).result()
+        if query.error is not None:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, query.error[1])
+        clock = StageClock(None)
+        scores, ids = SearchEngine._rank(self.index, query.descriptor, top_k, depth, clock)
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep]
+        paths = self.index.paths(ids)
+        hits = [
+            SearchHit(id=int(i), path=p or "", score=float(s), rank=r, key=self.keys.key_for(p))
+            for r, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
+        ]
+        outcome = SearchOutcome(hits=hits, query_factors=query.query_factors, query_size=query.size)
+        outcome.stages_ms = {**query.stages_ms, **clock.ms}
+        if request.localize and hits:
+            started = time.perf_counter()
+            result = self.encoder.localize.remote(
+                request.image, box, [h.path for h in hits], bool(request.return_heatmaps)
+            ).result()
+            SearchEngine._apply_localization(outcome, result, bool(request.return_heatmaps))
+            outcome.stages_ms["localization"] = 1000 * (time.perf_counter() - started)
+        if self.stage_seconds is not None:
+            for stage, ms in outcome.stages_ms.items():
+                self.stage_seconds.observe(ms / 1000.0, tags={"stage": stage})
+        return search_response(outcome)
+
+    def GetIndexInfo(self, request, grpc_context):
+        from dffsearch.v1 import search_pb2
+
+        self._authorize(grpc_context)
+        m = self.manifest
+        return search_pb2.IndexInfo(
+            count=self.index.count, backbone=m["backbone"]["name"], method=str(m.get("descriptor", {}).get("method", "")),
+            image_size=int(m["image_size"]), dimension=int(m["dim"]), max_top_k=self.max_top_k,
+            manifest_json=json.dumps(m, sort_keys=True, default=str), index_dir=str(self.index_dir),
+        )
+
+    def _read_only(self, grpc_context, method: str):
+        import grpc
+
+        self._authorize(grpc_context)
+        self._fail(grpc_context, grpc.StatusCode.UNIMPLEMENTED,
+                   f"{method}: dff-serve --ray serves a snapshot of the index; change it with "
+                   "dff-index add/remove and restart dff-serve --ray")
+
+    def AddImages(self, request_iterator, grpc_context):
+        self._read_only(grpc_context, "AddImages")
+
+    def RemoveImages(self, request, grpc_context):
+        self._read_only(grpc_context, "RemoveImages")
+
+    def Check(self, request, grpc_context=None):
+        from grpc_health.v1 import health_pb2
+
+        # this replica runs only once Serve found every deployment of the app healthy
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def build_app(config: RayServeConfig):
+    """The Serve application (not yet running): ingress bound to the encoder and the shards."""
+    from ray import serve
+
+    index_dir = str(Path(config.index).resolve())
+    encoder = serve.deployment(
+        QueryEncoder, name="QueryEncoder", max_ongoing_requests=4,
+        ray_actor_options={"num_cpus": config.encoder_cpus, "num_gpus": config.encoder_gpus},
+        **config.encoder_scaling(),
+    ).bind(index_dir, config.device)
+    shards = [
+        serve.deployment(IndexShard, name=f"IndexShard{s}", ray_actor_options={"num_cpus": 0.1}).bind(
+            index_dir, s, config.shards
+        )
+        for s in range(config.shards)
+    ]
+    ingress = serve.deployment(
+        SearchIngress, name="SearchIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1}
+    )
+    return ingress.bind(index_dir, encoder, shards, config.token, config.max_top_k, config.max_query_expansion)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_on_ray(config: RayServeConfig) -> int:
+    """Join/start Ray, start Serve's gRPC proxy on `config.port`, deploy the app; returns the port."""
+    from indexer.ray_cluster import connect
+
+    connect(config.address)
+    from ray import serve
+
+    if config.shards < 1:
+        raise ValueError(f"--shards must be >= 1, got {config.shards}")
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": config.http_port or _free_port()},
+        grpc_options={"port": config.port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
+    )
+    # a route prefix registers the app with the proxies (None would hide it from gRPC routing too)
+    serve.run(build_app(config), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
+    return config.port
+
+
+def stop_on_ray() -> None:
+    from ray import serve
+
+    serve.delete(APP_NAME)

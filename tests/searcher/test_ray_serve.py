@@ -1,0 +1,82 @@
+"""`dff-serve --ray`: a real Ray Serve app (gRPC ingress, encoder, 2 index shards) answers like the
+local engine over the same exact (Flat) index, through the unchanged `SearchClient`."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from searcher_fixtures import jpeg_bytes, photo
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_app(ray_local, built_index: Path):
+    from searcher.ray_serve import RayServeConfig, start_on_ray, stop_on_ray
+
+    port = start_on_ray(
+        RayServeConfig(index=built_index, address="auto", port=_free_port(), shards=2, max_top_k=20, token="s3cret")
+    )
+    yield port
+    stop_on_ray()
+
+
+@pytest.fixture
+def ray_client(ray_app):
+    from searcher.client import SearchClient
+
+    with SearchClient("127.0.0.1", ray_app, token="s3cret", timeout=120) as client:
+        client.wait_until_serving(timeout=120)
+        yield client
+
+
+@pytest.mark.parametrize(
+    "name, box, qe",
+    [("chelsea", None, 0), ("astronaut", (40, 20, 200, 220), 0), ("rocket", None, 3)],
+    ids=["plain", "box", "qe3"],
+)
+def test_sharded_ray_app_equals_the_local_engine(ray_client, engine, name, box, qe):
+    image = jpeg_bytes(photo(name))
+    expected = engine.search(image, box=box, top_k=8, query_expansion=qe)
+    response = ray_client.search(image, box=box, top_k=8, query_expansion=qe)
+    assert [r.id for r in response.results] == [h.id for h in expected]
+    assert [r.path for r in response.results] == [h.path for h in expected]
+    np.testing.assert_allclose([r.score for r in response.results], [h.score for h in expected], atol=1e-5)
+    assert response.results[0].rank == 1
+
+
+def test_ray_app_info_errors_and_auth(ray_app, ray_client, engine):
+    from searcher.client import SearchClient
+
+    info = ray_client.info()
+    assert info.count == engine.count and info.dimension == engine.info()["dimension"]
+    with pytest.raises(grpc.RpcError) as bad_image:
+        ray_client.search(b"not an image", top_k=3)
+    assert bad_image.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as bad_k:
+        ray_client.search(jpeg_bytes(photo("coffee")), top_k=0)
+    assert bad_k.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in bad_k.value.details()
+    with pytest.raises(grpc.RpcError) as read_only:
+        ray_client.remove_images(ids=[0])
+    assert read_only.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with SearchClient("127.0.0.1", ray_app, token="wrong", timeout=60) as other, pytest.raises(grpc.RpcError) as denied:
+        other.search(jpeg_bytes(photo("coffee")), top_k=3)
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_ray_app_localizes(ray_client, engine):
+    image = jpeg_bytes(photo("chelsea"))
+    expected = engine.search(image, top_k=3, localize=True)
+    response = ray_client.search(image, top_k=3, localize=True)
+    for got, want in zip(response.results, expected, strict=True):
+        assert got.HasField("box") == (want.box is not None)
+        if want.box is not None:
+            np.testing.assert_allclose([got.box.x0, got.box.y0, got.box.x1, got.box.y1], want.box, atol=1e-3)
