@@ -23,6 +23,12 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # decoded (64e6 * 3 bytes = 192 MB). Beyond it a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# a JPEG decoded at a reduced scale keeps at least this many times the size it will be resized
+# to: the final resize then still averages >= 2 source pixels per output pixel, as from the full
+# image (measured: with a margin of 1, Paris mAP moved by up to 0.6; with 2 the Paris and
+# Tiny-ImageNet images, <= 1024 px, decode in full and every number in docs/results.md stands)
+DRAFT_MARGIN = 2
+
 # where decode_image records the full-resolution size of an image it decoded at a reduced scale
 FULL_SIZE_KEY = "dffsearch.full_size"
 
@@ -50,8 +56,8 @@ def full_size(img: Image.Image) -> tuple[int, int]:
 
 def _draft_for(img: Image.Image, reduce_to: int, region: Sequence[float] | None) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the region's (default: the image's)
-    shorter side stays at least ``reduce_to`` pixels: a 60 MP photo for a 320 px backbone is then
-    decoded at 1/8 (~1 MP) instead of in full (180 MB)."""
+    shorter side stays at least ``DRAFT_MARGIN * reduce_to`` pixels: a 60 MP photo for a 320 px
+    backbone is then decoded at 1/8 (~1 MP, 3 MB) instead of in full (180 MB)."""
     width, height = img.size
     shorter = min(width, height)
     if region is not None and len(region) == 4:
@@ -59,7 +65,7 @@ def _draft_for(img: Image.Image, reduce_to: int, region: Sequence[float] | None)
         if all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0:
             # the region is in oriented pixels; its shorter side does not depend on the rotation
             shorter = min(shorter, max(1.0, min(x1 - x0, y1 - y0)))
-    scale = reduce_to / shorter
+    scale = DRAFT_MARGIN * reduce_to / shorter
     if scale < 1.0:
         img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
 
@@ -78,10 +84,10 @@ def decode_image(
     images with more than `max_pixels` pixels (checked from the header, before decoding) and
     images whose smaller side is below `min_side` (too small to give a feature map).
 
-    ``reduce_to``: the caller needs the image (or ``region`` of it, a box in full-resolution
-    pixels) no larger than this on its shorter side, so a JPEG may be decoded at a reduced scale
-    (``Image.draft``); ``full_size(img)`` then gives the full-resolution size. The decoded image
-    always keeps at least ``reduce_to`` pixels on that shorter side (or its full size).
+    ``reduce_to``: the caller will resize the image (or ``region`` of it, a box in full-resolution
+    pixels) to this size on its shorter side, so a JPEG may be decoded at a reduced scale
+    (``Image.draft``) that keeps at least ``DRAFT_MARGIN`` times that (or its full size);
+    ``full_size(img)`` then gives the full-resolution size.
     """
     label = "image"
     if isinstance(data, (str, Path)):

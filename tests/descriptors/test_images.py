@@ -90,22 +90,25 @@ def _jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
 
 
 def test_a_jpeg_is_decoded_at_the_scale_the_backbone_needs() -> None:
-    from descriptors.images import decode_image, full_size
+    from descriptors.images import DRAFT_MARGIN, decode_image, full_size
 
-    data = _jpeg((2400, 1600))
+    assert DRAFT_MARGIN == 2
+    data = _jpeg((4800, 3200))
     img = decode_image(data, reduce_to=320)
-    assert img.size == (600, 400) and full_size(img) == (2400, 1600)  # 1/4: 400 >= 320 > 200
+    assert img.size == (1200, 800) and full_size(img) == (4800, 3200)  # 1/4: 800 >= 2 x 320 > 400
     full = decode_image(data)
-    assert full.size == full_size(full) == (2400, 1600)
-    # a region keeps enough pixels for its crop: a 400x300 region (300 < 320) is decoded in full
-    region = decode_image(data, reduce_to=320, region=(100, 100, 500, 400))
-    assert region.size == (2400, 1600)
-    half = decode_image(data, reduce_to=320, region=(0, 0, 1400, 700))  # 700 / 2 = 350 >= 320
-    assert half.size == (1200, 800) and full_size(half) == (2400, 1600)
+    assert full.size == full_size(full) == (4800, 3200)
+    # a region keeps enough pixels for its crop: a 1200x1000 region (1000 < 2 x 640) decodes in full
+    region = decode_image(data, reduce_to=640, region=(100, 100, 1300, 1100))
+    assert region.size == (4800, 3200)
+    half = decode_image(data, reduce_to=320, region=(0, 0, 2800, 1400))  # 1400 / 2 = 700 >= 640
+    assert half.size == (2400, 1600) and full_size(half) == (4800, 3200)
+    # a photo no larger than twice the target (Paris: 1024x768 for 320 px) decodes in full
+    assert decode_image(_jpeg((1024, 768)), reduce_to=320).size == (1024, 768)
 
 
 def test_the_full_size_follows_the_exif_rotation() -> None:
     from descriptors.images import decode_image, full_size
 
-    img = decode_image(_jpeg((2400, 1600), orientation=6), reduce_to=320)  # 90 degrees
-    assert img.size == (400, 600) and full_size(img) == (1600, 2400)
+    img = decode_image(_jpeg((4800, 3200), orientation=6), reduce_to=320)  # 90 degrees
+    assert img.size == (800, 1200) and full_size(img) == (3200, 4800)
