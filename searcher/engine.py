@@ -419,7 +419,7 @@ class SearchEngine:
 
     def _decode(self, image: bytes | str | Path, deadline: float | None, **options):
         """decode_image with the server's limits, at most `decode_slots` at once (bounded memory)."""
-        timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._decode_slots.acquire(timeout=timeout):
             raise QueryDeadlineError(
                 "deadline exceeded while waiting to decode the image (the server decodes at most "

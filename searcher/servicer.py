@@ -150,6 +150,13 @@ class _Call:
 
     def _status_for(self, exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
         if isinstance(exc, RpcRefusal):
+            if exc.code == grpc.StatusCode.INTERNAL:  # a failure we named (disk full, ...): log its cause
+                cause = exc.__cause__ or exc
+                log.error(
+                    "%s request_id=%s: %s", self.method, self.request_id, exc,
+                    exc_info=(type(cause), cause, cause.__traceback__),
+                )
+                return exc.code, f"{exc} (request id {self.request_id})"
             return exc.code, str(exc)
         if isinstance(exc, InvalidQueryError):
             return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -243,7 +250,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             items = self._receive_uploads(request_iterator)
             try:
                 added = self.engine.add_images(items)
-            except InvalidQueryError:
+            except (InvalidQueryError, QueryDeadlineError):
                 raise
             except (SearchEngineError, IndexerError, OSError) as exc:  # disk full, index damaged, ...
                 raise RpcRefusal(
@@ -260,7 +267,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         with _Call(self, "RemoveImages", context):
             try:
                 removed = self.engine.remove_images(ids=list(request.ids), paths=list(request.paths))
-            except InvalidQueryError:
+            except (InvalidQueryError, QueryDeadlineError):
                 raise
             except (SearchEngineError, IndexerError, OSError) as exc:
                 raise RpcRefusal(

@@ -107,3 +107,33 @@ def test_dff_serve_on_a_busy_port_says_so_before_loading_anything(built_index: P
     assert err.startswith(f"dff-serve: port {port} on 127.0.0.1 is in use") and "--port" in err
     assert "\n" not in err
     assert port_in_use("127.0.0.1", 0) is None
+
+
+def test_decodes_beyond_the_slots_wait_for_one_and_a_deadline_bounds_the_wait(engine, photo_folder: Path) -> None:
+    import threading
+    import time
+
+    from searcher.errors import QueryDeadlineError
+
+    data = (photo_folder / "coffee.jpg").read_bytes()
+    slots = engine.config.decode_slots
+    results: list = []
+    threads = [
+        threading.Thread(target=lambda: results.append(engine.search(data, top_k=1)[0].path))
+        for _ in range(3 * slots)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3 * slots and all(p.endswith("coffee.jpg") for p in results)
+
+    for _ in range(slots):  # every decode slot busy (as under 16 concurrent 60 MP queries)
+        engine._decode_slots.acquire()
+    try:
+        with pytest.raises(QueryDeadlineError, match="--decode-slots"):
+            engine.query(data, top_k=1, deadline=time.monotonic() + 0.2)
+    finally:
+        for _ in range(slots):
+            engine._decode_slots.release()
+    assert engine.search(data, top_k=1)[0].path.endswith("coffee.jpg")
