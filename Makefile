@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# index FOLDER (default: real sample photos shipped by scikit-image), serve it over gRPC,
-# query it once through the client, print the ranking, stop the server
+# index FOLDER (default: real sample photos shipped by scikit-image), serve it over gRPC and the
+# search page (dff-web), print both addresses, query once through the client, print the ranking;
+# in a terminal keep serving until Ctrl-C (dff-demo --no-serve stops at once)
 demo: install
 	$(BIN)/dff-demo $(FOLDER) $(if $(QUERY),--query $(QUERY),)
 

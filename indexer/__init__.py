@@ -5,6 +5,8 @@ Public API (mirrors the CLI): `IndexConfig`, `build_index`, `add_images`, `remov
 `iter_image_files`, `BuildSummary`, and the errors (`IndexerError` and subclasses).
 """
 
+import descriptors  # noqa: F401  (first: sets OpenMP/OpenBLAS passive waiting before torch, numpy, faiss load)
+
 from .build import build_index
 from .catalog import Catalog, CatalogRow
 from .config import IndexConfig

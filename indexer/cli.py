@@ -18,10 +18,16 @@ from .open_index import index_info, list_images
 from .update import add_images, remove_images
 
 
-def _add_runtime_flags(parser: argparse.ArgumentParser, workers_help: str = "decode threads (0: decode inline)") -> None:
+def _add_runtime_flags(
+    parser: argparse.ArgumentParser, workers_help: str = "decode threads (0: decode inline; default: as many as --threads)"
+) -> None:
     parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size, help="images per forward/NMF batch")
     parser.add_argument("--workers", type=int, default=None, help=workers_help)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for forward + NMF (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -57,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--gpus-per-worker", type=float, default=IndexConfig.gpus_per_worker, help="with --ray")
     _add_runtime_flags(
         build,
-        workers_help="decode threads (default 2; 0: decode inline); with --ray: Ray workers, each loading "
+        workers_help="decode threads (0: decode inline; default: as many as --threads); with --ray: Ray workers, each loading "
         "the backbone once (default: the cluster's CPUs / --cpus-per-worker)",
     )
 
@@ -108,6 +114,11 @@ def _print_listing(images: list[dict], as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("build", "add"):
+            from descriptors.threads import setup_threads
+
+            threads = setup_threads(args.threads, verbose=args.verbose, prog=f"dff-index {args.command}")
+            args.threads = threads.compute  # decode threads (--workers None) follow it: IndexConfig.workers
         if args.command == "build":
             config = IndexConfig(
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,
@@ -124,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "add":
             _check_add_expectations(args)
             runtime = IndexConfig(
-                batch_size=args.batch_size, workers=IndexConfig.workers if args.workers is None else args.workers,
+                batch_size=args.batch_size, workers=args.workers,
                 threads=args.threads, device=args.device,
             )
             summary = add_images(args.index_dir, args.inputs, progress=not args.quiet, config=runtime)

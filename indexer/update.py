@@ -156,10 +156,10 @@ def add_images(
                 summary.seconds = time.perf_counter() - started
                 summary.total_indexed = catalog.count()
                 return summary
-            if runtime.threads:
-                import torch
+            if extractor is None or runtime.threads:  # a server's add keeps the server's settings
+                from descriptors.threads import setup_threads
 
-                torch.set_num_threads(runtime.threads)
+                setup_threads(runtime.threads)
             if extractor is None:
                 extractor = build_extractor(manifest, device=runtime.device)
             whitening = None

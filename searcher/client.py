@@ -91,11 +91,12 @@ class SearchClient:
         localize: bool = False,
         return_heatmaps: bool = False,
         timeout: float | None = None,
+        return_concepts: bool = False,
     ) -> search_pb2.SearchResponse:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
-            return_heatmaps=return_heatmaps,
+            return_heatmaps=return_heatmaps, return_concepts=return_concepts,
         )
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
@@ -118,6 +119,11 @@ class SearchClient:
     ) -> search_pb2.RemoveImagesResponse:
         request = search_pb2.RemoveImagesRequest(ids=list(ids), paths=list(paths))
         return self.stub.RemoveImages(request, timeout=self._timeout(timeout), metadata=self.metadata)
+
+    def get_image(self, image_id: int, max_side: int = 0, timeout: float | None = None) -> search_pb2.ImageData:
+        """The stored image of an indexed id (max_side > 0: a JPEG at most that large); NOT_FOUND otherwise."""
+        request = search_pb2.GetImageRequest(id=int(image_id), max_side=int(max_side))
+        return self.stub.GetImage(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def info(self, timeout: float | None = None) -> search_pb2.IndexInfo:
         return self.stub.GetIndexInfo(
@@ -227,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="threads of the local work (reading the image, --show's figure); default 0: the free CPUs",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     return parser
 
 
@@ -255,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dff-query: error: {exc}", file=sys.stderr)
         return 2
+    if args.threads or args.verbose:  # the client computes little: measure the load only when asked
+        from descriptors.threads import setup_threads
+
+        setup_threads(args.threads, verbose=args.verbose, prog="dff-query", load_libraries=False)
     with SearchClient(args.host, args.port, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
         try:
             response = client.search(

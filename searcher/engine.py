@@ -36,7 +36,8 @@ from descriptors.query_expansion import expand_query
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
-from .localize import LocalizationResult, Localizer
+from .localize import Concept, LocalizationResult, Localizer
+from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
 STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
@@ -47,13 +48,16 @@ __all__ = [
     "QUEUE_STAGE",
     "STAGES",
     "AddedImage",
+    "Concept",
     "EngineConfig",
+    "ImageNotFoundError",
     "InvalidQueryError",
     "QueryDeadlineError",
     "SearchEngine",
     "SearchEngineError",
     "SearchHit",
     "SearchOutcome",
+    "StoredImage",
     "validate_box",
 ]
 
@@ -99,6 +103,8 @@ class SearchHit:
     width: int = 0
     height: int = 0
     heatmap: np.ndarray | None = None  # (h, w) in [0, 1], localization grid
+    shared_concept: int | None = None  # with_concepts: index into SearchOutcome.concepts
+    shared_concept_heatmap: np.ndarray | None = None
 
 
 @dataclass
@@ -108,6 +114,7 @@ class SearchOutcome:
     query_factors: int = 0
     query_size: tuple[int, int] = (0, 0)
     query_heatmap: np.ndarray | None = None
+    concepts: list[Concept] = field(default_factory=list)  # with_concepts: the joint NMF's factors
     query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
 
 
@@ -149,7 +156,7 @@ class SearchEngine:
             slots = max(slots, config.max_batch)  # the batcher needs concurrent submitters
         self.compute_slots = slots
         forward_threads = torch.get_num_threads()
-        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
+        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads, follow_load=True)
         self._nmf_pool = (
             ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
             if config.pipelined
@@ -201,6 +208,7 @@ class SearchEngine:
         localize: bool = False,
         *,
         with_heatmaps: bool = False,
+        with_concepts: bool = False,
         deadline: float | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
@@ -246,7 +254,12 @@ class SearchEngine:
             result = self._backbone_pool.run(
                 clock,
                 "localization",
-                partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
+                partial(
+                    self.localizer.localize,
+                    deadline=deadline,
+                    with_heatmaps=with_heatmaps,
+                    with_concepts=with_concepts,
+                ),
                 img,
                 query_box,
                 [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
@@ -272,6 +285,15 @@ class SearchEngine:
             "pipelined": self.config.pipelined,
             "manifest": manifest,
         }
+
+    def image(self, image_id: int, max_side: int = 0) -> StoredImage:
+        """The stored image of an indexed id (`searcher.stored_images`): the file as it is
+        (max_side 0) or a JPEG whose longer side is at most `max_side`; ImageNotFoundError for any
+        id the catalog does not mark indexed."""
+        with self._catalog_guard.read():
+            index = self._index
+            path = indexed_image_path(index.catalog, image_id, index.source_root, index.index_dir)
+        return load_stored_image(image_id, path, max_side, self.config.max_pixels, self._keys.key_for(path))
 
     def close(self) -> None:
         self._batcher.close()
@@ -472,5 +494,7 @@ class SearchEngine:
             hit.width, hit.height = match.size
             if with_heatmaps:
                 hit.heatmap = match.heatmap
+            hit.shared_concept, hit.shared_concept_heatmap = match.shared_concept, match.shared_concept_heatmap
         if with_heatmaps:
             outcome.query_heatmap = result.query_heatmap
+        outcome.concepts = result.concepts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,26 @@ class MatchLocalization:
     missing: bool
     size: tuple[int, int]  # (width, height) of the result image, (0, 0) when missing
     heatmap: np.ndarray | None = None
+    # with_concepts: the kept query concept with the most mass in this image, and its heatmap
+    shared_concept: int | None = None
+    shared_concept_heatmap: np.ndarray | None = None
+
+
+@dataclass
+class Concept:
+    """One factor of the joint NMF, seen on the query (the "why did this match" view)."""
+
+    index: int
+    heatmap: np.ndarray  # (h, w) on the query's localization grid, maximum 1
+    kept: bool  # the query box kept it
+    weight: float  # its share of the query's reconstruction mass (sums to 1)
 
 
 @dataclass
 class LocalizationResult:
     matches: list[MatchLocalization]
     query_heatmap: np.ndarray | None = None
+    concepts: list[Concept] = field(default_factory=list)
 
 
 class Localizer:
@@ -66,6 +80,7 @@ class Localizer:
         match_paths: Sequence[str | Path],
         deadline: float | None = None,
         with_heatmaps: bool = False,
+        with_concepts: bool = False,
     ) -> LocalizationResult:
         from descriptors.localization import colocalize, colocalize_heatmaps
 
@@ -88,12 +103,14 @@ class Localizer:
         with torch.inference_mode():
             acts = self.backbone.extract(tensors)
         match_whs = [full_size(img) for img in readable]
-        query_heatmap, match_heatmaps = None, None
-        if with_heatmaps:
+        query_heatmap, match_heatmaps, found = None, None, None
+        if with_heatmaps or with_concepts:
             found = colocalize_heatmaps(
                 acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options()
             )
-            boxes, query_heatmap, match_heatmaps = found.boxes, found.query_heatmap, found.match_heatmaps
+            boxes = found.boxes
+            if with_heatmaps:
+                query_heatmap, match_heatmaps = found.query_heatmap, found.match_heatmaps
         else:
             boxes = colocalize(
                 acts[0], box, (width, height), acts[1:], match_whs, self.k, **self._nmf_options()
@@ -105,9 +122,13 @@ class Localizer:
                 matches.append(MatchLocalization(box=None, missing=True, size=(0, 0)))
                 continue
             heatmap = match_heatmaps[position] if match_heatmaps is not None else None
-            matches.append(MatchLocalization(boxes[position], False, full_size(img), _normalized(heatmap)))
+            match = MatchLocalization(boxes[position], False, full_size(img), _normalized(heatmap))
+            if with_concepts and found is not None and found.factor_heatmaps is not None:
+                match.shared_concept, match.shared_concept_heatmap = _shared_concept(found, position + 1)
+            matches.append(match)
             position += 1
-        return LocalizationResult(matches, _normalized(query_heatmap))
+        concepts = _query_concepts(found) if with_concepts and found is not None else []
+        return LocalizationResult(matches, _normalized(query_heatmap), concepts)
 
     def _nmf_options(self) -> dict:
         config = self.descriptor_config
@@ -118,6 +139,34 @@ class Localizer:
             "threshold": config.box_threshold,
             "crow_weighting": config.crow_weighting,
         }
+
+
+def _query_concepts(found) -> list[Concept]:
+    if found.factor_heatmaps is None:
+        return []
+    kept = {int(i) for i in found.kept_factors.tolist()}
+    mass = found.factor_mass[0].double()
+    total = float(mass.sum())
+    return [
+        Concept(
+            index=i,
+            heatmap=_normalized(heatmap),
+            kept=i in kept,
+            weight=float(mass[i]) / total if total > 0 else 0.0,
+        )
+        for i, heatmap in enumerate(found.factor_heatmaps[0])
+    ]
+
+
+def _shared_concept(found, image: int) -> tuple[int | None, np.ndarray | None]:
+    """The kept query concept with the most mass in image `image` (0 = the query) and its map."""
+    kept = [int(i) for i in found.kept_factors.tolist()]
+    if not kept:
+        return None, None
+    best = max(kept, key=lambda i: float(found.factor_mass[image, i]))
+    if float(found.factor_mass[image, best]) <= 0:
+        return None, None
+    return best, _normalized(found.factor_heatmaps[image][best])
 
 
 def _normalized(heatmap) -> np.ndarray | None:

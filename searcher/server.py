@@ -55,8 +55,9 @@ class ServerConfig:
     max_top_k: int = 100
     max_message_mb: float = 32.0
     workers: int = 16
-    # torch intra-op threads; FAISS shares the same OpenMP pool, so this sets both.
-    torch_threads: int | None = None  # None: torch's default (all cores)
+    # compute threads of torch, FAISS and BLAS (`--threads`); None: the CPUs free of other work,
+    # re-measured while serving (descriptors.threads)
+    torch_threads: int | None = None
     compute_slots: int | None = None
     pipelined: bool = True
     nmf_threads: int | None = 1
@@ -67,6 +68,7 @@ class ServerConfig:
     max_localize: int = 100  # results localized per request
     max_add_images: int = 1000  # images per AddImages call
     max_add_mb: float = 256.0  # image bytes per AddImages call
+    verbose: bool = False  # print the thread settings chosen
 
     def resolved_max_batch(self) -> int:
         if self.max_batch is not None:
@@ -111,10 +113,9 @@ def _credentials(config: ServerConfig):
 
 def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
     """Load the index (unless an engine is given), bind, register services, start serving."""
-    import torch
+    from descriptors.threads import setup_threads
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:
@@ -219,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-top-k", type=int, default=100)
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads", "--torch-threads", dest="torch_threads", type=int,
+        help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
     parser.add_argument(
         "--no-pipeline", action="store_true",
@@ -300,8 +305,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
         max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
-        nmf_threads=args.nmf_threads or None, max_pixels=args.max_pixels, decode_slots=args.decode_slots,
-        max_localize=args.max_localize, max_add_images=args.max_add_images, max_add_mb=args.max_add_mb,
+        nmf_threads=args.nmf_threads or None, verbose=args.verbose, max_pixels=args.max_pixels,
+        decode_slots=args.decode_slots, max_localize=args.max_localize, max_add_images=args.max_add_images,
+        max_add_mb=args.max_add_mb,
     )
 
 

@@ -18,7 +18,14 @@ from dffsearch.v1 import search_pb2, search_pb2_grpc
 
 from indexer import IndexerError
 
-from .engine import InvalidQueryError, QueryDeadlineError, SearchEngine, SearchEngineError, SearchOutcome
+from .engine import (
+    ImageNotFoundError,
+    InvalidQueryError,
+    QueryDeadlineError,
+    SearchEngine,
+    SearchEngineError,
+    SearchOutcome,
+)
 from .metrics import SearcherMetrics
 
 log = logging.getLogger("dff-serve.requests")
@@ -55,9 +62,16 @@ def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
         heatmap = heatmap_message(hit.heatmap)
         if heatmap is not None:
             result.heatmap.CopyFrom(heatmap)
+        if hit.shared_concept is not None:
+            result.shared_concept = hit.shared_concept
+            result.shared_concept_heatmap.CopyFrom(heatmap_message(hit.shared_concept_heatmap))
     heatmap = heatmap_message(outcome.query_heatmap)
     if heatmap is not None:
         response.query_heatmap.CopyFrom(heatmap)
+    for concept in outcome.concepts:
+        response.query_concepts.add(
+            index=concept.index, heatmap=heatmap_message(concept.heatmap), kept=concept.kept, weight=concept.weight
+        )
     for stage, milliseconds in outcome.stages_ms.items():
         response.stages.add(stage=stage, milliseconds=milliseconds)
     return response
@@ -219,6 +233,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 query_expansion=request.query_expansion,
                 localize=request.localize,
                 with_heatmaps=request.return_heatmaps,
+                with_concepts=request.return_concepts,
                 deadline=deadline,
             )
             if self.metrics is not None:
@@ -297,4 +312,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 max_top_k=info["max_top_k"],
                 manifest_json=json.dumps(info["manifest"], sort_keys=True, default=str),
                 index_dir=info["index_dir"],
+            )
+
+    def GetImage(self, request, context):
+        with _Call(self, "GetImage", context):
+            try:
+                image = self.engine.image(request.id, max_side=request.max_side)
+            except ImageNotFoundError as exc:
+                raise RpcRefusal(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
+            return search_pb2.ImageData(
+                id=image.id, data=image.data, content_type=image.content_type, width=image.width,
+                height=image.height, path=image.path, key=image.key,
             )

@@ -176,3 +176,12 @@ def test_raw_stub_request_without_box_or_top_k(client, coins: bytes) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.stub.Search(search_pb2.SearchRequest(image=coins), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_serve_threads_flag_and_its_old_name_and_verbose() -> None:
+    from searcher.server import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--index", "x", "--threads", "1", "--verbose"]))
+    assert (config.torch_threads, config.verbose) == (1, True)
+    assert config_from_args(build_parser().parse_args(["--index", "x", "--torch-threads", "2"])).torch_threads == 2
+    assert config_from_args(build_parser().parse_args(["--index", "x"])).torch_threads is None

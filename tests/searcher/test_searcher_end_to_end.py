@@ -5,44 +5,34 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import grpc
 import pytest
 from searcher_fixtures import jpeg_bytes, photo
 
 from searcher.client import SearchClient
+from searcher.launcher import launch_serve
 from searcher.servicer import RequestHold
 
 BIN = Path(sys.executable).parent
 
 
 def _start(index: Path, token_file: Path, hold: Path | None = None) -> tuple[subprocess.Popen, int]:
-    log = open(index.parent / "serve.log", "a")  # noqa: SIM115 - the server's stderr, read on failure
-    env = dict(os.environ)
-    if hold is not None:  # the server's test hook: each Search waits for HOLD/release
-        env[RequestHold.ENV] = str(hold)
-    process = subprocess.Popen(
-        [str(BIN / "dff-serve"), "--index", str(index), "--port", "0", "--token-file", str(token_file),
-         "--torch-threads", "1"],
-        stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise AssertionError(f"dff-serve exited {process.returncode}: {(index.parent / 'serve.log').read_text()}")
-    process.kill()
-    raise AssertionError("dff-serve did not print its port within 120 s")
+    # the server's test hook (inherited through the environment): each Search waits for HOLD/release
+    hook = {RequestHold.ENV: str(hold)} if hold is not None else {}
+    with mock.patch.dict(os.environ, hook):
+        server = launch_serve(
+            index, ["--token-file", str(token_file), "--torch-threads", "1"], log_path=index.parent / "serve.log",
+            timeout=120,
+        )
+    return server.process, server.port
 
 
 def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
