@@ -8,6 +8,7 @@ which query expansion needs even when the FAISS index is compressed (IVF-PQ).
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,27 @@ def index_info(index_dir: str | Path) -> dict:
         p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
     }
     return info
+
+
+def list_images(index_dir: str | Path, include_skipped: bool = False) -> list[dict]:
+    """Every image of the index (what `dff-index list` prints): id, absolute path, full-resolution
+    width and height, status and when it was added (UTC, ISO 8601). Reads the catalog only."""
+    from datetime import datetime
+
+    index_dir = Path(os.path.abspath(index_dir))
+    manifest = read_manifest(index_dir)
+    _check_complete(index_dir)
+    with Catalog(index_dir / CATALOG_NAME, readonly=True) as catalog:
+        rows = catalog.rows()
+    return [
+        {
+            "id": row.id,
+            "path": resolve_catalog_path(row.path, manifest["source_root"], index_dir),
+            "width": row.width,
+            "height": row.height,
+            "status": row.status,
+            "added": datetime.fromtimestamp(row.added_at, tz=UTC).isoformat(timespec="seconds"),
+        }
+        for row in sorted(rows, key=lambda r: r.id)
+        if include_skipped or row.indexed
+    ]
