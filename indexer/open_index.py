@@ -13,6 +13,7 @@ keeps searches out while it runs: FAISS is not safe to add to during a search).
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,27 @@ def index_info(index_dir: str | Path) -> dict:
 def _segment_files(index_dir: Path) -> list[Path]:
     folder = index_dir / SEGMENTS_DIR
     return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def list_images(index_dir: str | Path, include_skipped: bool = False) -> list[dict]:
+    """Every image of the index (what `dff-index list` prints): id, absolute path, full-resolution
+    width and height, status and when it was added (UTC, ISO 8601). Reads the catalog only."""
+    from datetime import datetime
+
+    index_dir = Path(os.path.abspath(index_dir))
+    manifest = read_manifest(index_dir)
+    _check_complete(index_dir, manifest)
+    with Catalog(index_dir / CATALOG_NAME, readonly=True, generation=int(manifest["generation"])) as catalog:
+        rows = catalog.rows()
+    return [
+        {
+            "id": row.id,
+            "path": resolve_catalog_path(row.path, manifest["source_root"], index_dir),
+            "width": row.width,
+            "height": row.height,
+            "status": row.status,
+            "added": datetime.fromtimestamp(row.added_at, tz=UTC).isoformat(timespec="seconds"),
+        }
+        for row in sorted(rows, key=lambda r: r.id)
+        if include_skipped or row.indexed
+    ]

@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descriptors.encode import backbone_input
-from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from descriptors.encode import backbone_input, decode_options
+from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
 from descriptors.query_expansion import expand_query
 
 from .batching import ForwardBatcher
@@ -86,6 +87,10 @@ class EngineConfig:
     nmf_threads: int | None = 1
     localization_size: int = 224
     localization_k: int | None = None  # None: the index's K
+    # bounded memory (dff-serve flags): images decoded at once (a PNG cannot be decoded at a
+    # reduced scale: 64 MP = 192 MB each), and results localized per request
+    decode_slots: int = 2
+    max_localize: int = 100
 
 
 @dataclass
@@ -182,8 +187,10 @@ class SearchEngine:
             self.extractor.config,
             image_size=config.localization_size,
             k=config.localization_k,
+            decode=self._decode_result,
         )
         self._keys = UploadKeys(config.index_dir)
+        self._decode_slots = threading.BoundedSemaphore(max(1, int(config.decode_slots)))
 
     # ------------------------------------------------------------------------------------------
     # read side
@@ -225,18 +232,20 @@ class SearchEngine:
         deadline: float | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
-        self._check_numbers(top_k, query_expansion)
+        self._check_numbers(top_k, query_expansion, localize)
         clock = StageClock(deadline)
         with clock.stage("decode"):
-            img = self._decode(image)
-            query_box = validate_box(box, *img.size)
+            # a JPEG decodes at the scale the backbone needs (descriptors.encode.decode_options)
+            options = decode_options(self.extractor.image_size, box, self.extractor.config)
+            img = self._decode(image, deadline, **options)
+            query_box = validate_box(box, *full_size(img))
             # descriptors.encode: the one encoding dff-eval and the indexer use (baselines forward
             # the crop, NMF methods the full image with the box for the factor selection)
             seen, rows_box = backbone_input(img, query_box, self.extractor.config)
             tensor = self.backbone.preprocess(seen, self.extractor.image_size)
         activation = self._backbone_pool.run(clock, "forward", self._batcher.run, tensor)
         rows = self._nmf_pool.run(
-            clock, "nmf", self.extractor.rows_from_activations, [activation], [seen.size], [rows_box]
+            clock, "nmf", self.extractor.rows_from_activations, [activation], [full_size(seen)], [rows_box]
         )[0]
         with clock.stage("descriptor"):
             descriptor = np.asarray(
@@ -259,7 +268,7 @@ class SearchEngine:
             for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
         outcome = SearchOutcome(
-            hits=hits, query_factors=int(rows.shape[0]), query_size=img.size, query_vector=descriptor
+            hits=hits, query_factors=int(rows.shape[0]), query_size=full_size(img), query_vector=descriptor
         )
         if localize and hits:
             result = self._backbone_pool.run(
@@ -328,8 +337,9 @@ class SearchEngine:
         prepared: list[tuple[str, bytes, str] | AddedImage] = []  # (key, bytes to store, extension)
         for position, (key, data) in enumerate(items):
             try:
-                img = decode_image(data, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
-            except ImageDecodeError as exc:
+                # checked at the backbone's scale (a JPEG's whole stream is still read): bounded memory
+                img = self._decode(data, None, reduce_to=self.extractor.image_size)
+            except InvalidQueryError as exc:
                 label = f"image {position}" + (f" (key {key!r})" if key else "")
                 if skip_invalid:
                     prepared.append(AddedImage(-1, key, "", outcome=SKIPPED, reason=exc.reason, message=f"{label}: {exc}"))
@@ -337,6 +347,7 @@ class SearchEngine:
                 raise InvalidQueryError(exc.reason, f"{label}: {exc}; nothing was added") from exc
             extension = _FORMAT_EXTENSIONS.get(_container_format(data))
             if extension is None:  # a format the indexer does not list (GIF, BMP, TIFF...): store PNG
+                img = self._decode(data, None)  # at full size: this is what gets stored
                 buffer = io.BytesIO()
                 img.save(buffer, format="PNG")
                 data, extension = buffer.getvalue(), ".png"
@@ -445,10 +456,12 @@ class SearchEngine:
     # ------------------------------------------------------------------------------------------
     # internals
 
-    def _check_numbers(self, top_k: int, query_expansion: int) -> None:
+    def _check_numbers(self, top_k: int, query_expansion: int, localize: bool = False) -> None:
         if not 1 <= int(top_k) <= self.config.max_top_k:
             raise InvalidQueryError(
-                "bad-top-k", f"top_k={top_k} is out of range; ask for 1 to {self.config.max_top_k} results"
+                "bad-top-k",
+                f"top_k={top_k} is out of range; ask for 1 to {self.config.max_top_k} results "
+                "(the server's --max-top-k)",
             )
         if not 0 <= int(query_expansion) <= self.config.max_query_expansion:
             raise InvalidQueryError(
@@ -456,12 +469,36 @@ class SearchEngine:
                 f"query_expansion={query_expansion} is out of range; use 0 (off) to "
                 f"{self.config.max_query_expansion}",
             )
+        if localize and int(top_k) > self.config.max_localize:
+            raise InvalidQueryError(
+                "too-many-to-localize",
+                f"localize with top_k={top_k}: the server localizes at most {self.config.max_localize} "
+                "results per request (dff-serve --max-localize); ask for fewer results",
+            )
 
-    def _decode(self, image: bytes):
+    def _decode(self, image: bytes | str | Path, deadline: float | None, **options):
+        """decode_image with the server's limits, at most `decode_slots` at once (bounded memory)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._decode_slots.acquire(timeout=timeout):
+            raise QueryDeadlineError(
+                "deadline exceeded while waiting to decode the image (the server decodes at most "
+                f"{self.config.decode_slots} at once, dff-serve --decode-slots); allow more time"
+            )
         try:
-            return decode_image(image, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
+            return decode_image(
+                image, max_pixels=self.config.max_pixels, min_side=self.config.min_side, **options
+            )
         except ImageDecodeError as exc:
-            raise InvalidQueryError(exc.reason, str(exc)) from exc
+            message = str(exc)
+            if exc.reason == "too-large":
+                message += " (the server's limit: dff-serve --max-pixels)"
+            raise InvalidQueryError(exc.reason, message) from exc
+        finally:
+            self._decode_slots.release()
+
+    def _decode_result(self, path: str | Path):
+        """A result image for localization: the server's limits, at the localization scale."""
+        return self._decode(path, None, reduce_to=self.config.localization_size)
 
     @staticmethod
     def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock):
