@@ -79,15 +79,18 @@ def diffusion_rank(
     gamma: float = 3.0,
     iterations: int = 20,
     exclude: int | None = None,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """Database positions, best first, for one query given its similarity to every database
     vector `(n,)` and `DiffusionGraph.affinity(gamma)`. `exclude`: a position that may not seed
-    the walk (leave-one-out: the query's own image)."""
+    the walk (leave-one-out: the query's own image). `order`: the ranking to take the k seeds
+    from (e.g. re-ranked; default: by `query_similarities`); images the walk does not reach
+    follow in that order."""
     from scipy.sparse import identity
     from scipy.sparse.linalg import cg
 
     sims = np.asarray(query_similarities, dtype=np.float64).copy()
-    order = np.argsort(-sims, kind="stable")
+    order = np.argsort(-sims, kind="stable") if order is None else np.asarray(order)
     seeds = [j for j in order[: k + 1] if j != exclude][:k]
     y = np.zeros(len(sims))
     y[seeds] = np.maximum(sims[seeds], 0.0) ** gamma

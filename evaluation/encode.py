@@ -245,29 +245,27 @@ def rank_pipeline(
     affinity=None,
 ) -> np.ndarray:
     """(n_q, n_db) ranking: first stage (inner product), re-ranking of the top `rerank` by the
-    match kernel, then query expansion from that ranking (average / alpha-QE with `qe`
-    neighbours: a second first stage, re-ranked again; diffusion: the walk seeded by the query's
-    top `DIFFUSION_K` on `affinity`, its top `rerank` re-ranked)."""
+    match kernel, then query expansion whose neighbours are the re-ranked top `qe` (average /
+    alpha-QE: the expanded query's ranking; diffusion: the walk seeded by them on `affinity`).
+    The expanded ranking is not re-ranked again: a second re-ranking by the query's own rows
+    undid the expansion (measured: CroW box queries QE 5 87.8 -> 79.5 Medium)."""
     if expansion not in EXPANSIONS:
         raise ValueError(f"unknown query expansion {expansion!r}; choose from {', '.join(EXPANSIONS)}")
 
-    def reranked(ranking: np.ndarray) -> np.ndarray:
-        return rerank_rankings(ranking, query_rows, database_rows, rerank, kernel) if rerank else ranking
-
-    ranking = reranked(rank_database(queries, database))
+    ranking = rank_database(queries, database)
+    if rerank:
+        ranking = rerank_rankings(ranking, query_rows, database_rows, rerank, kernel)
     if not qe:
         return ranking
     if expansion == "diffusion":
         from descriptors.diffusion import diffusion_rank
 
         sims = queries @ database.T
-        walked = np.stack(
+        return np.stack(
             [
-                diffusion_rank(sims[i], affinity, k=qe, exclude=None if exclude is None else exclude[i])
+                diffusion_rank(sims[i], affinity, k=qe, exclude=None if exclude is None else exclude[i], order=ranking[i])
                 for i in range(len(queries))
             ]
         )
-        return reranked(walked)
     alpha = ALPHA_QE if expansion == "alpha" else 0.0
-    expanded = expand_queries(queries, database, ranking, qe, exclude, alpha=alpha)
-    return reranked(rank_database(expanded, database))
+    return rank_database(expand_queries(queries, database, ranking, qe, exclude, alpha=alpha), database)
