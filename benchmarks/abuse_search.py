@@ -43,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "proto"))
 
-from benchmarks.load_search import start_server  # noqa: E402  (the same dff-serve start-up as the load test)
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "coins", "brick", "camera", "hubble_deep_field")
 
@@ -226,7 +225,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"big JPEG {big_size[0]}x{big_size[1]} = {len(big) / 2**20:.1f} MB; "
           f"AddImages {len(uploads)} images = {sum(len(d) for _, d in uploads) / 2**20:.1f} MB", file=sys.stderr)
 
-    process, port = start_server(index, ["--torch-threads", str(args.threads)])
+    from searcher.launcher import launch_serve  # the one dff-serve start-up (demo, load test, tests)
+
+    server = launch_serve(index, ["--torch-threads", str(args.threads)], log_path=workdir / "serve.log")
+    process, port = server.process, server.port
     try:
         abuse = Abuse(port, args.timeout)
         with abuse.client() as client:
