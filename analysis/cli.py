@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", type=Path, required=True, help="output folder (PNGs, JSON)")
+    common.add_argument("--out", type=Path, help="output folder (PNGs, JSON); required except for rank --list-layers")
     common.add_argument("--json", type=Path, help="also write the command's JSON here")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--threads", type=int, default=0,
@@ -128,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
 def run(args: argparse.Namespace) -> dict:
     from . import commands
 
+    if args.out is None and not getattr(args, "list_layers", False):
+        raise ValueError(f"{args.command}: --out DIR is required")
     config = config_from_args(args)
     if args.command == "concepts":
         return commands.run_concepts(config, args.images, args.index, args.ids)

@@ -1,4 +1,4 @@
-"""`dff-index build|add|remove|list|info`: the command line over the indexer's Python API.
+"""`dff-index build|add|remove|list|compact|info`: the command line over the indexer's Python API.
 
 Exit status: 0 done; 1 `remove` found none of the requested images (nothing changed); 2 bad input.
 """
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .build import build_index
+from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
 from .errors import IndexerError, ManifestMismatchError
 from .manifest import manifest_settings, read_manifest
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print a JSON list")
     listing.add_argument("--all", action="store_true", help="include files that were skipped (with the reason)")
 
+    compact = sub.add_parser("compact", help="fold added segments and removals into a fresh FAISS index (atomic)")
+    compact.add_argument("index_dir")
+
     info = sub.add_parser("info", help="print the manifest and counts of an index")
     info.add_argument("index_dir")
     return parser
@@ -155,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"removed {removed} of {asked} requested image(s) from {args.index_dir}")
         elif args.command == "list":
             _print_listing(list_images(args.index_dir, include_skipped=args.all), args.json)
+        elif args.command == "compact":
+            print(json.dumps(compact_index(args.index_dir), indent=2))
         elif args.command == "info":
             print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
     except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

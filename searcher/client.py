@@ -104,10 +104,13 @@ class SearchClient:
         return self.stub.Search(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def add_images(
-        self, items: Iterable[tuple[str, bytes]], timeout: float | None = None
+        self, items: Iterable[tuple[str, bytes]], timeout: float | None = None, skip_invalid: bool = False
     ) -> search_pb2.AddImagesResponse:
-        """Stream (key, image bytes) pairs; the server stores and indexes them."""
-        requests = (search_pb2.AddImageRequest(key=key, image=data) for key, data in items)
+        """Stream (key, image bytes) pairs; the server stores and indexes them. `skip_invalid`:
+        undecodable images come back SKIPPED (with their reason) instead of failing the call."""
+        requests = (
+            search_pb2.AddImageRequest(key=key, image=data, skip_invalid=skip_invalid) for key, data in items
+        )
         return self.stub.AddImages(requests, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def add_files(self, paths: Iterable[str | Path], timeout: float | None = None) -> search_pb2.AddImagesResponse:

@@ -28,6 +28,7 @@ from .engine import (
 )
 from .metrics import SearcherMetrics
 
+_ADD_OUTCOMES = {"added": search_pb2.ADDED, "duplicate": search_pb2.DUPLICATE, "skipped": search_pb2.SKIPPED}
 log = logging.getLogger("dff-serve.requests")
 REQUEST_ID_HEADER = "x-request-id"
 SHUTTING_DOWN = "dff-serve is shutting down; retry on another replica or once it has restarted"
@@ -240,10 +241,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.metrics.observe_stages(outcome.stages_ms)
             return search_response(outcome)
 
-    def _receive_uploads(self, request_iterator) -> list[tuple[str, bytes]]:
-        items, total = [], 0
+    def _receive_uploads(self, request_iterator) -> tuple[list[tuple[str, bytes]], bool]:
+        """The uploads, and the first message's `skip_invalid`."""
+        items, total, skip_invalid = [], 0, False
         limits = self.limits
         for message in request_iterator:
+            if not items:
+                skip_invalid = bool(message.skip_invalid)
             items.append((message.key, message.image))
             total += len(message.image)
             if len(items) > limits.max_add_images:
@@ -258,13 +262,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     f"AddImages takes at most {limits.max_add_bytes / 2**20:.0f} MiB of images per call "
                     "(dff-serve --max-add-mb); split the upload; nothing was added",
                 )
-        return items
+        return items, skip_invalid
 
     def AddImages(self, request_iterator, context):
         with _Call(self, "AddImages", context):
-            items = self._receive_uploads(request_iterator)
+            items, skip_invalid = self._receive_uploads(request_iterator)
             try:
-                added = self.engine.add_images(items)
+                added = self.engine.add_images(items, skip_invalid=skip_invalid)
             except (InvalidQueryError, QueryDeadlineError):
                 raise
             except (SearchEngineError, IndexerError, OSError) as exc:  # disk full, index damaged, ...
@@ -273,9 +277,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 ) from exc
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            response = search_pb2.AddImagesResponse(count=self.engine.count)
+            response = search_pb2.AddImagesResponse(count=self.engine.count, generation=self.engine.generation)
             for item in added:
-                response.added.add(id=item.id, key=item.key, path=item.path, duplicate=item.duplicate)
+                response.added.add(
+                    id=item.id, key=item.key, path=item.path, duplicate=item.duplicate,
+                    outcome=_ADD_OUTCOMES[item.outcome], reason=item.reason, message=item.message,
+                )
             return response
 
     def RemoveImages(self, request, context):
@@ -296,7 +303,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 )
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            return search_pb2.RemoveImagesResponse(removed=removed, count=self.engine.count)
+            return search_pb2.RemoveImagesResponse(
+                removed=removed, count=self.engine.count, generation=self.engine.generation
+            )
 
     def GetIndexInfo(self, request, context):
         import json

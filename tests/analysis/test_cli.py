@@ -94,6 +94,10 @@ def test_rank_errors(tmp_path, capsys):
     assert "unknown layer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["rank", "--images", ".", "--ks", "0,2", "--out", str(tmp_path / "o")])
+    assert main(["rank", "--images", str(tmp_path / "empty")]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["rank", "--list-layers"]) == 0
+    assert "model.blocks.6.0.bn1" in capsys.readouterr().out.splitlines()
 
 
 def test_weights_json_keys(tmp_path):
