@@ -75,6 +75,8 @@ class ActivationCache:
         self.image_size = image_size
         self.dtype = dtype
         name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}"
+        if getattr(backbone, "runtime", "torch") != "torch":
+            name += f"-{backbone.runtime}"
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sha_by_path: dict[Path, str] = {}

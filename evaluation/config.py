@@ -31,6 +31,9 @@ class EvalConfig:
     protocol: str = "standard"
     at: int = 30
     k: int = 4
+    # the backbone runtime (descriptors.runtimes); torch by default so that cached activations
+    # and published numbers stay comparable; another runtime gets its own activation cache
+    runtime: str = "torch"
     cache_dir: Path = field(default_factory=default_cache_dir)
     cache_dtype: str = "float16"
     progress: bool | None = None  # None: a bar when stderr is a terminal
@@ -48,6 +51,9 @@ class EvalConfig:
         from descriptors.backbones import image_size_or_default
 
         self.image_size = image_size_or_default(self.backbone, self.image_size)
+        from descriptors.runtimes import resolve_runtime
+
+        self.runtime = resolve_runtime(self.runtime, self.device)
         if self.image_size < 32:
             raise ValueError(f"--image-size must be >= 32, got {self.image_size}")
         if self.whiten_on is not None and not Path(self.whiten_on).is_dir():

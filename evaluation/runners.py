@@ -28,7 +28,9 @@ def whitening_images(folder: Path) -> list[Path]:
 
 
 def _make_encoder(config: EvalConfig, image_size: int) -> MethodEncoder:
-    backbone = load_backbone(config.backbone, config.weights, config.device)
+    from descriptors.runtimes import use_runtime
+
+    backbone = use_runtime(load_backbone(config.backbone, config.weights, config.device), config.runtime)
     cache = ActivationCache(config.cache_dir, backbone, image_size, config.cache_dtype)
     return MethodEncoder(cache, config.methods, k=config.k, progress=config.progress)
 

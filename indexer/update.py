@@ -161,6 +161,10 @@ def add_images(
 
                 setup_threads(runtime.threads)
             if extractor is None:
+                from descriptors.nmf import set_sparse_solver
+
+                set_sparse_solver(runtime.nmf_solver)
+            if extractor is None:
                 extractor = build_extractor(manifest, device=runtime.device)
             whitening = None
             if int(manifest["whitening"].get("dim", 0)) > 0:
