@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FOLDER ?=
+# e.g. https://download.pytorch.org/whl/cpu: torch from that index first (CPU-only: no CUDA libraries)
+TORCH_INDEX ?=
 QUERY ?=
 
 .PHONY: install demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --disable-pip-version-check torch torchvision --index-url $(TORCH_INDEX),)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
 	touch $@
 

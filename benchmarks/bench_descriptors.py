@@ -11,7 +11,7 @@ Prints tables and writes `--json FILE` with:
   (benchmarks/background_load.py, each on every core, started and stopped here): `dff-index build`
   time with the default threads / with `--threads 1`, and one search's median latency against a
   live `dff-serve` with the default threads / with `--threads 1` (both servers up at once).
-Real photos: the Paris subset in ../shared/data when present, else scikit-image's sample photos.
+Real photos: the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
     python benchmarks/bench_descriptors.py [--images 8] [--repeat 5] [--json out.json]
     python benchmarks/bench_descriptors.py --skip indexing,loaded   # the in-process parts only

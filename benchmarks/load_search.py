@@ -4,7 +4,7 @@ and the bare backbone forward rate on the same images in the same run as the ref
     python benchmarks/load_search.py --clients 1,4,8 --duration 20 [--json out.json]
     python benchmarks/load_search.py --target host:port [--token-file F] ...
 
-Without --target it builds a small real index (the Paris subset in ../shared/data when present,
+Without --target it builds a small real index (the Paris subset in $DFF_SHARED_DATA, docs/data.md, when present,
 else scikit-image's sample photos) with the default backbone at --image-size (default 512, the
 product default), starts `dff-serve` on a free port, and stops it at the end. Each client is a
 thread with its own channel sending Search requests back to back (the indexed photos, cycled).

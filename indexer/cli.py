@@ -1,4 +1,7 @@
-"""`dff-index build|add|remove|info`: the command line over the indexer's Python API."""
+"""`dff-index build|add|remove|list|compact|info`: the command line over the indexer's Python API.
+
+Exit status: 0 done; 1 `remove` found none of the requested images (nothing changed); 2 bad input.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from collections.abc import Sequence
 from descriptors.nmf import SOLVERS as NMF_SOLVERS
 
 from .build import build_index
+from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
 from .errors import IndexerError, ManifestMismatchError
 from .manifest import manifest_settings, read_manifest
-from .open_index import index_info
+from .open_index import index_info, list_images
 from .update import add_images, remove_images
 
 
@@ -88,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
 
+    listing = sub.add_parser("list", help="print the images an index holds (id, path, size, added)")
+    listing.add_argument("index_dir")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    listing.add_argument("--all", action="store_true", help="include files that were skipped (with the reason)")
+
+    compact = sub.add_parser("compact", help="fold added segments and removals into a fresh FAISS index (atomic)")
+    compact.add_argument("index_dir")
+
     info = sub.add_parser("info", help="print the manifest and counts of an index")
     info.add_argument("index_dir")
     return parser
@@ -100,6 +112,17 @@ def _check_add_expectations(args: argparse.Namespace) -> None:
     for key, value in expected.items():
         if value is not None and settings.get(key) != value:
             raise ManifestMismatchError(key, settings.get(key), value, args.index_dir)
+
+
+def _print_listing(images: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(images, indent=1))
+        return
+    print(f"{'id':>8}  {'size':>11}  {'added (UTC)':<25}  path")
+    for image in images:
+        size = f"{image['width']}x{image['height']}" if image["width"] else "-"
+        status = "" if image["status"] == "indexed" else f"  [{image['status']}]"
+        print(f"{image['id']:>8}  {size:>11}  {image['added']:<25}  {image['path']}{status}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +159,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise IndexerError("remove: give --ids and/or --paths")
             removed = remove_images(args.index_dir, ids=args.ids, paths=args.paths)
             asked = len(args.ids) + len(args.paths)
+            if removed == 0:
+                print(
+                    f"dff-index remove: none of the {asked} requested image(s) is in {args.index_dir}; "
+                    "nothing was removed (dff-index list shows ids and paths)",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"removed {removed} of {asked} requested image(s) from {args.index_dir}")
+        elif args.command == "list":
+            _print_listing(list_images(args.index_dir, include_skipped=args.all), args.json)
+        elif args.command == "compact":
+            print(json.dumps(compact_index(args.index_dir), indent=2))
         elif args.command == "info":
             print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
     except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from descriptors.images import DEFAULT_MAX_PIXELS
 
-FORMAT_VERSION = 1
+# 2: generations (one commit point), append-only segments, tombstones (docs/indexer.md). Format-1
+# indexes are read as generation 0 and upgraded by their next add/remove/compact.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 # `--faiss auto`: exact search (Flat) up to this many vectors; above it the configuration that
 # benchmarks/bench_faiss.py measured best (recall@10 >= 0.9 at <= 5 ms/query on the 2-core

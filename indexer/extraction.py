@@ -101,7 +101,7 @@ def run_extraction(
     mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
     run_stages(
         groups,
-        make_reader(max_pixels, prepare),
+        make_reader(max_pixels, prepare, reduce_to=extractor.image_size),
         mapper,
         writer,
         workers=decode_workers(config),

@@ -10,7 +10,7 @@ be decoded gets no box and `missing=True`; it never fails the request.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from descriptors.images import ImageDecodeError, decode_image
+from descriptors.images import ImageDecodeError, decode_image, full_size
 
 from .errors import QueryDeadlineError
 
@@ -56,8 +56,19 @@ class LocalizationResult:
 class Localizer:
     """Joint-NMF localization with the engine's backbone at a fixed small image size."""
 
-    def __init__(self, backbone, descriptor_config, image_size: int = 224, k: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone,
+        descriptor_config,
+        image_size: int = 224,
+        k: int | None = None,
+        decode: Callable[[str | Path], Image.Image] | None = None,
+    ) -> None:
+        """`decode(path)`: how result images are read (the engine's: its pixel limit, its decode
+        slots, at the localization scale); it raises for an unusable image (the result is then
+        reported missing). Default: `decode_image` at the localization scale."""
         self.backbone = backbone
+        self.decode = decode or (lambda path: decode_image(path, reduce_to=self.image_size))
         self.descriptor_config = descriptor_config
         self.image_size = int(image_size)
         self.k = int(k if k is not None else getattr(descriptor_config, "k", 4))
@@ -73,7 +84,8 @@ class Localizer:
     ) -> LocalizationResult:
         from descriptors.localization import colocalize, colocalize_heatmaps
 
-        width, height = query.size
+        # boxes are in full-resolution pixels (a JPEG may have been decoded at a reduced scale)
+        width, height = full_size(query)
         box = query_box if query_box is not None else (0.0, 0.0, float(width), float(height))
         images: list[Image.Image | None] = []
         for path in match_paths:
@@ -83,14 +95,14 @@ class Localizer:
                     "(a longer client timeout) or ask for fewer results / no localization"
                 )
             try:
-                images.append(decode_image(path))
-            except ImageDecodeError:
+                images.append(self.decode(path))
+            except (ImageDecodeError, ValueError):  # the engine's decode raises InvalidQueryError
                 images.append(None)
         readable = [img for img in images if img is not None]
         tensors = [self.backbone.preprocess(img, self.image_size) for img in [query, *readable]]
         with torch.inference_mode():
             acts = self.backbone.extract(tensors)
-        match_whs = [img.size for img in readable]
+        match_whs = [full_size(img) for img in readable]
         query_heatmap, match_heatmaps, found = None, None, None
         if with_heatmaps or with_concepts:
             found = colocalize_heatmaps(
@@ -110,7 +122,7 @@ class Localizer:
                 matches.append(MatchLocalization(box=None, missing=True, size=(0, 0)))
                 continue
             heatmap = match_heatmaps[position] if match_heatmaps is not None else None
-            match = MatchLocalization(boxes[position], False, img.size, _normalized(heatmap))
+            match = MatchLocalization(boxes[position], False, full_size(img), _normalized(heatmap))
             if with_concepts and found is not None and found.factor_heatmaps is not None:
                 match.shared_concept, match.shared_concept_heatmap = _shared_concept(found, position + 1)
             matches.append(match)

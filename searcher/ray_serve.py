@@ -87,15 +87,18 @@ class QueryEncoder:
         self.localizer = Localizer(self.extractor.backbone, self.extractor.config, image_size=224)
 
     def _image(self, image: bytes, box):
-        from descriptors.images import DEFAULT_MAX_PIXELS, decode_image
+        from descriptors.encode import decode_options
+        from descriptors.images import DEFAULT_MAX_PIXELS, decode_image, full_size
 
         from .errors import validate_box
 
-        img = decode_image(image, max_pixels=DEFAULT_MAX_PIXELS, min_side=16)
-        return img, validate_box(box, *img.size)
+        # decoded as dff-serve, the indexer and dff-eval decode (descriptors.encode.decode_options)
+        options = decode_options(self.extractor.image_size, box, self.extractor.config)
+        img = decode_image(image, max_pixels=DEFAULT_MAX_PIXELS, min_side=16, **options)
+        return img, validate_box(box, *full_size(img))
 
     def encode(self, image: bytes, box) -> EncodedQuery:
-        from descriptors.images import ImageDecodeError
+        from descriptors.images import ImageDecodeError, full_size
 
         from .errors import InvalidQueryError
 
@@ -115,7 +118,7 @@ class QueryEncoder:
             "forward+nmf": 1000 * (encoded - decoded),
             "descriptor": 1000 * (time.perf_counter() - encoded),
         }
-        return EncodedQuery(descriptor, int(rows.shape[0]), img.size, stages)
+        return EncodedQuery(descriptor, int(rows.shape[0]), full_size(img), stages)
 
     def localize(self, image: bytes, box, paths: list[str], with_heatmaps: bool, with_concepts: bool = False):
         img, query_box = self._image(image, box)

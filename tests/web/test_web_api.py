@@ -149,3 +149,30 @@ def test_a_too_large_upload_an_unreachable_server_and_a_refused_token_are_said(g
             assert client.get("/api/info").json()["count"] == len(INDEXED_PHOTOS)
     finally:
         guarded.server.stop(0).wait()
+
+
+def test_a_removed_image_is_no_longer_served_even_from_the_cache(web_index: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from searcher.client import SearchClient
+    from searcher.server import ServerConfig, start_server
+    from web.app import create_app
+    from web.config import WebConfig
+
+    copy = tmp_path / "index"
+    shutil.copytree(web_index, copy)
+    running = start_server(ServerConfig(index=copy, port=0))
+    try:
+        config = WebConfig(grpc=f"127.0.0.1:{running.port}", thumbnail_side=64, info_ttl_s=0.0)
+        with TestClient(create_app(config)) as client, SearchClient("127.0.0.1", running.port) as grpc_client:
+            assert client.get("/api/thumbs/0").status_code == 200  # now in the cache
+            assert client.get("/api/thumbs/0").status_code == 200
+            assert grpc_client.remove_images(ids=[0]).removed == 1
+            for path in ("/api/thumbs/0", "/api/images/0", "/api/queries/id-0"):
+                answer = client.get(path)
+                assert answer.status_code == 404 and "not in the index" in answer.json()["error"]["message"], path
+            assert client.get("/api/thumbs/1").status_code == 200
+    finally:
+        running.stop(0)

@@ -308,6 +308,10 @@ function renderResults(answer) {
     const img = document.createElement("img");
     img.alt = result.name;
     img.src = "/api/thumbs/" + result.id;
+    img.addEventListener("error", () => {  // its file is gone or unreadable: say so, keep the card
+      thumb.classList.add("missing");
+      thumb.textContent = "image unavailable";
+    });
     thumb.append(img);
     if (result.box && result.width) {
       const box = document.createElement("div");

@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AddOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADD_OUTCOME_UNSPECIFIED: _ClassVar[AddOutcome]
+    ADDED: _ClassVar[AddOutcome]
+    DUPLICATE: _ClassVar[AddOutcome]
+    SKIPPED: _ClassVar[AddOutcome]
+ADD_OUTCOME_UNSPECIFIED: AddOutcome
+ADDED: AddOutcome
+DUPLICATE: AddOutcome
+SKIPPED: AddOutcome
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -113,32 +125,42 @@ class SearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ..., query_concepts: _Optional[_Iterable[_Union[Concept, _Mapping]]] = ...) -> None: ...
 
 class AddImageRequest(_message.Message):
-    __slots__ = ("image", "key")
+    __slots__ = ("image", "key", "skip_invalid")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SKIP_INVALID_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     key: str
-    def __init__(self, image: _Optional[bytes] = ..., key: _Optional[str] = ...) -> None: ...
+    skip_invalid: bool
+    def __init__(self, image: _Optional[bytes] = ..., key: _Optional[str] = ..., skip_invalid: _Optional[bool] = ...) -> None: ...
 
 class AddedImage(_message.Message):
-    __slots__ = ("id", "key", "path", "duplicate")
+    __slots__ = ("id", "key", "path", "duplicate", "outcome", "reason", "message")
     ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     id: int
     key: str
     path: str
     duplicate: bool
-    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., path: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    outcome: AddOutcome
+    reason: str
+    message: str
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., path: _Optional[str] = ..., duplicate: _Optional[bool] = ..., outcome: _Optional[_Union[AddOutcome, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AddImagesResponse(_message.Message):
-    __slots__ = ("added", "count")
+    __slots__ = ("added", "count", "generation")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     added: _containers.RepeatedCompositeFieldContainer[AddedImage]
     count: int
-    def __init__(self, added: _Optional[_Iterable[_Union[AddedImage, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, added: _Optional[_Iterable[_Union[AddedImage, _Mapping]]] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RemoveImagesRequest(_message.Message):
     __slots__ = ("ids", "paths")
@@ -149,12 +171,14 @@ class RemoveImagesRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RemoveImagesResponse(_message.Message):
-    __slots__ = ("removed", "count")
+    __slots__ = ("removed", "count", "generation")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     removed: int
     count: int
-    def __init__(self, removed: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, removed: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
