@@ -2,7 +2,7 @@
 shard in chunks, merge the inverted lists on disk (faiss.contrib.ondisk), re-rank from a memmap.
 
 Input: vector shards, i.e. `.npy` files of float32 rows in id order (shard i holds the ids
-`offsets[i] .. offsets[i] + len(shard i) - 1`), read memory-mapped. Memory stays bounded by
+`offsets[i] .. offsets[i] + len(shard i) - 1`), read chunk by chunk. Memory stays bounded by
 the chunk and the training sample, not by the collection:
 
 1. train the IVF centroids and the PQ codebooks on a seeded uniform sample of `train_n` rows;
@@ -12,7 +12,7 @@ the chunk and the training sample, not by the collection:
    the index memory-maps, so neither the raw vectors nor the codes have to fit in RAM (the index
    file records that file's absolute path: the folder stays where it was built);
 4. search: `search_reranked` takes `k * k_factor` PQ candidates and re-scores them with the
-   exact vectors read from the shards' memmaps (what `RFlat` does, without the vectors in RAM).
+   exact vectors read from the shards (what `RFlat` does, without the vectors in RAM).
 
 `dff-index build` uses an in-memory IVF (`--faiss IVF...`); this module is the path for
 collections whose codes or raw vectors do not fit one machine's memory (docs/scaling.md).
@@ -20,6 +20,7 @@ collections whose codes or raw vectors do not fit one machine's memory (docs/sca
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -34,19 +35,33 @@ IVFDATA_NAME = "lists.ivfdata"
 
 @dataclass
 class VectorShards:
-    """Row-major float32 `.npy` shards, memory-mapped, addressed by global id."""
+    """Row-major float32 `.npy` shards, addressed by global id, read with `pread`.
+
+    Not memory-mapped on purpose: pages of a mapped file that were read stay in the process's
+    resident set until unmapped, so streaming a 10 GB memmap shows as a 10 GB RSS.
+    """
 
     paths: list[Path]
-    arrays: list[np.ndarray] = field(init=False)
     offsets: np.ndarray = field(init=False)
+    _heads: list[tuple[int, int]] = field(init=False)  # (data offset in the file, rows)
+    _dim: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.paths = [Path(p) for p in self.paths]
-        self.arrays = [np.load(p, mmap_mode="r") for p in self.paths]
-        dims = {a.shape[1] for a in self.arrays}
+        self._heads, dims = [], set()
+        for path in self.paths:
+            with open(path, "rb") as handle:
+                major, _ = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(handle)
+                if fortran or dtype != np.float32 or len(shape) != 2:
+                    raise ValueError(f"{path}: need a C-order float32 (n, D) array, got {dtype} {shape}")
+                self._heads.append((handle.tell(), int(shape[0])))
+                dims.add(int(shape[1]))
         if len(dims) != 1:
             raise ValueError(f"vector shards disagree on the dimension: {sorted(dims)}")
-        self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.arrays])]).astype(np.int64)
+        self._dim = dims.pop()
+        self.offsets = np.concatenate([[0], np.cumsum([n for _, n in self._heads])]).astype(np.int64)
 
     @property
     def count(self) -> int:
@@ -54,25 +69,34 @@ class VectorShards:
 
     @property
     def dim(self) -> int:
-        return int(self.arrays[0].shape[1])
+        return self._dim
+
+    def _read(self, shard: int, start: int, n: int) -> np.ndarray:
+        row_bytes = 4 * self._dim
+        with open(self.paths[shard], "rb") as handle:
+            data = os.pread(handle.fileno(), n * row_bytes, self._heads[shard][0] + start * row_bytes)
+        return np.frombuffer(data, dtype=np.float32).reshape(n, self._dim).copy()
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Exact rows of global `ids` (any order), float32."""
         ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.dim), np.float32)
+        out = np.empty((len(ids), self._dim), np.float32)
         shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        row_bytes = 4 * self._dim
         for s in np.unique(shard):
             where = np.nonzero(shard == s)[0]
-            local = ids[where] - self.offsets[s]
-            order = np.argsort(local)
-            out[where[order]] = self.arrays[s][local[order]]
+            with open(self.paths[s], "rb") as handle:
+                base = self._heads[s][0]
+                for position, local in zip(where, ids[where] - self.offsets[s], strict=True):
+                    data = os.pread(handle.fileno(), row_bytes, base + int(local) * row_bytes)
+                    out[position] = np.frombuffer(data, dtype=np.float32)
         return out
 
     def chunks(self, chunk: int):
         """(first global id, rows) for consecutive chunks of at most `chunk` rows."""
-        for s, array in enumerate(self.arrays):
-            for start in range(0, len(array), chunk):
-                yield int(self.offsets[s] + start), np.ascontiguousarray(array[start:start + chunk], dtype=np.float32)
+        for s, (_, n) in enumerate(self._heads):
+            for start in range(0, n, chunk):
+                yield int(self.offsets[s] + start), self._read(s, start, min(chunk, n - start))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,21 +49,27 @@ def ray_head():
          "--object-store-memory=300000000", "--include-dashboard=false", f"--ray-client-server-port={client}",
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{gcs}", "PYTHONWARNINGS": "ignore"}
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        probe = subprocess.run([_tool("ray"), "status", f"--address=127.0.0.1:{gcs}"], capture_output=True, env=env)
-        if probe.returncode == 0:
-            break
-        assert head.poll() is None, f"ray start failed: {head.stderr.read()[-2000:]}"
-        time.sleep(2)
-    else:
-        pytest.fail("the Ray head did not come up within 180 s")
-    yield env
-    head.send_signal(signal.SIGTERM)
-    head.wait(timeout=120)
+    output = []
+    try:
+        # `ray start` prints "Ray runtime started." once the head node is up (it blocks after that)
+        for line in head.stdout:
+            output.append(line)
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail(f"ray start --head exited: {''.join(output)[-2000:]}")
+        threading.Thread(target=head.stdout.read, daemon=True).start()  # keep its pipe drained
+    except BaseException:
+        head.kill()
+        raise
+    try:
+        yield env
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
 
 
 def test_ray_build_kill_resume_serve_query(ray_head, tmp_path: Path):
@@ -84,6 +91,7 @@ def test_ray_build_kill_resume_serve_query(ray_head, tmp_path: Path):
         with contextlib.suppress(OSError, ValueError, KeyError):
             done = len(json.loads(journal.read_text())["completed"])
         time.sleep(0.05)
+    assert first.poll() is None, f"the first build exited with {first.returncode}: {first.stderr.read()[-3000:]}"
     os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-build (its Ray workers go with it)
     first.wait()
     assert not index.exists(), "the first build finished before it could be killed"
