@@ -42,6 +42,9 @@ def _tool(name: str) -> str:
 def ray_head():
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     gcs, client, agent, agent_grpc, metrics, runtime_env = _free_ports(6)
+    # Ray's token auth keeps its token in ~/.ray/auth_token, which concurrent clusters of the same
+    # user can rewrite under each other; this loopback test cluster runs without it
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{gcs}", "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
     # --block: this process owns the cluster; SIGTERM to it stops exactly this cluster (never `ray stop`,
     # which would stop every Ray on the machine)
     head = subprocess.Popen(
@@ -49,9 +52,8 @@ def ray_head():
          "--object-store-memory=300000000", "--include-dashboard=false", f"--ray-client-server-port={client}",
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )
-    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{gcs}", "PYTHONWARNINGS": "ignore"}
     output = []
     try:
         # `ray start` prints "Ray runtime started." once the head node is up (it blocks after that)
