@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", type=Path, required=True, help="output folder (PNGs, JSON)")
+    common.add_argument("--out", type=Path, help="output folder (PNGs, JSON); required except for rank --list-layers")
     common.add_argument("--json", type=Path, help="also write the command's JSON here")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    common.add_argument("--threads", type=int, default=0,
+                        help="compute threads of torch and BLAS (default 0: the CPUs not busy with other work, at least 1)")
+    common.add_argument("--verbose", action="store_true", help="print the thread settings")
     common.add_argument("--no-progress", action="store_true")
     net = argparse.ArgumentParser(add_help=False)
     net.add_argument("--backbone", default="efficientnet-lite0")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     coupled.add_argument("--ranks", type=_ints, default=(10, 20, 30, 40, 50))
     coupled.add_argument("--train-fractions", type=_fractions, default=(0.25, 0.5, 0.75, 1.0))
     coupled.add_argument("--epochs", type=int, default=30)
+    coupled.add_argument("--equal-steps", action="store_true",
+                         help="scale the epochs by 1/fraction: the same number of gradient steps for every fraction")
     coupled.add_argument("--seeds", type=_ids, default=(0,))
     coupled.add_argument("--max-iter", type=int, default=200)
     coupled.add_argument("--tol", type=float, default=1e-6)
@@ -112,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
         if hasattr(args, name):
             setattr(config, name, getattr(args, name))
     config.crow_weighting = bool(getattr(args, "crow", False))
+    config.equal_steps = bool(getattr(args, "equal_steps", False))
     config.compare_random = getattr(args, "compare", "none") == "random"
     config.n_filters = getattr(args, "filters", config.n_filters)
     for name in ("k", "max_iter", "epochs", "max_images", "max_rows", "top_singular", "n_filters"):
@@ -123,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> AnalyzeConfig:
 def run(args: argparse.Namespace) -> dict:
     from . import commands
 
+    if args.out is None and not getattr(args, "list_layers", False):
+        raise ValueError(f"{args.command}: --out DIR is required")
     config = config_from_args(args)
     if args.command == "concepts":
         return commands.run_concepts(config, args.images, args.index, args.ids)
@@ -164,12 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from descriptors.images import ImageDecodeError
+    from descriptors.threads import setup_threads
     from indexer.errors import IndexerError
 
     previous_threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
+        setup_threads(args.threads, verbose=args.verbose, prog=f"dff-analyze {args.command}")
         payload = run(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImageDecodeError, IndexerError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -199,9 +199,10 @@ def _coupled_run(config: AnalyzeConfig, split, fraction: float, seed: int) -> di
     from .coupled import coupled_nmf, normalize_blocks
     from .digits import digits_blocks, train_digits_cnn
 
-    with _bar(config, config.epochs, f"training {100 * fraction:.0f}% seed {seed}") as bar:
+    epochs = round(config.epochs / fraction) if config.equal_steps else config.epochs
+    with _bar(config, epochs, f"training {100 * fraction:.0f}% seed {seed}") as bar:
         model, accuracy = train_digits_cnn(split, fraction, epochs=config.epochs, seed=seed,
-                                           on_epoch=lambda _e: bar.update(1))
+                                           equal_steps=config.equal_steps, on_epoch=lambda _e: bar.update(1))
     named = digits_blocks(model, split.test_x)
     blocks = normalize_blocks(list(named.values()))
     rmse, block_rmse = [], []
@@ -213,7 +214,7 @@ def _coupled_run(config: AnalyzeConfig, split, fraction: float, seed: int) -> di
             bar.update(1)
     singular = {name: torch.linalg.svdvals(M.double())[: config.top_singular].tolist()
                 for name, M in named.items() if name != "input"}
-    return {"train_fraction": fraction, "seed": seed, "test_accuracy": accuracy, "ranks": list(config.ranks),
+    return {"train_fraction": fraction, "seed": seed, "epochs": epochs, "test_accuracy": accuracy, "ranks": list(config.ranks),
             "rmse": rmse, "block_rmse": block_rmse, "singular_values": singular,
             "blocks": {name: list(M.shape) for name, M in named.items()}}
 
@@ -233,6 +234,7 @@ def run_coupled(config: AnalyzeConfig) -> dict:
     runs = [_coupled_run(config, split, fraction, seed) for seed in config.seeds for fraction in config.train_fractions]
     save_figure(coupled_figure(runs), out / "coupled.png")
     return _finish(config, "coupled", {"model": config.model, "data": config.data, "epochs": config.epochs,
+                                       "equal_steps": config.equal_steps,
                                        "max_iter": config.max_iter, "runs": runs})
 
 

@@ -37,6 +37,7 @@ class AnalyzeConfig:
     ranks: tuple[int, ...] = (10, 20, 30, 40, 50)
     train_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     epochs: int = 30
+    equal_steps: bool = False  # epochs x 1/fraction: every fraction takes the same number of steps
     seeds: tuple[int, ...] = (0,)
     top_singular: int = 20
     # weights

@@ -4,7 +4,9 @@
 The split is fixed (seeded, stratified: 1,200 train, 597 test); a fraction takes the first
 ``fraction x 1200`` images of one seeded permutation, so smaller training sets are subsets of
 larger ones. Every fraction trains for the same number of epochs (so less data also means fewer
-steps: "less trained", as in the study this reproduces).
+steps: "less trained", as in the study this reproduces); ``equal_steps`` instead scales the epochs
+by ``1 / fraction`` so that every fraction takes the same number of gradient steps, which
+separates "less data" from "less training".
 """
 
 from __future__ import annotations
@@ -73,12 +75,15 @@ def train_digits_cnn(
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    equal_steps: bool = False,
     on_epoch: Callable[[int], None] | None = None,
 ) -> tuple[DigitsCNN, float]:
     """Train on the first ``fraction`` of the (seeded) training permutation; returns the model
     (eval mode) and its test accuracy."""
     if not 0 < fraction <= 1:
         raise ValueError(f"train fraction must be in (0, 1], got {fraction!r}")
+    if equal_steps:
+        epochs = round(epochs / fraction)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split.train_x), generator=generator)
     count = max(1, round(fraction * len(order)))

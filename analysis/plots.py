@@ -82,24 +82,31 @@ def rank_figure(curves: dict[str, dict[str, dict]], title: str):
     ax.set_ylabel("relative error ||X - UV|| / ||X||")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
 def coupled_figure(runs: Sequence[dict]):
-    """RMSE vs rank per training fraction, and the normalized top singular values per layer."""
+    """RMSE vs rank per training fraction (mean over seeds, band = min..max), and the normalized
+    top singular values of each layer's activations (mean over seeds)."""
     plt = pyplot()
     layers = list(runs[0]["singular_values"].keys())
     fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4 * (1 + len(layers)), 3.6))
     cmap = plt.get_cmap("plasma")
     fractions = sorted({run["train_fraction"] for run in runs})
-    for run in runs:
-        colour = cmap(0.85 * fractions.index(run["train_fraction"]) / max(1, len(fractions) - 1))
-        label = f"{100 * run['train_fraction']:.0f}% (acc {100 * run['test_accuracy']:.1f}%)"
-        axes[0].plot(run["ranks"], run["rmse"], marker="o", ms=3, color=colour, label=label)
+    for f_index, fraction in enumerate(fractions):
+        group = [run for run in runs if run["train_fraction"] == fraction]
+        colour = cmap(0.85 * f_index / max(1, len(fractions) - 1))
+        rmse = np.array([run["rmse"] for run in group])
+        accuracy = np.mean([run["test_accuracy"] for run in group])
+        seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+        label = f"{100 * fraction:.0f}% (acc {100 * accuracy:.1f}%{seeds})"
+        axes[0].plot(group[0]["ranks"], rmse.mean(axis=0), marker="o", ms=3, color=colour, label=label)
+        if len(group) > 1:
+            axes[0].fill_between(group[0]["ranks"], rmse.min(axis=0), rmse.max(axis=0), color=colour, alpha=0.2)
         for ax, name in zip(axes[1:], layers, strict=True):
-            values = np.asarray(run["singular_values"][name])
-            ax.semilogy(np.arange(1, len(values) + 1), values / values[0], color=colour, marker=".", ms=3)
+            values = np.array([np.asarray(run["singular_values"][name]) / run["singular_values"][name][0] for run in group])
+            ax.semilogy(np.arange(1, values.shape[1] + 1), values.mean(axis=0), color=colour, marker=".", ms=3)
             ax.set_title(f"{name}: top singular values / s1", fontsize=9)
     axes[0].set_xlabel("rank K")
     axes[0].set_ylabel("RMSE (blocks at unit RMS)")

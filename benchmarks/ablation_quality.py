@@ -7,7 +7,7 @@ Prints Markdown tables (docs/results.md, "Ablation"). Protocols (evaluation/data
 `standard` are the image cropped to the box (one forward per crop, as dff-eval); NMF queries keep
 the factors inside the box. Activations come from dff-eval's cache (computed on a miss).
 
-    python benchmarks/ablation_quality.py --root ../shared/data/paris6k-subset [--cache-dir DIR]
+    python benchmarks/ablation_quality.py --root $DFF_SHARED_DATA/paris6k-subset [--cache-dir DIR]
         [--studies scale,nmf,baselines,qe,whitening,multiscale,kernels] [--threads 1]
 """
 
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
     if not (args.root / "jpg").is_dir():
-        parser.error(f"{args.root} has no jpg/ folder (the Paris subset of ../shared/data)")
+        parser.error(f"{args.root} has no jpg/ folder (the Paris subset: docs/data.md)")
     torch.set_num_threads(args.threads)
     bench = Bench(args.root, args.cache_dir or default_cache_dir())
     size = retrieval_image_size("efficientnet-lite0")

@@ -1,7 +1,7 @@
 """Descriptor-core cost on CPU: backbone forward vs NMF vs descriptor post-processing.
 
 Prints a table of ms/image and the ratio (everything but the forward) / forward. Real photos:
-the Paris subset in ../shared/data when present, else scikit-image's sample photos.
+the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
     python benchmarks/bench_descriptors.py [--image-size 512] [--images 8] [--repeat 3] [--json out.json]
 """

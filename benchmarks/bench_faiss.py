@@ -4,7 +4,7 @@
     python benchmarks/bench_faiss.py --n 200000 --json out.json   # quicker
 
 Data with the structure of real descriptors: local rows (NMF V·U, K=8) of real images
-(`../shared/data/paris6k-subset` if present, else scikit-image's photos) are PCA-whitened to
+(`$DFF_SHARED_DATA/paris6k-subset` if present, docs/data.md, else scikit-image's photos) are PCA-whitened to
 `--dim` (what `dff-index --whiten-dim` stores). Each synthetic "image" takes the 8 rows of a
 random real image, swaps each row with probability 0.4 for a row of another real image (images
 share concepts), adds Gaussian noise to every row, and goes through the same aggregation as the

@@ -4,7 +4,7 @@ and the bare backbone forward rate on the same images in the same run as the ref
     python benchmarks/load_search.py --clients 1,4,8 --duration 20 [--json out.json]
     python benchmarks/load_search.py --target host:port [--token-file F] ...
 
-Without --target it builds a small real index (the Paris subset in ../shared/data when present,
+Without --target it builds a small real index (the Paris subset in $DFF_SHARED_DATA, docs/data.md, when present,
 else scikit-image's sample photos) with the default backbone at --image-size (default 512, the
 product default), starts `dff-serve` on a free port, and stops it at the end. Each client is a
 thread with its own channel sending Search requests back to back (the indexed photos, cycled).
@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,19 +69,6 @@ def collection(count: int, folder: Path) -> list[Path]:
         "retina",
     ][:count]
     return write_sample_photos(folder, names, quality=92)
-
-
-def start_server(index: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    command = [str(Path(sys.executable).parent / "dff-serve"), "--index", str(index), "--port", "0", *extra]
-    log = open(index.parent / "serve.log", "w")  # noqa: SIM115 - the server's stderr
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    while True:
-        line = process.stdout.readline()
-        match = re.search(r"listening on [^:]+:(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise SystemExit(f"dff-serve failed: {(index.parent / 'serve.log').read_text()}")
 
 
 def bare_forward(
@@ -279,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"building a {len(photos)}-image index at {args.image_size} px ...", file=sys.stderr)
             build_index(workdir / "photos", index, IndexConfig(image_size=args.image_size), progress=False)
-        process, port = start_server(index, [a for extra in args.serve_arg for a in extra.split()])
-        target = f"127.0.0.1:{port}"
+        from searcher.launcher import launch_serve
+
+        process = launch_serve(
+            index, [a for extra in args.serve_arg for a in extra.split()], log_path=workdir / "serve.log"
+        )
+        target = process.target
     else:
         target = args.target
     try:
@@ -311,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         forward_ms = min(forward_by_threads.values())
     finally:
         if process is not None:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=120)
-            print(f"dff-serve stopped with exit code {code}", file=sys.stderr)
+            print(f"dff-serve stopped with exit code {process.stop(120)}", file=sys.stderr)
 
     forward_qps = 1000.0 / forward_ms
     print(

@@ -24,20 +24,35 @@ from torch import Tensor
 
 from .aggregate import aggregate_rows
 from .boxes import box_to_grid
+from .images import FULL_SIZE_KEY, full_size
 from .pipeline import DescriptorConfig, crop_rect, local_descriptors_by_method
 from .whitening import PCAWhitening
 
 if TYPE_CHECKING:
     from .pipeline import Extractor
 
-__all__ = ["backbone_input", "crop_to_box", "encode", "rows_by_method", "rows_from_activations"]
+__all__ = [
+    "backbone_input",
+    "crop_to_box",
+    "decode_options",
+    "encode",
+    "rows_by_method",
+    "rows_from_activations",
+]
 
 Box = tuple[float, float, float, float]
 
 
 def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
-    """``image`` cropped to ``box`` (pixels), rounded outward to whole pixels and clipped to it."""
-    return image.crop(crop_rect(box, image.size))
+    """``image`` cropped to ``box`` (pixels of its ``full_size``: a JPEG decoded at a reduced scale
+    is cropped to the same region), rounded outward to whole pixels and clipped to the image."""
+    full_w, full_h = full_size(image)
+    crop_rect(box, (full_w, full_h))  # "does not overlap the image" in the user's pixels
+    sx, sy = image.width / full_w, image.height / full_h
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cropped = image.crop(crop_rect((x0 * sx, y0 * sy, x1 * sx, y1 * sy), image.size))
+    cropped.info.pop(FULL_SIZE_KEY, None)  # the crop is an image of its own, at its own size
+    return cropped
 
 
 def backbone_input(
@@ -45,16 +60,25 @@ def backbone_input(
 ) -> tuple[Image.Image, Box | None]:
     """What the backbone sees for ``(image, box)`` and the box left for the rows.
 
-    NMF methods: the full image and the box (pixels of that image), for the factor selection.
-    Baselines: the image cropped to the box, and no box left.
+    NMF methods: the full image and the box, for the factor selection. Baselines: the image
+    cropped to the box, and no box left. Boxes are in pixels of ``full_size(image)``, and so are the
+    sizes to give ``rows_from_activations`` with the box (``full_size(seen)``).
     """
     if box is None:
         return image, None
     box = tuple(float(v) for v in box)
     if config.uses_nmf:
-        crop_rect(box, image.size)  # the same "does not overlap the image" check as the baselines
+        crop_rect(box, full_size(image))  # the same "does not overlap the image" check as the baselines
         return image, box
     return crop_to_box(image, box), None
+
+
+def decode_options(image_size: int, box: Sequence[float] | None, config: DescriptorConfig) -> dict:
+    """``decode_image`` keywords for an image encoded at ``image_size`` with ``box``: the JPEG may
+    be decoded at a reduced scale as long as what the backbone sees (the crop, for a baseline with
+    a box) keeps ``image_size`` pixels on its shorter side."""
+    region = tuple(box) if box is not None and not config.uses_nmf else None
+    return {"reduce_to": int(image_size), "region": region}
 
 
 def rows_by_method(
@@ -104,9 +128,10 @@ def encode(
     box: Sequence[float] | None = None,
     whitening: PCAWhitening | None = None,
 ) -> np.ndarray:
-    """Global descriptor ``(D,)`` float32 of ``image`` (decoded, RGB), restricted to ``box``
-    (pixels of ``image``) if given; ``whitening`` is the index's (None: none)."""
+    """Global descriptor ``(D,)`` float32 of ``image`` (``decode_image``'s, RGB), restricted to
+    ``box`` (pixels of ``full_size(image)``) if given; ``whitening`` is the index's (None: none).
+    Decode with ``decode_options(extractor.image_size, box, extractor.config)`` to let a JPEG decode at the scale it needs."""
     seen, rows_box = backbone_input(image, box, extractor.config)
     (activation,) = extractor.activations([seen])
-    (rows,) = rows_from_activations([activation], [seen.size], [rows_box], extractor.config)
+    (rows,) = rows_from_activations([activation], [full_size(seen)], [rows_box], extractor.config)
     return np.asarray(aggregate_rows(rows, whitening), dtype=np.float32)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,15 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # 64 megapixels: above any camera in common use, far below what would exhaust memory when
 # decoded (64e6 * 3 bytes = 192 MB). Beyond it a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+# a JPEG decoded at a reduced scale keeps at least this many times the size it will be resized
+# to: the final resize then still averages >= 2 source pixels per output pixel, as from the full
+# image (measured: with a margin of 1, Paris mAP moved by up to 0.6; with 2 the Paris and
+# Tiny-ImageNet images, <= 1024 px, decode in full and every number in docs/results.md stands)
+DRAFT_MARGIN = 2
+
+# where decode_image records the full-resolution size of an image it decoded at a reduced scale
+FULL_SIZE_KEY = "dffsearch.full_size"
 
 REASONS = ("empty", "not-an-image", "truncated", "too-large", "too-small", "unreadable")
 
@@ -37,16 +47,47 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def full_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of the image at full resolution, EXIF orientation applied: the image's
+    own size unless ``decode_image`` decoded a JPEG at a reduced scale (``reduce_to``). Boxes sent
+    by users and stored in catalogs are in these pixels."""
+    return tuple(img.info.get(FULL_SIZE_KEY, img.size))
+
+
+def _draft_for(img: Image.Image, reduce_to: int, region: Sequence[float] | None) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the region's (default: the image's)
+    shorter side stays at least ``DRAFT_MARGIN * reduce_to`` pixels: a 60 MP photo for a 320 px
+    backbone is then decoded at 1/8 (~1 MP, 3 MB) instead of in full (180 MB)."""
+    width, height = img.size
+    shorter = min(width, height)
+    if region is not None and len(region) == 4:
+        x0, y0, x1, y1 = (float(v) for v in region)
+        if all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0:
+            # the region is in oriented pixels; its shorter side does not depend on the rotation
+            shorter = min(shorter, max(1.0, min(x1 - x0, y1 - y0)))
+    scale = DRAFT_MARGIN * reduce_to / shorter
+    if scale < 1.0:
+        img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+
+
 def decode_image(
     data: bytes | str | Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = 8,
+    *,
+    reduce_to: int | None = None,
+    region: Sequence[float] | None = None,
 ) -> Image.Image:
     """Decode bytes or a file into a fully loaded RGB image, EXIF orientation applied.
 
     Raises `ImageDecodeError` for empty input, data that is not an image, truncated files,
     images with more than `max_pixels` pixels (checked from the header, before decoding) and
     images whose smaller side is below `min_side` (too small to give a feature map).
+
+    ``reduce_to``: the caller will resize the image (or ``region`` of it, a box in full-resolution
+    pixels) to this size on its shorter side, so a JPEG may be decoded at a reduced scale
+    (``Image.draft``) that keeps at least ``DRAFT_MARGIN`` times that (or its full size);
+    ``full_size(img)`` then gives the full-resolution size.
     """
     label = "image"
     if isinstance(data, (str, Path)):
@@ -68,6 +109,9 @@ def decode_image(
                     f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
                     f"{max_pixels:,} (decompression-bomb guard); downscale the image first",
                 )
+            if reduce_to is not None and img.format == "JPEG":
+                _draft_for(img, int(reduce_to), region)
+            stored_size = img.size
             img.load()
     except ImageDecodeError:
         raise
@@ -87,11 +131,17 @@ def decode_image(
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
     img = img.convert("RGB")
-    if min(img.size) < min_side:
+    rotated = img.size != stored_size and img.size == stored_size[::-1]
+    full = (height, width) if rotated else (width, height)
+    if min(full) < min_side:
         raise ImageDecodeError(
             "too-small",
-            f"{label}: {img.size[0]}x{img.size[1]} is too small; both sides must be >= {min_side} px",
+            f"{label}: {full[0]}x{full[1]} is too small; both sides must be >= {min_side} px",
         )
+    if img.size != full:
+        img.info[FULL_SIZE_KEY] = full
+    else:
+        img.info.pop(FULL_SIZE_KEY, None)
     return img
 
 

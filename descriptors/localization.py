@@ -199,6 +199,10 @@ class Colocalization:
     query_heatmap: Tensor
     match_heatmaps: list[Tensor]
     kept_factors: Tensor
+    # every factor, per image (query first): heatmaps (K, h, w) and the L1 mass each factor
+    # contributes to that image's reconstruction, sum(U_k over its cells) * sum(V_k): (images, K)
+    factor_heatmaps: list[Tensor] | None = None
+    factor_mass: Tensor | None = None
 
 
 def colocalize_heatmaps(
@@ -237,7 +241,9 @@ def colocalize_heatmaps(
     X = rows.transpose(0, 1)
     if crow_weighting:
         X = X * crow_channel_weights(rows.unsqueeze(-1)).unsqueeze(0)
-    U = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed).U[0]  # (sum of h*w, K)
+    factorization = nmf(X, k, max_iter=max_iter, tol=tol, seed=seed)
+    U = factorization.U[0]  # (sum of h*w, K)
+    v_mass = factorization.V[0].sum(dim=1)  # (K,)
 
     heatmaps: list[Tensor] = []
     start = 0
@@ -260,7 +266,8 @@ def colocalize_heatmaps(
         )
         for heatmap, wh in zip(averaged[1:], match_whs, strict=True)
     ]
-    return Colocalization(boxes, averaged[0], averaged[1:], chosen)
+    mass = torch.stack([heatmap.flatten(1).sum(dim=1) for heatmap in heatmaps]) * v_mass[None, :]
+    return Colocalization(boxes, averaged[0], averaged[1:], chosen, heatmaps, mass)
 
 
 def colocalize(

@@ -277,13 +277,15 @@ class Extractor:
         """Local rows of each image; a box (pixels of that image) selects NMF factors on the full
         image, and crops the image for the baselines (``descriptors.encode.backbone_input``)."""
         from .encode import backbone_input
+        from .images import full_size
 
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"local_rows: {len(images)} images but {len(boxes)} boxes")
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         planned = [backbone_input(img, box, self.config) for img, box in zip(images, boxes, strict=True)]
         seen = [img for img, _ in planned]
-        return self.rows_from_activations(self.activations(seen), [img.size for img in seen], [b for _, b in planned])
+        whs = [full_size(img) for img in seen]
+        return self.rows_from_activations(self.activations(seen), whs, [b for _, b in planned])
 
     def global_descriptor(self, rows: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
         """l2 -> whiten -> l2 -> sum -> l2 of ``rows`` (``aggregate_rows``)."""

@@ -1,6 +1,6 @@
 """On-disk activation cache: one backbone forward per image, shared by every method and run.
 
-Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>/<ab>/<image sha256>[-crop-<x0>_<y0>_<x1>_<y1>].npz`
+Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>-jd2/<ab>/<image sha256>[-crop-<x0>_<y0>_<x1>_<y1>].npz`
 (arrays `activation` (C, h, w) and `image_wh`, the decoded image's size before resizing).
 The folder name carries everything that changes the activations except the image, and the
 file name is the image *content* hash (plus, for the baselines' query crops, the integer crop
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from descriptors.backbones import Backbone, file_sha256
 from descriptors.encode import crop_to_box
-from descriptors.images import decode_image
+from descriptors.images import decode_image, full_size
 from descriptors.pipeline import crop_rect
 
 Box = tuple[float, float, float, float]
@@ -74,7 +74,8 @@ class ActivationCache:
         self.backbone = backbone
         self.image_size = image_size
         self.dtype = dtype
-        name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}"
+        # "-jd2": JPEGs decoded at a reduced scale keeping 2 x image_size (descriptors.images.DRAFT_MARGIN)
+        name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}-jd2"
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sha_by_path: dict[Path, str] = {}
@@ -92,8 +93,8 @@ class ActivationCache:
         if request.crop is None:
             return None
         sha = self._content_sha(request.path)
-        if sha not in self._size_by_sha:  # the size of the image as decoded (EXIF-transposed)
-            self._size_by_sha[sha] = decode_image(request.path).size
+        if sha not in self._size_by_sha:  # the full size of the image as decoded (EXIF-transposed)
+            self._size_by_sha[sha] = full_size(decode_image(request.path, reduce_to=self.image_size))
         return crop_rect(request.crop, self._size_by_sha[sha])
 
     def file_for(self, request: ImageRequest) -> Path:
@@ -103,13 +104,16 @@ class ActivationCache:
         return self.directory / sha[:2] / f"{sha}{suffix}.npz"
 
     def _compute(self, request: ImageRequest) -> tuple[np.ndarray, tuple[int, int]]:
-        img = decode_image(request.path)
+        # decoded as the searcher and the indexer decode (descriptors.encode.decode_options: a JPEG
+        # at the reduced scale that still gives the crop, or the image, image_size pixels)
+        img = decode_image(request.path, reduce_to=self.image_size, region=request.crop)
         if request.crop is not None:
             img = crop_image(img, request.crop)
+        image_wh = full_size(img)
         tensor = self.backbone.preprocess(img, self.image_size)
         activation = self.backbone.extract([tensor])[0]
         self.forwards += 1
-        return activation.cpu().numpy().astype(STORAGE_DTYPES[self.dtype]), img.size
+        return activation.cpu().numpy().astype(STORAGE_DTYPES[self.dtype]), image_wh
 
     @staticmethod
     def _write_atomically(target: Path, activation: np.ndarray, image_wh: tuple[int, int]) -> None:

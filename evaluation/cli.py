@@ -61,8 +61,9 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch CPU threads (0: torch's default); on a busy small machine 1 is much faster for the NMF",
+        help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
     )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from descriptors.threads import setup_threads
+
     previous_threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
+        setup_threads(args.threads, verbose=args.verbose, prog=f"dff-eval {args.command}")
         report = run(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

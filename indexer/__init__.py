@@ -1,12 +1,15 @@
 """Image folder -> persistent, resumable FAISS index directory (`dff-index`).
 
 Public API (mirrors the CLI): `IndexConfig`, `build_index`, `add_images`, `remove_images`,
-`index_info`, `open_index` / `OpenIndex`, `build_extractor`, `check_manifest_matches`,
+`compact_index`, `index_info`, `open_index` / `OpenIndex`, `build_extractor`, `check_manifest_matches`,
 `iter_image_files`, `BuildSummary`, and the errors (`IndexerError` and subclasses).
 """
 
+import descriptors  # noqa: F401  (first: sets OpenMP/OpenBLAS passive waiting before torch, numpy, faiss load)
+
 from .build import build_index
 from .catalog import Catalog, CatalogRow
+from .compact import compact_index
 from .config import IndexConfig
 from .errors import (
     FaissTrainingError,
@@ -21,7 +24,7 @@ from .files import iter_image_files
 from .manifest import build_extractor, check_manifest_matches, read_manifest
 from .open_index import OpenIndex, index_info, open_index
 from .summary import BuildSummary, SkippedFile
-from .update import add_images, remove_images
+from .update import add_images, add_vectors, remove_images
 
 __all__ = [
     "BuildSummary",
@@ -38,9 +41,11 @@ __all__ = [
     "OpenIndex",
     "SkippedFile",
     "add_images",
+    "add_vectors",
     "build_extractor",
     "build_index",
     "check_manifest_matches",
+    "compact_index",
     "index_info",
     "iter_image_files",
     "open_index",

@@ -50,18 +50,16 @@ def extract_to_partial(
     desc: str,
 ) -> tuple[int, int, object]:
     """Stage 1 over `items` into `partial`. Returns (images processed now, shards resumed, extractor)."""
-    plan = {
-        "source_root": str(folder),
-        "settings": config.extraction_fingerprint() | {"stores_rows": stores_rows},
-        "files": [(it.stored_path, *_stat_key(it.path)) for it in items],
-    }
-    completed, discarded = partial.open(plan)
-    if discarded and progress:
-        print(f"note: {partial.folder} belonged to a different build (files or settings changed); starting over")
+    # the plan is the settings; the files are checked shard by shard (partial.py: a changed or
+    # new file redoes only its own shard)
+    plan = {"source_root": str(folder), "settings": config.extraction_fingerprint() | {"stores_rows": stores_rows}}
     size = config.shard_size
-    groups = [
-        (g, items[g * size:(g + 1) * size]) for g in range((len(items) + size - 1) // size) if g not in completed
-    ]
+    planned = [(g, items[g * size:(g + 1) * size]) for g in range((len(items) + size - 1) // size)]
+    keyed = [(g, [it.id for it in group], [(it.stored_path, *_stat_key(it.path)) for it in group]) for g, group in planned]
+    completed, discarded = partial.open(plan, keyed)
+    if discarded and progress:
+        print(f"note: {partial.folder} belonged to a build with other settings; starting over")
+    groups = [(g, group) for g, group in planned if g not in completed]
     todo = sum(len(group) for _, group in groups)
     if todo and config.ray_address is not None:
         from .ray_build import run_extraction_on_ray
@@ -212,7 +210,7 @@ def _assemble(
         write_faiss_index(index, staged / FAISS_NAME)
         del vectors
         with Catalog(staged / CATALOG_NAME) as catalog:
-            catalog.apply(insert=catalog_rows)
+            catalog.apply(insert=catalog_rows, generation=1)
         counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
         manifest = make_manifest(
             config, extractor.backbone, config.descriptor_config(),

@@ -1,4 +1,7 @@
-"""`dff-index build|add|remove|info`: the command line over the indexer's Python API."""
+"""`dff-index build|add|remove|list|compact|info`: the command line over the indexer's Python API.
+
+Exit status: 0 done; 1 `remove` found none of the requested images (nothing changed); 2 bad input.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,24 @@ import sys
 from collections.abc import Sequence
 
 from .build import build_index
+from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
 from .errors import IndexerError, ManifestMismatchError
 from .manifest import manifest_settings, read_manifest
-from .open_index import index_info
+from .open_index import index_info, list_images
 from .update import add_images, remove_images
 
 
-def _add_runtime_flags(parser: argparse.ArgumentParser, workers_help: str = "decode threads (0: decode inline)") -> None:
+def _add_runtime_flags(
+    parser: argparse.ArgumentParser, workers_help: str = "decode threads (0: decode inline; default: as many as --threads)"
+) -> None:
     parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size, help="images per forward/NMF batch")
     parser.add_argument("--workers", type=int, default=None, help=workers_help)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for forward + NMF (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -54,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--gpus-per-worker", type=float, default=IndexConfig.gpus_per_worker, help="with --ray")
     _add_runtime_flags(
         build,
-        workers_help="decode threads (default 2; 0: decode inline); with --ray: Ray workers, each loading "
+        workers_help="decode threads (0: decode inline; default: as many as --threads); with --ray: Ray workers, each loading "
         "the backbone once (default: the cluster's CPUs / --cpus-per-worker)",
     )
 
@@ -72,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
 
+    listing = sub.add_parser("list", help="print the images an index holds (id, path, size, added)")
+    listing.add_argument("index_dir")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    listing.add_argument("--all", action="store_true", help="include files that were skipped (with the reason)")
+
+    compact = sub.add_parser("compact", help="fold added segments and removals into a fresh FAISS index (atomic)")
+    compact.add_argument("index_dir")
+
     info = sub.add_parser("info", help="print the manifest and counts of an index")
     info.add_argument("index_dir")
     return parser
@@ -86,9 +104,25 @@ def _check_add_expectations(args: argparse.Namespace) -> None:
             raise ManifestMismatchError(key, settings.get(key), value, args.index_dir)
 
 
+def _print_listing(images: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(images, indent=1))
+        return
+    print(f"{'id':>8}  {'size':>11}  {'added (UTC)':<25}  path")
+    for image in images:
+        size = f"{image['width']}x{image['height']}" if image["width"] else "-"
+        status = "" if image["status"] == "indexed" else f"  [{image['status']}]"
+        print(f"{image['id']:>8}  {size:>11}  {image['added']:<25}  {image['path']}{status}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("build", "add"):
+            from descriptors.threads import setup_threads
+
+            threads = setup_threads(args.threads, verbose=args.verbose, prog=f"dff-index {args.command}")
+            args.threads = threads.compute  # decode threads (--workers None) follow it: IndexConfig.workers
         if args.command == "build":
             config = IndexConfig(
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,
@@ -105,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "add":
             _check_add_expectations(args)
             runtime = IndexConfig(
-                batch_size=args.batch_size, workers=IndexConfig.workers if args.workers is None else args.workers,
+                batch_size=args.batch_size, workers=args.workers,
                 threads=args.threads, device=args.device,
             )
             summary = add_images(args.index_dir, args.inputs, progress=not args.quiet, config=runtime)
@@ -115,7 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise IndexerError("remove: give --ids and/or --paths")
             removed = remove_images(args.index_dir, ids=args.ids, paths=args.paths)
             asked = len(args.ids) + len(args.paths)
+            if removed == 0:
+                print(
+                    f"dff-index remove: none of the {asked} requested image(s) is in {args.index_dir}; "
+                    "nothing was removed (dff-index list shows ids and paths)",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"removed {removed} of {asked} requested image(s) from {args.index_dir}")
+        elif args.command == "list":
+            _print_listing(list_images(args.index_dir, include_skipped=args.all), args.json)
+        elif args.command == "compact":
+            print(json.dumps(compact_index(args.index_dir), indent=2))
         elif args.command == "info":
             print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
     except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from descriptors.images import DEFAULT_MAX_PIXELS
 
-FORMAT_VERSION = 1
+# 2: generations (one commit point), append-only segments, tombstones (docs/indexer.md). Format-1
+# indexes are read as generation 0 and upgraded by their next add/remove/compact.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 # `--faiss auto`: exact search (Flat) up to this many vectors; above it the configuration that
 # benchmarks/bench_faiss.py measured best (recall@10 >= 0.9 at <= 5 ms/query on the 2-core
@@ -42,11 +45,12 @@ class IndexConfig:
     faiss_search_params: str | None = None  # e.g. "nprobe=32"; default: chosen with the factory
     faiss_train_max: int = 262_144  # vectors sampled to train IVF/PQ
     batch_size: int = 8
-    workers: int = 2  # decode threads; 0 = decode inline
+    workers: int | None = None  # decode threads; 0 = decode inline; None = descriptors.threads' choice
     # NMF of batch i in a background thread during the forward of batch i+1. Off: on the 2-core CPU
     # it was slower (8.7 vs 10.7 images/s, the two OpenMP teams fight); worth trying on a GPU.
     overlap_nmf: bool = False
-    threads: int = 0  # torch intra-op threads for the forward + NMF; 0 = torch's default (all cores)
+    # compute threads (torch intra-op, FAISS, BLAS); 0 = the CPUs free of other work (descriptors.threads)
+    threads: int = 0
     device: str = "cpu"
     shard_size: int = 256  # images per committed shard of stage 1 (the unit of resume)
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -73,8 +77,8 @@ class IndexConfig:
         if self.whiten_dim < 0:
             raise ValueError(f"whiten_dim must be >= 0 (0 = off), got {self.whiten_dim}")
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
-        if self.workers < 0:
+            raise ValueError(f"threads must be >= 0 (0 = chosen from the free CPUs), got {self.threads}")
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.ray_workers < 0 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise ValueError(

@@ -13,14 +13,11 @@ from .stages import WorkItem, make_reader, run_stages
 
 def make_extractor(config: IndexConfig):
     """The `descriptors.pipeline.Extractor` a build with `config` uses."""
-    import torch
-
     from descriptors.backbones import load_backbone
     from descriptors.pipeline import Extractor
+    from descriptors.threads import setup_threads
 
-    if config.threads:
-        # on the shared 2-core machine 1 thread beat 2 by 2-4x under load (OpenMP spin-waits)
-        torch.set_num_threads(config.threads)
+    setup_threads(config.threads)
     backbone = load_backbone(
         config.backbone,
         weights=config.weights,
@@ -62,6 +59,15 @@ def extraction_callables(extractor, stores_rows: bool) -> tuple[Callable[[Any], 
     return prepare, forward, finish
 
 
+def decode_workers(config: IndexConfig) -> int:
+    """`config.workers`, or the decode threads descriptors.threads chooses for `config.threads`."""
+    if config.workers is not None:
+        return config.workers
+    from descriptors.threads import choose_threads
+
+    return choose_threads(config.threads).decode
+
+
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
@@ -90,10 +96,10 @@ def run_extraction(
     mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
     run_stages(
         groups,
-        make_reader(max_pixels, prepare),
+        make_reader(max_pixels, prepare, reduce_to=extractor.image_size),
         mapper,
         writer,
-        workers=config.workers,
+        workers=decode_workers(config),
         batch_size=config.batch_size,
         on_item=None if bar is None else (lambda _: bar.update(1)),
         finisher=finisher,

@@ -109,7 +109,7 @@ def build_faiss_index(
 
 
 def faiss_writer(index):
-    """A `write(temp_path)` for `storage.atomic_write` / `AtomicGroup` that raises OSError on I/O failure."""
+    """A `write(temp_path)` for `storage.atomic_write` that raises OSError on I/O failure."""
     import faiss
 
     def write(temp: str) -> None:
@@ -164,6 +164,42 @@ def apply_search_params(index, params: str) -> None:
             faiss.ParameterSpace().set_index_parameters(index, params)
         except RuntimeError as exc:
             raise IndexerError(f"FAISS search parameters {params!r} do not apply to this index: {exc}") from exc
+
+
+def _params_with_selector(index, sel):
+    """Search parameters carrying `index`'s own nprobe / efSearch / k_factor plus selector `sel`
+    (a parameters object replaces the index's settings for that search, defaults included)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        base = _params_with_selector(index.base_index, sel)
+        return faiss.IndexRefineSearchParameters(sel=sel, k_factor=index.k_factor, base_index_params=base)
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+    return faiss.SearchParameters(sel=sel)
+
+
+def excluding_search_params(index, hidden_ids: np.ndarray):
+    """(params, objects to keep alive): searching `index` (an IndexIDMap2) with params never
+    returns `hidden_ids`. The ID map translates the top-level selector from ids to its internal
+    positions itself; an inner IndexRefine's base index gets the translated one explicitly."""
+    import faiss
+
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(hidden_ids, dtype=np.int64))
+    not_hidden = faiss.IDSelectorNot(batch)
+    translated = faiss.IDSelectorTranslated(index.id_map, not_hidden)
+    params = _params_with_selector(index.index, not_hidden)
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        params.base_index_params.sel = translated
+    return params, (batch, not_hidden, translated, params.base_index_params if hasattr(params, "base_index_params") else None)
 
 
 def remove_ids(index, ids: np.ndarray, vectors_by_id: np.ndarray, keep_ids: np.ndarray, factory: str):

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import FORMAT_VERSION, IndexConfig
+from .config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS, IndexConfig
 from .errors import IndexFormatError, ManifestMismatchError
 from .storage import atomic_write_json
 
@@ -19,8 +19,9 @@ MANIFEST_NAME = "manifest.json"
 FAISS_NAME = "index.faiss"
 WHITENING_NAME = "whitening.npz"
 CATALOG_NAME = "catalog.sqlite"
-VECTORS_NAME = "vectors.npy"  # float32 (next_id, dim), row = id: exact vectors for query expansion
+VECTORS_NAME = "vectors.npy"  # the build's segment: float32 (next_id, dim), row = id
 UPLOADS_NAME = "uploads"
+SEGMENTS_DIR = "segments"  # appended segments and tombstones, one pair of files per generation
 
 
 def make_manifest(
@@ -35,7 +36,10 @@ def make_manifest(
     whitening_info: dict | None,
     counts: dict,
     next_id: int,
+    generation: int = 1,
 ) -> dict:
+    """A manifest for generation `generation` whose vectors are the one segment `vectors.npy`
+    (rows 0..next_id-1, row = id) and whose FAISS checkpoint is `index.faiss`."""
     now = time.time()
     return {
         "format_version": FORMAT_VERSION,
@@ -57,10 +61,28 @@ def make_manifest(
         "whitening": whitening_info or {"dim": 0},
         "dim": dim,
         "metric": "inner_product",
-        "faiss": {"factory": factory, "search_params": search_params},
+        "faiss": {"factory": factory, "search_params": search_params, "file": FAISS_NAME, "generation": generation},
         "counts": counts,
         "next_id": next_id,
+        "generation": generation,
+        "segments": [
+            {"generation": generation, "first_id": 0, "count": next_id, "files": {"vectors": VECTORS_NAME}}
+        ],
+        "tombstones": [],
     }
+
+
+def _as_generations(manifest: dict) -> dict:
+    """A format-1 manifest seen as format 2: generation 0, `index.faiss` its checkpoint,
+    `vectors.npy` its one segment (`count` None: the file's row count), no tombstones."""
+    if "generation" in manifest:
+        return manifest
+    out = dict(manifest)
+    out["generation"] = 0
+    out["faiss"] = dict(manifest["faiss"], file=FAISS_NAME, generation=0)
+    out["segments"] = [{"generation": 0, "first_id": 0, "count": None, "files": {"vectors": VECTORS_NAME}}]
+    out["tombstones"] = []
+    return out
 
 
 def read_manifest(index_dir: str | Path) -> dict:
@@ -72,11 +94,12 @@ def read_manifest(index_dir: str | Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{path}: unreadable manifest ({exc})") from exc
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise IndexFormatError(
-            f"{path}: format version {version!r}, this dffsearch reads version {FORMAT_VERSION}; rebuild the index"
+            f"{path}: format version {version!r}, this dffsearch reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (writes {FORMAT_VERSION}); rebuild the index"
         )
-    return manifest
+    return _as_generations(manifest)
 
 
 def write_manifest(index_dir: str | Path, manifest: dict) -> None:

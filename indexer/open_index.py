@@ -1,25 +1,31 @@
-"""`open_index`: a read-only, thread-safe view of an index directory for the searcher.
+"""`open_index`: a thread-safe view of one generation of an index directory, for the searcher.
 
-Searches go to FAISS (l2-normalized queries, inner product = cosine); ids map to paths through
-the catalog; `.vectors(ids)` reads the exact float32 vectors from `vectors.npy` (memory-mapped),
-which query expansion needs even when the FAISS index is compressed (IVF-PQ).
+Opening reads the FAISS checkpoint the manifest names, adds the vectors of the segments
+appended after it and applies the tombstones after it (`remove_ids` where the index type
+supports it, otherwise the removed ids are hidden from every search by an ID selector). Searches
+go to FAISS (l2-normalized queries, inner product = cosine); ids map to paths through the
+catalog rows of this generation; `.vectors(ids)` reads the exact float32 vectors from the
+segments (memory-mapped), which query expansion needs even when the FAISS index is compressed
+(IVF-PQ). `.apply(commit)` moves a live view to the next generation in O(batch) (the caller
+keeps searches out while it runs: FAISS is not safe to add to during a search).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 
 from .catalog import Catalog
 from .errors import IndexFormatError
-from .faiss_index import apply_search_params, read_faiss_index, read_faiss_ntotal
+from .faiss_index import apply_search_params, excluding_search_params, read_faiss_index, read_faiss_ntotal
 from .files import resolve_catalog_path
+from .generations import Commit, faiss_count
 from .manifest import (
     CATALOG_NAME,
-    FAISS_NAME,
-    VECTORS_NAME,
+    SEGMENTS_DIR,
     WHITENING_NAME,
     build_extractor,
     descriptor_config_from,
@@ -30,31 +36,99 @@ SMALL_BATCH = 4
 _ALL_THREADS: list[int] = []  # faiss's thread count before we touched it (OMP_NUM_THREADS or all cores)
 
 
-def _check_complete(index_dir: Path) -> None:
-    for name in (FAISS_NAME, CATALOG_NAME, VECTORS_NAME):
+def _check_complete(index_dir: Path, manifest: dict) -> None:
+    names = [manifest["faiss"]["file"], CATALOG_NAME]
+    names += [f for s in manifest["segments"] for f in s["files"].values()]
+    names += [t["file"] for t in manifest["tombstones"]]
+    for name in names:
         if not (index_dir / name).is_file():
-            raise IndexFormatError(f"{index_dir}: {name} is missing; the index is incomplete, rebuild it")
+            raise IndexFormatError(
+                f"{index_dir}: {name} is missing (generation {manifest['generation']} names it); "
+                "the index is damaged: restore it from a copy or rebuild it"
+            )
 
 
 class OpenIndex:
     def __init__(self, index_dir: str | Path) -> None:
         self.index_dir = Path(os.path.abspath(index_dir))
         self.manifest = read_manifest(self.index_dir)
-        _check_complete(self.index_dir)
-        self.faiss_index = read_faiss_index(self.index_dir / FAISS_NAME)
+        _check_complete(self.index_dir, self.manifest)
+        self.generation = int(self.manifest["generation"])
+        self.faiss_index = read_faiss_index(self.index_dir / self.manifest["faiss"]["file"])
         apply_search_params(self.faiss_index, self.manifest["faiss"].get("search_params", ""))
         self.whitening = None
         if int(self.manifest["whitening"].get("dim", 0)) > 0:
             from descriptors.whitening import PCAWhitening
 
             self.whitening = PCAWhitening.load(self.index_dir / WHITENING_NAME)
-        self.catalog = Catalog(self.index_dir / CATALOG_NAME, readonly=True)
-        self._vectors = np.load(self.index_dir / VECTORS_NAME, mmap_mode="r")
+        self.catalog = Catalog(self.index_dir / CATALOG_NAME, readonly=True, generation=self.generation)
         self.source_root = self.manifest["source_root"]
+        self._first_ids: list[int] = []
+        self._segments: list[np.ndarray] = []
+        self._hidden = np.zeros(0, np.int64)  # removed, still in FAISS, kept out of searches
+        self._removed = np.zeros(0, np.int64)  # removed since the checkpoint (no vector any more)
+        self._exclude = None
+        since = int(self.manifest["faiss"]["generation"])
+        for segment in self.manifest["segments"]:
+            vectors = np.load(self.index_dir / segment["files"]["vectors"], mmap_mode="r")
+            self._add_segment(int(segment["first_id"]), vectors, replay=int(segment["generation"]) > since)
+        removed = [np.load(self.index_dir / t["file"]) for t in self.manifest["tombstones"] if int(t["generation"]) > since]
+        if removed:
+            self._remove(np.concatenate(removed), in_place=True)
+
+    @property
+    def faiss_index(self):
+        return self._faiss
+
+    @faiss_index.setter
+    def faiss_index(self, index) -> None:
+        """Replace the FAISS index (searcher/shards.py cuts a part); removed ids stay hidden."""
+        self._faiss = index
+        hidden = getattr(self, "_hidden", None)
+        self._exclude = excluding_search_params(index, hidden) if hidden is not None and len(hidden) else None
+
+    def _add_segment(self, first_id: int, vectors: np.ndarray, replay: bool) -> None:
+        at = int(np.searchsorted(self._first_ids, first_id))
+        self._first_ids.insert(at, first_id)
+        self._segments.insert(at, vectors)
+        if replay and len(vectors):
+            ids = np.arange(first_id, first_id + len(vectors), dtype=np.int64)
+            self.faiss_index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def _remove(self, ids: np.ndarray, in_place: bool) -> None:
+        """Remove from FAISS (`in_place`, where supported: O(N), done once on open) or hide."""
+        ids = np.unique(np.asarray(ids, np.int64))
+        self._removed = np.union1d(self._removed, ids)
+        if in_place:
+            try:
+                self.faiss_index.remove_ids(ids)
+                return
+            except RuntimeError:  # HNSW, IndexRefine: no removal; hide instead
+                pass
+        self._hidden = np.union1d(self._hidden, ids)
+        self._exclude = excluding_search_params(self.faiss_index, self._hidden)
+
+    def apply(self, commit: Commit) -> None:
+        """Move to `commit.generation` (the next one) without reopening: O(batch)."""
+        if commit.generation != self.generation + 1:
+            raise ValueError(f"generation {commit.generation} does not follow {self.generation}; reopen the index")
+        if len(commit.added_ids):
+            assert commit.added_vectors is not None
+            self._add_segment(int(commit.added_ids[0]), commit.added_vectors, replay=True)
+        if len(commit.removed_ids):
+            self._remove(commit.removed_ids, in_place=False)
+        self.manifest = commit.manifest
+        self.generation = commit.generation
+        self.catalog.set_generation(commit.generation)
+
+    @property
+    def hidden_ids(self) -> np.ndarray:
+        """Removed ids still in the FAISS index (kept out of searches by a selector)."""
+        return self._hidden
 
     @property
     def count(self) -> int:
-        return int(self.faiss_index.ntotal)
+        return int(self.faiss_index.ntotal) - len(self._hidden)
 
     @property
     def dim(self) -> int:
@@ -100,8 +174,10 @@ class OpenIndex:
         if not _ALL_THREADS:
             _ALL_THREADS.append(faiss.omp_get_max_threads())
         faiss.omp_set_num_threads(1 if len(queries) <= SMALL_BATCH else _ALL_THREADS[0])
-        scores, ids = self.faiss_index.search(queries, int(k))
-        return scores, ids
+        if self._exclude is None:
+            return self.faiss_index.search(queries, int(k))
+        params, _keep_alive = self._exclude
+        return self.faiss_index.search(queries, int(k), params=params)
 
     def paths(self, ids) -> list[str | None]:
         """Absolute paths of `ids` (None for -1 or unknown ids)."""
@@ -116,8 +192,16 @@ class OpenIndex:
         """Exact stored vectors (n, D) float32; zeros for -1 or unknown ids."""
         wanted = np.asarray(ids, dtype=np.int64).ravel()
         out = np.zeros((len(wanted), self.dim), np.float32)
-        valid = (wanted >= 0) & (wanted < len(self._vectors))
-        out[valid] = self._vectors[wanted[valid]]
+        if not self._segments:
+            return out
+        which = np.searchsorted(self._first_ids, wanted, side="right") - 1
+        hidden = np.isin(wanted, self._removed)
+        for row, (image_id, seg) in enumerate(zip(wanted.tolist(), which.tolist(), strict=True)):
+            if image_id < 0 or seg < 0 or hidden[row]:
+                continue
+            offset = image_id - self._first_ids[seg]
+            if offset < len(self._segments[seg]):
+                out[row] = self._segments[seg][offset]
         return out
 
 
@@ -133,15 +217,47 @@ def index_info(index_dir: str | Path) -> dict:
     """
     index_dir = Path(os.path.abspath(index_dir))
     info = read_manifest(index_dir)
-    _check_complete(index_dir)
-    with Catalog(index_dir / CATALOG_NAME, readonly=True) as catalog:
+    _check_complete(index_dir, info)
+    checkpoint = read_faiss_ntotal(index_dir / info["faiss"]["file"])
+    with Catalog(index_dir / CATALOG_NAME, readonly=True, generation=int(info["generation"])) as catalog:
         info["live"] = {
-            "vectors_in_faiss": read_faiss_ntotal(index_dir / FAISS_NAME),
+            "vectors_in_faiss": faiss_count(index_dir, info, checkpoint),
             "catalog_indexed": catalog.count(),
             "catalog_skipped": catalog.skipped_reasons(),
         }
     info["index_dir"] = str(index_dir)
     info["files"] = {
-        p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+        p.relative_to(index_dir).as_posix(): p.stat().st_size
+        for p in sorted([*index_dir.iterdir(), *_segment_files(index_dir)])
+        if p.is_file() and not p.name.startswith(".")
     }
     return info
+
+
+def _segment_files(index_dir: Path) -> list[Path]:
+    folder = index_dir / SEGMENTS_DIR
+    return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def list_images(index_dir: str | Path, include_skipped: bool = False) -> list[dict]:
+    """Every image of the index (what `dff-index list` prints): id, absolute path, full-resolution
+    width and height, status and when it was added (UTC, ISO 8601). Reads the catalog only."""
+    from datetime import datetime
+
+    index_dir = Path(os.path.abspath(index_dir))
+    manifest = read_manifest(index_dir)
+    _check_complete(index_dir, manifest)
+    with Catalog(index_dir / CATALOG_NAME, readonly=True, generation=int(manifest["generation"])) as catalog:
+        rows = catalog.rows()
+    return [
+        {
+            "id": row.id,
+            "path": resolve_catalog_path(row.path, manifest["source_root"], index_dir),
+            "width": row.width,
+            "height": row.height,
+            "status": row.status,
+            "added": datetime.fromtimestamp(row.added_at, tz=UTC).isoformat(timespec="seconds"),
+        }
+        for row in sorted(rows, key=lambda r: r.id)
+        if include_skipped or row.indexed
+    ]

@@ -1,9 +1,12 @@
 """Stage-1 state of a build in `OUT.partial/`: a plan, committed shards and a progress journal.
 
 Each shard (`shards/shard-000123.npz`, `shard_size` images in id order) is written to a temp file
-and renamed, then recorded in `journal.json` (also replaced atomically). After `kill -9` the same
-command finds the plan unchanged and skips every shard that is both in the journal and on disk;
-a plan that changed (other files, other extraction settings) discards the stale shards.
+and renamed, then recorded in `journal.json` (also replaced atomically). A shard also records the
+(catalog path, size, mtime) of each of its images. After `kill -9` (or after files changed) the
+same command keeps every shard whose images are unchanged; a shard whose images moved to other
+positions (a file added or deleted before them) is not recomputed either: its images' results
+are reused one by one (`reuse/`) for every new shard made only of unchanged images. So a changed
+or new file redoes only its own shard. Other extraction settings discard every shard.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from .storage import atomic_write, atomic_write_json, write_error
 PLAN_NAME = "plan.json"
 JOURNAL_NAME = "journal.json"
 SHARDS_NAME = "shards"
+REUSE_NAME = "reuse"  # shards of an earlier plan whose images are reused one by one
+_PER_IMAGE = ("stored_paths", "sha256", "widths", "heights", "statuses", "messages")
+
+ItemKey = tuple[str, int, int]  # (catalog path, size, mtime_ns): an image is unchanged when equal
 
 
 @dataclass
@@ -63,17 +70,18 @@ class PartialBuild:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.shards_dir = self.folder / SHARDS_NAME
+        self._groups: dict[int, tuple[list[int], list[ItemKey]]] = {}
 
-    def open(self, plan: dict) -> tuple[set[int], bool]:
-        """Create or resume. Returns (completed shard indexes, whether a stale partial was discarded)."""
+    def open(self, plan: dict, groups: Sequence[tuple[int, list[int], list[ItemKey]]] = ()) -> tuple[set[int], bool]:
+        """Create or resume. `groups`: (shard index, its ids, its images' keys) of the current
+        plan. Returns (completed shard indexes, whether a stale partial was discarded)."""
         digest = plan_digest(plan)
+        self._groups = {int(g): (list(ids), [tuple(k) for k in keys]) for g, ids, keys in groups}
         discarded = False
         if self.folder.exists():
             previous = self._read_json(PLAN_NAME)
             if previous is not None and previous.get("digest") == digest:
-                journal = self._read_json(JOURNAL_NAME) or {}
-                done = {int(i) for i in journal.get("completed", []) if self.shard_path(int(i)).is_file()}
-                return done, False
+                return self._resume(), False
             shutil.rmtree(self.folder, ignore_errors=True)
             discarded = True
         try:
@@ -92,6 +100,86 @@ class PartialBuild:
 
     def shard_path(self, index: int) -> Path:
         return self.shards_dir / f"shard-{index:06d}.npz"
+
+    def _shard_keys(self, path: Path) -> list[ItemKey] | None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "sizes" not in data.files:
+                    return None
+                return [(str(p), int(a), int(b)) for p, a, b in zip(data["stored_paths"], data["sizes"], data["mtimes"], strict=True)]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _resume(self) -> set[int]:
+        """Keep the shards whose images are unchanged; re-form, from the images of the others,
+        every shard of the plan made only of unchanged images."""
+        journal = self._read_json(JOURNAL_NAME) or {}
+        done = {int(i) for i in journal.get("completed", []) if self.shard_path(int(i)).is_file()}
+        keep = {g for g in done if g in self._groups and self._shard_keys(self.shard_path(g)) == self._groups[g][1]}
+        reuse_dir = self.folder / REUSE_NAME
+        stale = sorted(done - keep)
+        if stale:
+            reuse_dir.mkdir(exist_ok=True)
+            for g in stale:  # set aside before the journal forgets them: a crash here loses nothing
+                self.shard_path(g).replace(reuse_dir / f"{time.time_ns()}-{g}.npz")
+        self._write_journal(sorted(keep), int(journal.get("images_done", 0)))
+        pool: dict[ItemKey, tuple[Path, int]] = {}
+        if reuse_dir.is_dir():
+            for path in sorted(reuse_dir.glob("*.npz")):
+                for i, key in enumerate(self._shard_keys(path) or []):
+                    pool[key] = (path, i)
+        for g, (ids, keys) in sorted(self._groups.items()):
+            if g not in keep and keys and all(k in pool for k in keys):
+                self._reform_shard(g, ids, keys, pool)
+                keep.add(g)
+        shutil.rmtree(reuse_dir, ignore_errors=True)
+        return keep
+
+    def _reform_shard(self, index: int, ids: list[int], keys: list[ItemKey], pool: dict) -> None:
+        """Shard `index` from images of earlier shards (no extraction)."""
+        per_image: dict[str, list] = {name: [] for name in (*_PER_IMAGE, "rows", "row_counts", "vectors")}
+        cache: dict[Path, dict] = {}
+        for key in keys:
+            path, i = pool[key]
+            if path not in cache:
+                with np.load(path, allow_pickle=False) as data:
+                    cache[path] = {name: data[name] for name in data.files}
+            data = cache[path]
+            for name in _PER_IMAGE:
+                per_image[name].append(data[name][i])
+            if "row_counts" in data:
+                bounds = np.concatenate([[0], np.cumsum(data["row_counts"])])
+                per_image["rows"].append(data["rows"][bounds[i]:bounds[i + 1]])
+                per_image["row_counts"].append(data["row_counts"][i])
+            else:
+                per_image["vectors"].append(data["vectors"][i])
+        arrays = {name: np.array(per_image[name]) for name in _PER_IMAGE}
+        arrays["ids"] = np.array(ids, dtype=np.int64)
+        if per_image["row_counts"]:
+            arrays["row_counts"] = np.array(per_image["row_counts"], dtype=np.int64)
+            widths = [r.shape[1] for r in per_image["rows"] if len(r)]
+            arrays["rows"] = np.concatenate(per_image["rows"]).astype(np.float32) if widths else np.zeros((0, 0), np.float32)
+        else:
+            dims = {v.shape[0] for v in per_image["vectors"] if v.shape[0]}
+            dim = max(dims) if dims else 0
+            arrays["vectors"] = np.stack([v if v.shape[0] == dim else np.zeros(dim, np.float32) for v in per_image["vectors"]])
+        self._write_shard(index, arrays, keys)
+
+    def _write_journal(self, completed: list[int], images_done: int) -> None:
+        atomic_write_json(self.folder / JOURNAL_NAME, {"completed": completed, "images_done": images_done, "updated_at": time.time()})
+
+    def _write_shard(self, index: int, arrays: dict[str, np.ndarray], keys: list[ItemKey]) -> None:
+        arrays = dict(arrays)
+        arrays["sizes"] = np.array([k[1] for k in keys], dtype=np.int64)
+        arrays["mtimes"] = np.array([k[2] for k in keys], dtype=np.int64)
+
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        atomic_write(self.shard_path(index), write)
+        journal = self._read_json(JOURNAL_NAME) or {"completed": [], "images_done": 0}
+        self._write_journal(sorted({*journal.get("completed", []), index}), int(journal.get("images_done", 0)) + len(keys))
 
     def commit_shard(self, index: int, decoded: Sequence[Decoded], results: Sequence[object], stores_rows: bool) -> None:
         arrays: dict[str, np.ndarray] = {
@@ -115,17 +203,10 @@ class PartialBuild:
                 if r is not None:
                     vectors[i] = r
             arrays["vectors"] = vectors
-
-        def write(temp: str) -> None:
-            with open(temp, "wb") as handle:
-                np.savez(handle, **arrays)
-
-        atomic_write(self.shard_path(index), write)
-        journal = self._read_json(JOURNAL_NAME) or {"completed": [], "images_done": 0}
-        journal["completed"] = sorted({*journal.get("completed", []), index})
-        journal["images_done"] = int(journal.get("images_done", 0)) + len(decoded)
-        journal["updated_at"] = time.time()
-        atomic_write_json(self.folder / JOURNAL_NAME, journal)
+        keys = self._groups.get(index, (None, None))[1]
+        if keys is None or len(keys) != len(decoded):  # no plan keys given: the images' paths only
+            keys = [(d.item.stored_path, -1, -1) for d in decoded]
+        self._write_shard(index, arrays, keys)
 
     def completed(self) -> list[int]:
         journal = self._read_json(JOURNAL_NAME) or {}

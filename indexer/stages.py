@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from descriptors.images import ImageDecodeError, decode_image
+from descriptors.images import ImageDecodeError, decode_image, full_size
 
 from .files import sha256_bytes, stat_key
 
@@ -54,8 +54,13 @@ class Decoded:
         return self.reason is None
 
 
-def make_reader(max_pixels: int, prepare: Callable[[Any], Any] | None = None) -> Callable[[WorkItem], Decoded]:
-    """A reader that never raises for a bad file: failures come back as `Decoded.reason`."""
+def make_reader(
+    max_pixels: int, prepare: Callable[[Any], Any] | None = None, reduce_to: int | None = None
+) -> Callable[[WorkItem], Decoded]:
+    """A reader that never raises for a bad file: failures come back as `Decoded.reason`.
+
+    `reduce_to`: the backbone's image size (a JPEG is decoded at the scale it needs, as the searcher
+    and dff-eval decode it); the catalog still gets the full-resolution size."""
 
     def read(item: WorkItem) -> Decoded:
         try:
@@ -67,10 +72,10 @@ def make_reader(max_pixels: int, prepare: Callable[[Any], Any] | None = None) ->
         reuse = item.sha256 is not None and item.hashed_key == key and len(data) == key[0]
         sha = item.sha256 if reuse else sha256_bytes(data)
         try:
-            image = decode_image(data, max_pixels=max_pixels)
+            image = decode_image(data, max_pixels=max_pixels, reduce_to=reduce_to)
         except ImageDecodeError as exc:
             return Decoded(item, sha, reason=exc.reason, message=f"{item.path}: {exc}")
-        width, height = image.size
+        width, height = full_size(image)
         payload = prepare(image) if prepare is not None else image
         return Decoded(item, sha, width, height, payload)
 

@@ -11,11 +11,30 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import IndexWriteError
+
+# Fault injection (tests only): `DFF_INDEX_CRASH_AT=i` kills the process with SIGKILL at the i-th
+# crash point it passes (1-based); `DFF_INDEX_CRASH_TRACE=FILE` appends each point's label to FILE,
+# so a test can count the steps of an operation and then crash it at every one of them.
+_CRASH_COUNTER = [0]
+
+
+def crash_point(label: str) -> None:
+    """A step boundary of a write: where a test may kill the process (a no-op otherwise)."""
+    at, trace = os.environ.get("DFF_INDEX_CRASH_AT"), os.environ.get("DFF_INDEX_CRASH_TRACE")
+    if not at and not trace:
+        return
+    _CRASH_COUNTER[0] += 1
+    if trace:
+        with open(trace, "a") as handle:
+            handle.write(f"{_CRASH_COUNTER[0]}\t{label}\n")
+    if at and int(at) == _CRASH_COUNTER[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _current_umask() -> int:
@@ -79,43 +98,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
     """Call `write(temp_path)` then atomically move the temp file onto `path`."""
     path = Path(path)
     temp = _write_temp(path, write, suffix)
+    crash_point(f"{path.name}: written, not renamed")
     try:
         os.replace(temp, path)
     except OSError as exc:
         _unlink_quietly(temp)
         raise write_error(path, exc) from exc
     _fsync_dir(path.parent)
-
-
-class AtomicGroup:
-    """Several files replaced together: every temp file is written (and fsynced) first, and the
-    renames happen only in `commit()`; leaving the `with` block without commit removes the temps.
-    A failure while writing therefore changes none of the files."""
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[str, Path]] = []
-
-    def write(self, path: str | Path, write: Callable[[str], None], suffix: str = "") -> None:
-        path = Path(path)
-        self._staged.append((_write_temp(path, write, suffix), path))
-
-    def write_json(self, path: str | Path, obj: object) -> None:
-        self.write(path, _bytes_writer(_json_bytes(obj)))
-
-    def commit(self) -> None:
-        for temp, path in self._staged:
-            os.replace(temp, path)
-        for folder in {path.parent for _, path in self._staged}:
-            _fsync_dir(folder)
-        self._staged.clear()
-
-    def __enter__(self) -> AtomicGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for temp, _ in self._staged:
-            _unlink_quietly(temp)
-        self._staged.clear()
+    crash_point(f"{path.name}: renamed")
 
 
 def _bytes_writer(data: bytes) -> Callable[[str], None]:

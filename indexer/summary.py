@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -10,6 +12,18 @@ class SkippedFile:
     path: str
     reason: str  # ImageDecodeError.reason, or "duplicate" for an add of an already indexed file
     message: str
+
+
+@dataclass
+class InputOutcome:
+    """What `add` did with one input file: `added` (its new id), `duplicate` (the id that already
+    holds its content; None when that one was skipped) or `skipped` (the reason)."""
+
+    path: str
+    outcome: str
+    id: int | None = None
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -24,6 +38,31 @@ class BuildSummary:
     total_indexed: int = 0  # images in the index afterwards
     factory: str = ""
     dim: int = 0
+    inputs: list[InputOutcome] = field(default_factory=list)  # add: one per input file, in input order
+    commit: Any = field(default=None, repr=False)  # add: the generations.Commit written (None: nothing)
+    _pending_duplicates: dict = field(default_factory=dict, repr=False)
+
+    def skip(self, path: str | Path, reason: str, message: str, duplicate_of: int | None = None, duplicate_sha: str = "") -> None:
+        """Record a skipped input (a duplicate of `duplicate_of`, or of the input with content `duplicate_sha`)."""
+        self.skipped.append(SkippedFile(str(path), reason, message))
+        outcome = InputOutcome(str(path), "duplicate" if reason == "duplicate" else "skipped", duplicate_of, reason, message)
+        if duplicate_sha:
+            self._pending_duplicates[str(path)] = duplicate_sha
+        self.inputs.append(outcome)
+
+    def outcome(self, path: str | Path, outcome: str, image_id: int | None, sha256: str = "") -> None:
+        self.inputs.append(InputOutcome(str(path), outcome, image_id, message=sha256))
+
+    def order_inputs(self, files: list[Path]) -> None:
+        """Sort `inputs` into the order of `files`; a duplicate of an input added in this call gets its id."""
+        added_by_sha = {o.message: o.id for o in self.inputs if o.outcome == "added"}
+        for o in self.inputs:
+            if o.outcome == "added":
+                o.message = ""
+            elif str(o.path) in self._pending_duplicates:
+                o.id = added_by_sha.get(self._pending_duplicates[str(o.path)])
+        position = {str(f): i for i, f in enumerate(files)}
+        self.inputs.sort(key=lambda o: position.get(o.path, len(position)))
 
     @property
     def skipped_reasons(self) -> dict[str, int]:
@@ -69,4 +108,4 @@ class BuildSummary:
             "processed_this_run": self.processed_this_run,
             "factory": self.factory,
             "dim": self.dim,
-        }
+        } | ({"inputs": [vars(o) for o in self.inputs]} if self.inputs else {})

@@ -1,16 +1,16 @@
-"""Incremental changes to an existing index: `add_images` and `remove_images`.
+"""Incremental changes to an existing index: `add_images`, `remove_images` (and `compact`).
 
-Both hold an exclusive lock on the index directory, write the new `index.faiss` and
-`vectors.npy` to temp files that replace the old ones, change the catalog in one SQLite
-transaction and update the manifest's counts last. A reader that re-opens the index afterwards
-sees the change; one that opened it before keeps a consistent old view (replaced files keep
-their old inode).
+Each one is one new generation (`generations.commit_generation`): under an exclusive lock on the
+index directory it writes a new vector segment (add) or tombstone (remove) of the batch's size,
+commits the catalog rows marked with the new generation, and renames the manifest naming that
+generation into place, the one commit point. Nothing proportional to the index's size is read
+or written: the FAISS checkpoint is not touched (readers add the segments after it on open, and
+`dff-index compact` folds them in). A reader that opened the index before keeps its generation.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,77 +19,35 @@ import numpy as np
 
 from .catalog import STATUS_INDEXED, Catalog, CatalogRow
 from .config import IndexConfig
-from .errors import IndexWriteError, NoImagesError
+from .errors import NoImagesError
 from .extraction import progress_bar, run_extraction
-from .faiss_index import faiss_writer, read_faiss_index, remove_ids
 from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path, stat_key
+from .generations import Commit, begin_write, commit_generation
 from .manifest import (
     CATALOG_NAME,
-    FAISS_NAME,
-    MANIFEST_NAME,
-    VECTORS_NAME,
     WHITENING_NAME,
     build_extractor,
     check_manifest_matches,
     read_manifest,
 )
 from .stages import WorkItem
-from .storage import AtomicGroup, exclusive_lock
-from .summary import BuildSummary, SkippedFile
+from .storage import exclusive_lock
+from .summary import BuildSummary
 
 
-def _vectors_writer(old: np.ndarray, n_rows: int, updates: dict[int, np.ndarray], chunk: int = 65_536):
-    """Writes vectors.npy with `n_rows` rows: the old rows, then `updates` (id -> vector or zeros)."""
-
-    def write(temp: str) -> None:
-        new = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=(n_rows, old.shape[1]))
-        for start in range(0, min(len(old), n_rows), chunk):
-            stop = min(start + chunk, len(old), n_rows)
-            new[start:stop] = old[start:stop]
-        for image_id, vector in updates.items():
-            new[image_id] = vector
-        new.flush()
-        del new
-
-    return write
-
-
-def _commit(
-    index_dir: Path,
-    manifest: dict,
-    catalog: Catalog,
-    index,
-    vectors_write,
-    next_id: int,
-    insert: Sequence[CatalogRow] = (),
-    delete_ids: Sequence[int] = (),
-) -> None:
-    """Write index.faiss, vectors.npy, manifest.json to temp files, commit the catalog, then
-    rename the three into place. A failure before the catalog commit changes nothing."""
-    deleted = catalog.by_ids(delete_ids)
-    skipped = catalog.skipped_reasons()
-    for row in deleted.values():
-        if not row.indexed:
-            skipped[row.status.split(":", 1)[1]] -= 1
-    manifest = dict(manifest)
-    manifest["counts"] = {
-        "files": catalog.count(None) - len(deleted) + len(insert),
-        "indexed": int(index.ntotal),
-        "skipped": {reason: n for reason, n in skipped.items() if n > 0},
-    }
-    manifest["next_id"] = next_id
-    manifest["updated_at"] = time.time()
-    with AtomicGroup() as group:
-        group.write(index_dir / FAISS_NAME, faiss_writer(index))
-        group.write(index_dir / VECTORS_NAME, vectors_write, suffix=".npy")
-        group.write_json(index_dir / MANIFEST_NAME, manifest)
+def _hash_inputs(files: list[Path], vouched: Mapping[str, str], summary: BuildSummary) -> list[tuple[Path, str, tuple[int, int]]]:
+    hashed = []
+    for path in files:
         try:
-            catalog.apply(insert=insert, delete_ids=delete_ids)
-        except sqlite3.Error as exc:
-            raise IndexWriteError(
-                f"cannot update {index_dir / CATALOG_NAME}: {exc}; free disk space (nothing was changed)"
-            ) from exc
-        group.commit()
+            if os.path.abspath(path) in vouched:
+                sha, hashed_key = vouched[os.path.abspath(path)], stat_key(os.stat(path))
+            else:
+                sha, hashed_key = hash_file(path)  # the reader reuses it: each file hashed once
+        except OSError as exc:
+            summary.skip(path, "unreadable", f"{path}: {exc.strerror or exc}")
+            continue
+        hashed.append((path, sha, hashed_key))
+    return hashed
 
 
 def add_images(
@@ -105,11 +63,13 @@ def add_images(
 
     Files whose sha256 is already indexed are skipped (reason `duplicate`); a file whose catalog
     path is indexed with other content replaces the old entry (old id removed, new id given).
-    Undecodable files are skipped with their reason and not recorded. A passed-in `extractor`
-    is reused after `check_manifest_matches` (raises `ManifestMismatchError` naming the setting).
-    `known_sha256` maps a file path (as given) to the sha256 of its content, for a caller that has
-    just written the file from bytes it hashed (the searcher's AddImages): the file is then not
-    hashed again. The caller vouches for it; every other file is hashed here.
+    Undecodable files are skipped with their reason and not recorded. `summary.inputs` says, for
+    each input file in order, the id it got, the id it duplicates, or why it was skipped;
+    `summary.commit` is the generation written (for a live reader's `OpenIndex.apply`).
+    A passed-in `extractor` is reused after `check_manifest_matches` (raises
+    `ManifestMismatchError` naming the setting). `known_sha256` maps a file path (as given) to the
+    sha256 of its content, for a caller that has just written the file from bytes it hashed (the
+    searcher's AddImages): the file is then not hashed again. The caller vouches for it.
     """
     started = time.perf_counter()
     index_dir = Path(os.path.abspath(index_dir))
@@ -121,90 +81,128 @@ def add_images(
     if not files:
         raise NoImagesError("no image files given to add (looked for .jpg .jpeg .png .webp in folders)")
     summary = BuildSummary(index_dir=str(index_dir))
-    with exclusive_lock(index_dir):
-        manifest = read_manifest(index_dir)  # re-read under the lock
+    vouched = {os.path.abspath(p): sha for p, sha in (known_sha256 or {}).items()}
+    with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
+        manifest = begin_write(index_dir, catalog)
         source_root = manifest["source_root"]
-        with Catalog(index_dir / CATALOG_NAME) as catalog:
-            known = catalog.indexed_by_sha256()
-            next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
-            items: list[WorkItem] = []
-            replaced_by_path: dict[str, int] = {}
-            seen: dict[str, str] = {}
-            vouched = {os.path.abspath(p): sha for p, sha in (known_sha256 or {}).items()}
-            for path in files:
-                try:
-                    if os.path.abspath(path) in vouched:
-                        sha, hashed_key = vouched[os.path.abspath(path)], stat_key(os.stat(path))
-                    else:
-                        sha, hashed_key = hash_file(path)  # the reader reuses it: each file hashed once
-                except OSError as exc:
-                    summary.skipped.append(SkippedFile(str(path), "unreadable", f"{path}: {exc.strerror or exc}"))
-                    continue
-                if sha in known:
-                    summary.skipped.append(SkippedFile(str(path), "duplicate", f"{path}: already indexed as id {known[sha]}"))
-                    continue
-                if sha in seen:
-                    summary.skipped.append(SkippedFile(str(path), "duplicate", f"{path}: same content as {seen[sha]}"))
-                    continue
-                seen[sha] = str(path)
-                stored = catalog_path(path, source_root, index_dir)
-                previous = catalog.by_path(stored)
-                if previous is not None:
-                    replaced_by_path[stored] = previous.id
-                items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
-            if not items:
-                summary.seconds = time.perf_counter() - started
-                summary.total_indexed = catalog.count()
-                return summary
-            if runtime.threads:
-                import torch
-
-                torch.set_num_threads(runtime.threads)
-            if extractor is None:
-                extractor = build_extractor(manifest, device=runtime.device)
-            whitening = None
-            if int(manifest["whitening"].get("dim", 0)) > 0:
-                from descriptors.whitening import PCAWhitening
-
-                whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
-            vectors_by_item, decoded_all = _extract(items, extractor, whitening, manifest, runtime, progress)
-            vectors: dict[int, np.ndarray] = {}
-            now = time.time()
-            new_rows: list[CatalogRow] = []
-            for d in decoded_all:
-                if d.ok:
-                    # ids are given to the images that made it, in input order (failures use none)
-                    new_id = next_id + len(new_rows)
-                    vectors[new_id] = vectors_by_item.pop(d.item.id)
-                    new_rows.append(CatalogRow(new_id, d.item.stored_path, d.sha256, d.width, d.height, STATUS_INDEXED, now))
-                else:
-                    summary.skipped.append(SkippedFile(str(d.item.path), str(d.reason), d.message or ""))
-            new_ids = np.array([r.id for r in new_rows], dtype=np.int64)
-            # a path whose new content failed to decode keeps its old entry
-            new_paths = {r.path for r in new_rows}
-            replaced = sorted(old for path, old in replaced_by_path.items() if path in new_paths)
-            index = read_faiss_index(index_dir / FAISS_NAME)
-            old_vectors = np.load(index_dir / VECTORS_NAME, mmap_mode="r")
-            if replaced:
-                keep = np.setdiff1d(catalog.indexed_ids(), replaced)
-                index = remove_ids(index, np.array(replaced, np.int64), old_vectors, keep, manifest["faiss"]["factory"])
-            if len(new_ids):
-                index.add_with_ids(np.ascontiguousarray(np.stack([vectors[i] for i in new_ids.tolist()])), new_ids)
-            new_next_id = int(max(next_id, (new_ids.max() + 1) if len(new_ids) else next_id))
-            updates = {int(i): vectors[int(i)] for i in new_ids}
-            updates |= {int(i): np.zeros(old_vectors.shape[1], np.float32) for i in replaced}
-            _commit(
-                index_dir, manifest, catalog, index, _vectors_writer(old_vectors, new_next_id, updates), new_next_id,
-                insert=new_rows, delete_ids=replaced,
-            )
-            del old_vectors
-            summary.indexed = len(new_rows)
-            summary.ids = new_ids.tolist()
-            summary.total_indexed = int(index.ntotal)
+        next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
+        hashed = _hash_inputs(files, vouched, summary)
+        known = catalog.indexed_by_sha256(sha for _, sha, _ in hashed)
+        items: list[WorkItem] = []
+        replaced_by_path: dict[str, CatalogRow] = {}
+        first_with: dict[str, Path] = {}
+        for path, sha, hashed_key in hashed:
+            if sha in known:
+                summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
+                continue
+            if sha in first_with:
+                summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
+                continue
+            first_with[sha] = path
+            stored = catalog_path(path, source_root, index_dir)
+            previous = catalog.by_path(stored)
+            if previous is not None:
+                replaced_by_path[stored] = previous
+            items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
+        if items:
+            _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary)
+        else:
+            summary.total_indexed = int(manifest["counts"]["indexed"])
+        summary.order_inputs(files)
     summary.seconds = time.perf_counter() - started
     summary.processed_this_run = len(items)
     summary.factory = manifest["faiss"]["factory"]
     summary.dim = int(manifest["dim"])
+    return summary
+
+
+def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary) -> None:
+    if extractor is None or runtime.threads:  # a server's add keeps the server's settings
+        from descriptors.threads import setup_threads
+
+        setup_threads(runtime.threads)
+    if extractor is None:
+        extractor = build_extractor(manifest, device=runtime.device)
+    whitening = None
+    if int(manifest["whitening"].get("dim", 0)) > 0:
+        from descriptors.whitening import PCAWhitening
+
+        whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
+    vectors_by_item, decoded_all = _extract(items, extractor, whitening, manifest, runtime, progress)
+    accepted = []
+    for d in decoded_all:
+        if d.ok:
+            accepted.append((d.item.path, d.item.stored_path, d.sha256, d.width, d.height, vectors_by_item.pop(d.item.id)))
+        else:
+            summary.skip(d.item.path, str(d.reason), d.message or "")
+    _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+
+
+def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary) -> None:
+    """One generation with the `accepted` images ((path, stored path, sha256, width, height,
+    vector), in order; ids given in that order) replacing the entries of their paths."""
+    now = time.time()
+    new_rows: list[CatalogRow] = []
+    for path, stored, sha, width, height, _vector in accepted:
+        new_rows.append(CatalogRow(next_id + len(new_rows), stored, sha, width, height, STATUS_INDEXED, now))
+        summary.outcome(path, "added", new_rows[-1].id, sha)
+    # a path whose new content failed to decode keeps its old entry
+    new_paths = {r.path for r in new_rows}
+    replaced = {row.id: row for path, row in replaced_by_path.items() if path in new_paths}
+    commit = commit_generation(
+        index_dir, manifest, catalog,
+        insert=new_rows,
+        vectors=np.stack([a[-1] for a in accepted]).astype(np.float32) if accepted else None,
+        remove=replaced,
+        next_id=next_id + len(new_rows),
+    )
+    summary.commit = commit
+    summary.indexed = len(new_rows)
+    summary.ids = [r.id for r in new_rows]
+    summary.total_indexed = int(commit.manifest["counts"]["indexed"])
+
+
+def add_vectors(
+    index_dir: str | Path,
+    images: Sequence[tuple[str | Path, str, int, int]],
+    vectors: np.ndarray,
+) -> BuildSummary:
+    """Add images whose global descriptors were computed elsewhere (a Ray job, another machine):
+    `images` = (path, sha256, width, height) per row of `vectors` (n, dim). The same duplicate,
+    replacement, id and commit rules as `add_images` (which is extraction + this), no extraction."""
+    started = time.perf_counter()
+    index_dir = Path(os.path.abspath(index_dir))
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    if len(images) != len(vectors):
+        raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
+    summary = BuildSummary(index_dir=str(index_dir))
+    with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
+        manifest = begin_write(index_dir, catalog)
+        if len(vectors) and vectors.shape[1] != int(manifest["dim"]):
+            raise ValueError(f"vectors have dimension {vectors.shape[1]}, the index {manifest['dim']}")
+        next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
+        known = catalog.indexed_by_sha256(sha for _, sha, _, _ in images)
+        accepted, replaced_by_path, first_with = [], {}, {}
+        for (path, sha, width, height), vector in zip(images, vectors, strict=True):
+            if sha in known:
+                summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
+                continue
+            if sha in first_with:
+                summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
+                continue
+            first_with[sha] = path
+            stored = catalog_path(path, manifest["source_root"], index_dir)
+            previous = catalog.by_path(stored)
+            if previous is not None:
+                replaced_by_path[stored] = previous
+            accepted.append((path, stored, sha, int(width), int(height), vector))
+        if accepted:
+            _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+        else:
+            summary.total_indexed = int(manifest["counts"]["indexed"])
+        summary.order_inputs([Path(p) for p, _, _, _ in images])
+    summary.seconds = time.perf_counter() - started
+    summary.factory, summary.dim = manifest["faiss"]["factory"], int(manifest["dim"])
     return summary
 
 
@@ -230,36 +228,28 @@ def remove_images(
 ) -> int:
     """Remove images by id and/or path (absolute, or as stored in the catalog); returns how many
     indexed images were removed. Unknown ids/paths are ignored (they count 0)."""
+    return remove_images_committed(index_dir, ids, paths)[0]
+
+
+def remove_images_committed(
+    index_dir: str | Path, ids: Sequence[int] | None = None, paths: Sequence[str | Path] | None = None
+) -> tuple[int, Commit | None]:
+    """`remove_images`, also returning the generation written (None when nothing matched)."""
     index_dir = Path(os.path.abspath(index_dir))
-    with exclusive_lock(index_dir):
-        manifest = read_manifest(index_dir)
-        with Catalog(index_dir / CATALOG_NAME) as catalog:
-            wanted: set[int] = {int(i) for i in (ids or [])}
-            for path in paths or []:
-                for stored in (catalog_path(path, manifest["source_root"], index_dir), str(path)):
-                    row = catalog.by_path(stored)
-                    if row is not None:
-                        wanted.add(row.id)
-                        break
-            rows = catalog.by_ids(sorted(wanted))
-            if not rows:
-                return 0
-            indexed = np.array(sorted(i for i, r in rows.items() if r.indexed), np.int64)
-            index = read_faiss_index(index_dir / FAISS_NAME)
-            old_vectors = np.load(index_dir / VECTORS_NAME, mmap_mode="r")
-            if len(indexed):
-                keep = np.setdiff1d(catalog.indexed_ids(), indexed)
-                index = remove_ids(index, indexed, old_vectors, keep, manifest["faiss"]["factory"])
-                zeros = np.zeros(old_vectors.shape[1], np.float32)
-                updates = {int(i): zeros for i in indexed}
-            else:
-                updates = {}
-            _commit(
-                index_dir, manifest, catalog, index, _vectors_writer(old_vectors, len(old_vectors), updates),
-                int(manifest.get("next_id", 0)), delete_ids=sorted(rows),
-            )
-            del old_vectors
-            return len(indexed)
+    with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
+        manifest = begin_write(index_dir, catalog)
+        wanted: set[int] = {int(i) for i in (ids or [])}
+        for path in paths or []:
+            for stored in (catalog_path(path, manifest["source_root"], index_dir), str(path)):
+                row = catalog.by_path(stored)
+                if row is not None:
+                    wanted.add(row.id)
+                    break
+        rows = catalog.by_ids(sorted(wanted))
+        if not rows:
+            return 0, None
+        commit = commit_generation(index_dir, manifest, catalog, remove=rows)
+        return sum(r.indexed for r in rows.values()), commit
 
 
 def resolve_paths(index_dir: str | Path, stored: Sequence[str]) -> list[str]:

@@ -4,8 +4,9 @@
               [--host 127.0.0.1] [--port 50051] [--token-file F] [--tls-ca CA] [--timeout S]
 
 Prints a ranked table (or JSON: {"results": [{rank, id, path, key, score, box, image_missing}],
-"stages_ms": {...}}); `--show out.png` writes a figure: the query with its box and the NMF
-heatmap, then the top results with their scores and predicted boxes.
+"stages_ms": {...}}); `--show out.png` writes a figure: the query with its box, then the top
+results with their scores (with `--localize`: the NMF heatmaps and the predicted boxes too).
+Bad arguments end with a one-line error and exit status 2; a server error with exit status 1.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ class SearchClient:
         localize: bool = False,
         return_heatmaps: bool = False,
         timeout: float | None = None,
+        return_concepts: bool = False,
     ) -> search_pb2.SearchResponse:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
-            return_heatmaps=return_heatmaps,
+            return_heatmaps=return_heatmaps, return_concepts=return_concepts,
         )
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
@@ -102,10 +104,13 @@ class SearchClient:
         return self.stub.Search(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def add_images(
-        self, items: Iterable[tuple[str, bytes]], timeout: float | None = None
+        self, items: Iterable[tuple[str, bytes]], timeout: float | None = None, skip_invalid: bool = False
     ) -> search_pb2.AddImagesResponse:
-        """Stream (key, image bytes) pairs; the server stores and indexes them."""
-        requests = (search_pb2.AddImageRequest(key=key, image=data) for key, data in items)
+        """Stream (key, image bytes) pairs; the server stores and indexes them. `skip_invalid`:
+        undecodable images come back SKIPPED (with their reason) instead of failing the call."""
+        requests = (
+            search_pb2.AddImageRequest(key=key, image=data, skip_invalid=skip_invalid) for key, data in items
+        )
         return self.stub.AddImages(requests, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def add_files(self, paths: Iterable[str | Path], timeout: float | None = None) -> search_pb2.AddImagesResponse:
@@ -117,6 +122,11 @@ class SearchClient:
     ) -> search_pb2.RemoveImagesResponse:
         request = search_pb2.RemoveImagesRequest(ids=list(ids), paths=list(paths))
         return self.stub.RemoveImages(request, timeout=self._timeout(timeout), metadata=self.metadata)
+
+    def get_image(self, image_id: int, max_side: int = 0, timeout: float | None = None) -> search_pb2.ImageData:
+        """The stored image of an indexed id (max_side > 0: a JPEG at most that large); NOT_FOUND otherwise."""
+        request = search_pb2.GetImageRequest(id=int(image_id), max_side=int(max_side))
+        return self.stub.GetImage(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def info(self, timeout: float | None = None) -> search_pb2.IndexInfo:
         return self.stub.GetIndexInfo(
@@ -160,43 +170,114 @@ def format_table(response: search_pb2.SearchResponse) -> str:
 def parse_box(text: str) -> tuple[float, float, float, float]:
     parts = text.replace(" ", "").split(",")
     if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"--box needs x0,y0,x1,y1 (4 numbers), got {text!r}")
+        raise argparse.ArgumentTypeError(f"needs x0,y0,x1,y1 (4 numbers), got {text!r}")
     try:
         x0, y0, x1, y1 = (float(p) for p in parts)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--box: {text!r} has a value that is not a number") from exc
+        raise argparse.ArgumentTypeError(f"{text!r} has a value that is not a number") from exc
+    if min(x0, y0, x1, y1) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: coordinates are pixels of the image, 0 or more")
+    if x0 >= x1 or y0 >= y1:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: need x0 < x1 and y0 < y1")
     return x0, y0, x1, y1
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`PROG: error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def join_negative_values(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """`--box -50,0,9,9` -> `--box=-50,0,9,9`: argparse would take the value for an option."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i] in options and i + 1 < len(items) and items[i + 1].startswith("-") and items[i + 1][1:2].isdigit():
+            out.append(f"{items[i]}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(items[i])
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dff-query", description="Query a dff-serve index with an image.")
+    parser = OneLineErrorParser(prog="dff-query", description="Query a dff-serve index with an image.")
     parser.add_argument("image", type=Path, help="query image file")
     parser.add_argument("--box", type=parse_box, help="region of interest x0,y0,x1,y1 in pixels of IMAGE")
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--qe", type=int, default=0, help="query expansion: average with the top n (0 = off)")
+    parser.add_argument("--top-k", type=_count(1), default=10, help="results to return (1 or more)")
+    parser.add_argument(
+        "--qe", type=_count(0), default=0, help="query expansion: average with the top n (0 = off)"
+    )
     parser.add_argument("--localize", action="store_true", help="predict a box in each result")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--show", type=Path, help="write a figure (query, heatmap, results) to this PNG")
+    parser.add_argument(
+        "--show", type=Path,
+        help="write a figure (query, results; heatmaps and boxes with --localize) to this PNG",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="threads of the local work (reading the image, --show's figure); default 0: the free CPUs",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_paths(args: argparse.Namespace) -> str | None:
+    """What is wrong with the local paths, before anything is sent."""
     if not args.image.is_file():
-        print(f"dff-query: {args.image} is not a file", file=sys.stderr)
+        return f"{args.image} is not a file"
+    if args.show is not None:
+        folder = args.show.parent if str(args.show.parent) else Path(".")
+        if not folder.is_dir():
+            return f"--show {args.show}: folder {folder} does not exist; create it or pick another path"
+        if args.show.is_dir():
+            return f"--show {args.show} is a folder; give a file name such as {args.show / 'results.png'}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(join_negative_values(raw, ("--box",)))
+    problem = _check_paths(args)
+    if problem:
+        print(f"dff-query: error: {problem}", file=sys.stderr)
         return 2
-    token = read_token_file(args.token_file) if args.token_file else None
-    localize = args.localize or args.show is not None
+    try:
+        token = read_token_file(args.token_file) if args.token_file else None
+    except ValueError as exc:
+        print(f"dff-query: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads or args.verbose:  # the client computes little: measure the load only when asked
+        from descriptors.threads import setup_threads
+
+        setup_threads(args.threads, verbose=args.verbose, prog="dff-query", load_libraries=False)
     with SearchClient(args.host, args.port, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
         try:
             response = client.search(
-                args.image, box=args.box, top_k=args.top_k, query_expansion=args.qe, localize=localize,
-                return_heatmaps=args.show is not None,
+                args.image, box=args.box, top_k=args.top_k, query_expansion=args.qe, localize=args.localize,
+                return_heatmaps=args.show is not None and args.localize,
             )
         except grpc.RpcError as exc:
             print(f"dff-query: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -209,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.show is not None:
         from .show import draw_results
 
-        draw_results(args.image, args.box, response, args.show)
+        try:
+            draw_results(args.image, args.box, response, args.show)
+        except OSError as exc:
+            print(f"dff-query: error: cannot write {args.show}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"dff-query: wrote {args.show}", file=sys.stderr)
     return 0
 

@@ -92,9 +92,13 @@ class ComputePool:
     pool thread is booked as the "queue" stage, the work under its own stage name.
     """
 
-    def __init__(self, workers: int, name: str, torch_threads: int | None = None) -> None:
+    def __init__(self, workers: int, name: str, torch_threads: int | None = None, follow_load: bool = False) -> None:
         self.workers = max(1, int(workers))
         self.torch_threads = torch_threads
+        # follow_load: before each task, the thread count descriptors.threads chooses for the load
+        # now (when the process chose automatically), so a server started on an idle machine stops
+        # oversubscribing the cores when other work starts
+        self.follow_load = follow_load
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix=name, initializer=self._init_thread
         )
@@ -113,6 +117,10 @@ class ComputePool:
             started = time.perf_counter()
             clock.add(QUEUE_STAGE, (started - submitted) * 1000.0)
             clock.check(stage)
+            if self.follow_load:
+                from descriptors.threads import follow_load
+
+                follow_load()
             try:
                 return fn(*args)
             finally:

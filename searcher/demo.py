@@ -1,24 +1,27 @@
-"""`dff-demo [FOLDER] [--query IMAGE]`: the whole product in one command.
+"""`dff-demo [FOLDER] [--query IMAGE] [--serve | --no-serve]`: the whole product in one command.
 
 Indexes FOLDER (default: real photos that scikit-image ships, written to a cache folder), starts
-`dff-serve` on a free loopback port, waits for its health check to say SERVING, runs one query
-through `dff-query`, prints the ranked results and stops the server. With no FOLDER the query is
-the right view of scikit-image's stereo motorcycle pair, whose left view is in the index.
+`dff-serve` on a free loopback port and the search page (`dff-web`) beside it, prints both
+addresses, runs one query through `dff-query` and prints the ranked results. Then, in a terminal
+(or with --serve), it keeps both running until Ctrl-C so the page can be used; otherwise (or with
+--no-serve) it stops them. With no FOLDER the query is the right view of scikit-image's stereo
+motorcycle pair, whose left view is in the index.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
+
+from .launcher import console_script, launch_serve, launch_web
 
 DEMO_PHOTOS = (
     "astronaut",
@@ -53,38 +56,6 @@ def write_demo_photos(folder: Path) -> Path:
     return query
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_serving(port: int, server: subprocess.Popen, timeout: float = 180.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"dff-serve exited with code {server.returncode} before it was ready")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.5)
-    raise SystemExit(f"dff-serve did not report SERVING within {timeout:.0f} s")
-
-
-def _tool(name: str) -> str:
-    """The console script next to this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.exists() else name
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dff-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -94,7 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, help="index directory (default: a cache folder)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--rebuild", action="store_true", help="delete and rebuild the demo index")
+    parser.add_argument(
+        "--serve", action=argparse.BooleanOptionalAction, default=None,
+        help="keep the server and the page running after the query until Ctrl-C (default: when run in a terminal)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="compute threads for dff-index and dff-serve (default 0: the CPUs not busy with other work)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="dff-index and dff-serve print their thread settings")
     args = parser.parse_args(argv)
+    thread_flags = (["--threads", str(args.threads)] if args.threads else []) + (["--verbose"] if args.verbose else [])
 
     cache = default_cache_dir()
     if args.folder is None:
@@ -123,28 +104,36 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (index_dir / "manifest.json").exists():
         print(f"== indexing {folder} -> {index_dir}", flush=True)
-        subprocess.run([_tool("dff-index"), "build", str(folder), "--out", str(index_dir)], check=True)
+        subprocess.run([console_script("dff-index"), "build", str(folder), "--out", str(index_dir), *thread_flags], check=True)
     else:
         print(f"== using the existing index {index_dir} (--rebuild to redo it)", flush=True)
 
-    port = free_port()
-    print(f"== starting dff-serve on 127.0.0.1:{port}", flush=True)
-    server = subprocess.Popen([_tool("dff-serve"), "--index", str(index_dir), "--port", str(port)])
+    print("== starting dff-serve and the search page", flush=True)
     try:
-        wait_serving(port, server)
-        print(f"== query {query}", flush=True)
-        result = subprocess.run(
-            [_tool("dff-query"), str(query), "--port", str(port), "--top-k", str(args.top_k), "--localize"],
-            check=False,
-        )
-        return result.returncode
-    finally:
-        server.send_signal(signal.SIGTERM)
+        server = launch_serve(index_dir, thread_flags)
+    except RuntimeError as exc:
+        raise SystemExit(f"dff-demo: {exc}") from exc
+    with server:
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        print("== server stopped", flush=True)
+            page = launch_web(server.target)
+        except RuntimeError as exc:
+            raise SystemExit(f"dff-demo: {exc}") from exc
+        with page:
+            print(f"== gRPC: {server.target}    page: {page.url}", flush=True)
+            print(f"== query {query}", flush=True)
+            result = subprocess.run(
+                [console_script("dff-query"), str(query), "--port", str(server.port), "--top-k", str(args.top_k),
+                 "--localize"],
+                check=False,
+            )
+            serve = sys.stdin.isatty() if args.serve is None else args.serve
+            if serve and result.returncode == 0:
+                print(f"== open {page.url} in a browser to search; Ctrl-C stops the server and the page",
+                      flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    threading.Event().wait()
+    print("== server and page stopped", flush=True)
+    return result.returncode
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ Concurrency: searches share no Python lock during compute. All torch work (forwa
 localization) runs on small fixed thread pools of `compute_slots` threads (one pool for the
 backbone, one for the NMF, so that one request's NMF overlaps the next one's forward): few,
 stable OpenMP teams, and N concurrent requests do not oversubscribe the cores. FAISS search +
-catalog lookup run under the read side of a readers-writer lock and use one `OpenIndex`
-snapshot; add/remove build a new `OpenIndex` and swap the reference, and removal (which edits
-the catalog in place) takes the write side, so a search sees the old or the new index, never a
-mix.
+catalog lookup run under the read side of a readers-writer lock on one `OpenIndex` at one
+generation. Adds and removes run on their own one-thread executor (`write` pool, one torch
+thread): the upload is decoded, encoded and committed as a new generation on disk there while
+searches go on; only then is the commit applied to the in-memory index (`OpenIndex.apply`: FAISS
+add of the batch, tombstones hidden, catalog generation bumped) under the write side of the lock,
+a pause of O(batch). A search therefore sees the old or the new generation, never a mix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from descriptors.encode import backbone_input
-from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from descriptors.encode import backbone_input, decode_options
+from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
 from descriptors.query_expansion import expand_query
 
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
-from .localize import LocalizationResult, Localizer
+from .localize import Concept, LocalizationResult, Localizer
+from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
 STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
@@ -46,13 +50,16 @@ __all__ = [
     "QUEUE_STAGE",
     "STAGES",
     "AddedImage",
+    "Concept",
     "EngineConfig",
+    "ImageNotFoundError",
     "InvalidQueryError",
     "QueryDeadlineError",
     "SearchEngine",
     "SearchEngineError",
     "SearchHit",
     "SearchOutcome",
+    "StoredImage",
     "validate_box",
 ]
 
@@ -80,6 +87,10 @@ class EngineConfig:
     nmf_threads: int | None = 1
     localization_size: int = 224
     localization_k: int | None = None  # None: the index's K
+    # bounded memory (dff-serve flags): images decoded at once (a PNG cannot be decoded at a
+    # reduced scale: 64 MP = 192 MB each), and results localized per request
+    decode_slots: int = 2
+    max_localize: int = 100
 
 
 @dataclass
@@ -94,6 +105,8 @@ class SearchHit:
     width: int = 0
     height: int = 0
     heatmap: np.ndarray | None = None  # (h, w) in [0, 1], localization grid
+    shared_concept: int | None = None  # with_concepts: index into SearchOutcome.concepts
+    shared_concept_heatmap: np.ndarray | None = None
 
 
 @dataclass
@@ -103,15 +116,26 @@ class SearchOutcome:
     query_factors: int = 0
     query_size: tuple[int, int] = (0, 0)
     query_heatmap: np.ndarray | None = None
+    concepts: list[Concept] = field(default_factory=list)  # with_concepts: the joint NMF's factors
     query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
+
+
+# per-input outcomes of AddImages
+ADDED, DUPLICATE, SKIPPED = "added", "duplicate", "skipped"
 
 
 @dataclass
 class AddedImage:
+    """What happened to one input of `add_images`: `added` under `id`, `duplicate` of `id`, or
+    `skipped` (id -1) for `reason`."""
+
     id: int
     key: str
     path: str
     duplicate: bool = False
+    outcome: str = ADDED
+    reason: str = ""
+    message: str = ""
 
 
 def _container_format(data: bytes) -> str:
@@ -138,13 +162,16 @@ class SearchEngine:
         self.extractor = indexer.build_extractor(self._index.manifest, config.device)
         self.backbone = self.extractor.backbone
         self._write_lock = threading.Lock()  # one writer at a time
-        self._catalog_guard = ReadWriteLock()
+        self._index_guard = ReadWriteLock()  # searches read; applying a commit writes
         slots = config.compute_slots or max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
         if self.backbone.device.type != "cpu":
             slots = max(slots, config.max_batch)  # the batcher needs concurrent submitters
         self.compute_slots = slots
+        # adds and removes: their own thread (and one torch thread), so searches never queue
+        # behind an upload's encoding in the backbone pool
+        self._write_pool = ComputePool(1, "write", torch_threads=1)
         forward_threads = torch.get_num_threads()
-        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads)
+        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads, follow_load=True)
         self._nmf_pool = (
             ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
             if config.pipelined
@@ -160,8 +187,10 @@ class SearchEngine:
             self.extractor.config,
             image_size=config.localization_size,
             k=config.localization_k,
+            decode=self._decode_result,
         )
         self._keys = UploadKeys(config.index_dir)
+        self._decode_slots = threading.BoundedSemaphore(max(1, int(config.decode_slots)))
 
     # ------------------------------------------------------------------------------------------
     # read side
@@ -174,6 +203,11 @@ class SearchEngine:
     @property
     def count(self) -> int:
         return int(self._index.count)
+
+    @property
+    def generation(self) -> int:
+        """The index generation searches see now."""
+        return int(self._index.generation)
 
     def search(
         self,
@@ -194,28 +228,31 @@ class SearchEngine:
         localize: bool = False,
         *,
         with_heatmaps: bool = False,
+        with_concepts: bool = False,
         deadline: float | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant."""
-        self._check_numbers(top_k, query_expansion)
+        self._check_numbers(top_k, query_expansion, localize)
         clock = StageClock(deadline)
         with clock.stage("decode"):
-            img = self._decode(image)
-            query_box = validate_box(box, *img.size)
+            # a JPEG decodes at the scale the backbone needs (descriptors.encode.decode_options)
+            options = decode_options(self.extractor.image_size, box, self.extractor.config)
+            img = self._decode(image, deadline, **options)
+            query_box = validate_box(box, *full_size(img))
             # descriptors.encode: the one encoding dff-eval and the indexer use (baselines forward
             # the crop, NMF methods the full image with the box for the factor selection)
             seen, rows_box = backbone_input(img, query_box, self.extractor.config)
             tensor = self.backbone.preprocess(seen, self.extractor.image_size)
         activation = self._backbone_pool.run(clock, "forward", self._batcher.run, tensor)
         rows = self._nmf_pool.run(
-            clock, "nmf", self.extractor.rows_from_activations, [activation], [seen.size], [rows_box]
+            clock, "nmf", self.extractor.rows_from_activations, [activation], [full_size(seen)], [rows_box]
         )[0]
         with clock.stage("descriptor"):
             descriptor = np.asarray(
                 self.extractor.global_descriptor(rows, self._index.whitening), dtype=np.float32
             )
-        with self._catalog_guard.read():
-            index = self._index  # FAISS ids and catalog paths from one and the same state
+        with self._index_guard.read():
+            index = self._index  # FAISS ids and catalog paths from one and the same generation
             scores, ids = self._rank(index, descriptor, int(top_k), int(query_expansion), clock)
             keep = ids >= 0
             scores, ids = scores[keep], ids[keep]
@@ -231,13 +268,18 @@ class SearchEngine:
             for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
         outcome = SearchOutcome(
-            hits=hits, query_factors=int(rows.shape[0]), query_size=img.size, query_vector=descriptor
+            hits=hits, query_factors=int(rows.shape[0]), query_size=full_size(img), query_vector=descriptor
         )
         if localize and hits:
             result = self._backbone_pool.run(
                 clock,
                 "localization",
-                partial(self.localizer.localize, deadline=deadline, with_heatmaps=with_heatmaps),
+                partial(
+                    self.localizer.localize,
+                    deadline=deadline,
+                    with_heatmaps=with_heatmaps,
+                    with_concepts=with_concepts,
+                ),
                 img,
                 query_box,
                 [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
@@ -264,132 +306,162 @@ class SearchEngine:
             "manifest": manifest,
         }
 
+    def image(self, image_id: int, max_side: int = 0) -> StoredImage:
+        """The stored image of an indexed id (`searcher.stored_images`): the file as it is
+        (max_side 0) or a JPEG whose longer side is at most `max_side`; ImageNotFoundError for any
+        id the catalog does not mark indexed."""
+        with self._index_guard.read():
+            index = self._index
+            path = indexed_image_path(index.catalog, image_id, index.source_root, index.index_dir)
+        return load_stored_image(image_id, path, max_side, self.config.max_pixels, self._keys.key_for(path))
+
     def close(self) -> None:
         self._batcher.close()
         self._backbone_pool.close()
         self._nmf_pool.close()
+        self._write_pool.close()
 
     # ------------------------------------------------------------------------------------------
     # write side (one writer at a time; readers never wait)
 
-    def add_images(self, items: Sequence[tuple[str, bytes]]) -> list[AddedImage]:
-        """Store uploads under INDEX_DIR/uploads/<sha256>.<ext>, index them, swap the index in.
+    def add_images(self, items: Sequence[tuple[str, bytes]], skip_invalid: bool = False) -> list[AddedImage]:
+        """Store uploads under INDEX_DIR/uploads/<sha256>.<ext>, index them as one new generation,
+        apply it to the in-memory index. Returns one `AddedImage` per item, in order.
 
-        Every item is decoded first: one bad image rejects the whole request and changes nothing.
-        Content that is already indexed (same sha256) is not added again: its existing id comes
-        back with `duplicate=True`.
+        Every item is decoded first: one bad image rejects the whole request and changes nothing,
+        unless `skip_invalid`, where it comes back `skipped` with its reason. Content that is
+        already indexed (same sha256) is not added again: its existing id comes back `duplicate`.
         """
-        import indexer
-
         if not items:
             raise InvalidQueryError("empty", "AddImages received no images; send at least one")
-        prepared: list[tuple[str, bytes, str]] = []  # (key, bytes to store, extension)
+        prepared: list[tuple[str, bytes, str] | AddedImage] = []  # (key, bytes to store, extension)
         for position, (key, data) in enumerate(items):
             try:
-                img = decode_image(data, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
-            except ImageDecodeError as exc:
+                # checked at the backbone's scale (a JPEG's whole stream is still read): bounded memory
+                img = self._decode(data, None, reduce_to=self.extractor.image_size)
+            except InvalidQueryError as exc:
                 label = f"image {position}" + (f" (key {key!r})" if key else "")
+                if skip_invalid:
+                    prepared.append(AddedImage(-1, key, "", outcome=SKIPPED, reason=exc.reason, message=f"{label}: {exc}"))
+                    continue
                 raise InvalidQueryError(exc.reason, f"{label}: {exc}; nothing was added") from exc
             extension = _FORMAT_EXTENSIONS.get(_container_format(data))
             if extension is None:  # a format the indexer does not list (GIF, BMP, TIFF...): store PNG
+                img = self._decode(data, None)  # at full size: this is what gets stored
                 buffer = io.BytesIO()
                 img.save(buffer, format="PNG")
                 data, extension = buffer.getvalue(), ".png"
             prepared.append((key, bytes(data), extension))
         with self._write_lock:
-            uploads = self._keys.folder
-            uploads.mkdir(exist_ok=True)
-            stored: list[tuple[str, Path, str, bool]] = []  # key, file, sha256, created now
-            for key, data, extension in prepared:
-                digest = hashlib.sha256(data).hexdigest()
-                target = uploads / f"{digest}{extension}"
-                created = not target.exists()
-                if created:
-                    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, target)
-                stored.append((key, target, digest, created))
-            files = sorted({str(path) for _, path, _, _ in stored})
-            # on the backbone pool like every other forward: a handler thread's own OpenMP team
-            # would fight the searches for the cores
-            summary = self._backbone_pool.run(
-                StageClock(None),
-                "add",
-                # the uploads were just written from bytes hashed above: the indexer need not hash them again
-                partial(
-                    indexer.add_images,
-                    extractor=self.extractor,
-                    progress=False,
-                    known_sha256={str(path): digest for _, path, digest, _ in stored},
-                ),
+            return self._write_pool.run(StageClock(None), "add", self._add_prepared, prepared)
+
+    def _add_prepared(self, prepared: list) -> list[AddedImage]:
+        import indexer
+
+        uploads = self._keys.folder
+        uploads.mkdir(exist_ok=True)
+        stored: dict[int, tuple[str, Path, str, bool]] = {}  # position -> key, file, sha256, created now
+        for position, entry in enumerate(prepared):
+            if isinstance(entry, AddedImage):
+                continue
+            key, data, extension = entry
+            digest = hashlib.sha256(data).hexdigest()
+            target = Path(os.path.abspath(uploads / f"{digest}{extension}"))
+            created = not target.exists()
+            if created:
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            stored[position] = (key, target, digest, created)
+        outcomes: dict[str, object] = {}
+        if stored:
+            files = sorted({str(path) for _, path, _, _ in stored.values()})
+            summary = indexer.add_images(
                 self.config.index_dir,
                 files,
+                extractor=self.extractor,
+                progress=False,
+                # the uploads were just written from bytes hashed above: no second hash
+                known_sha256={str(path): digest for _, path, digest, _ in stored.values()},
             )
-            fresh = indexer.open_index(self.config.index_dir)
-            new_ids = [int(i) for i in summary.ids]
-            id_by_file = {
-                os.path.realpath(p): i
-                for p, i in zip(fresh.paths(new_ids), new_ids, strict=True)
-                if p is not None
-            }
-            by_sha: dict[str, int] | None = None
-            added: list[AddedImage] = []
-            for key, path, digest, created in stored:
-                image_id = id_by_file.get(os.path.realpath(path))
-                duplicate = image_id is None
-                if duplicate:  # already indexed with this content (maybe under another path)
-                    if by_sha is None:
-                        by_sha = fresh.catalog.indexed_by_sha256()
-                    if digest not in by_sha:
-                        raise SearchEngineError(f"{path} was stored but the indexer did not index it")
-                    image_id = int(by_sha[digest])
-                    indexed_path = fresh.paths([image_id])[0]
-                    if created and indexed_path is not None and Path(indexed_path) != path:
-                        path.unlink(missing_ok=True)  # the content lives elsewhere; keep no orphan
-                    path = Path(indexed_path) if indexed_path else path
-                added.append(AddedImage(image_id, key, str(path), duplicate=duplicate))
-            self._keys.update(set_keys={a.path: a.key for a in added if a.key})
-            self._index = fresh
+            self._apply(summary.commit)
+            outcomes = {o.path: o for o in summary.inputs}
+        added: list[AddedImage] = []
+        for position, entry in enumerate(prepared):
+            if isinstance(entry, AddedImage):
+                added.append(entry)
+                continue
+            key, path, _digest, created = stored[position]
+            added.append(self._outcome(key, path, created, outcomes.get(str(path))))
+        self._keys.update(set_keys={a.path: a.key for a in added if a.key and a.outcome != SKIPPED})
         return added
+
+    def _outcome(self, key: str, path: Path, created: bool, outcome) -> AddedImage:
+        if outcome is None:
+            raise SearchEngineError(f"{path} was stored but the indexer did not report on it")
+        if outcome.outcome == ADDED:
+            return AddedImage(int(outcome.id), key, str(path))
+        if outcome.outcome == DUPLICATE and outcome.id is not None:
+            indexed_path = self._index.paths([int(outcome.id)])[0]
+            if created and indexed_path is not None and Path(indexed_path) != path:
+                path.unlink(missing_ok=True)  # the content lives elsewhere; keep no orphan
+            return AddedImage(int(outcome.id), key, indexed_path or str(path), duplicate=True, outcome=DUPLICATE)
+        if created:
+            path.unlink(missing_ok=True)
+        return AddedImage(-1, key, "", outcome=SKIPPED, reason=outcome.reason, message=outcome.message)
+
+    def _apply(self, commit) -> None:
+        """Bring the in-memory index to the generation just committed (O(batch)); reopen instead
+        when another process wrote a generation in between."""
+        import indexer
+
+        if commit is None:
+            return
+        if commit.generation == self._index.generation + 1:
+            with self._index_guard.write():
+                self._index.apply(commit)
+            return
+        fresh = indexer.open_index(self.config.index_dir)
+        with self._index_guard.write():
+            self._index = fresh
 
     def remove_images(self, ids: Sequence[int] = (), paths: Sequence[str] = ()) -> int:
         """Remove by id and/or path; returns how many indexed images were removed.
 
         Uploaded files (INDEX_DIR/uploads/) of removed images are deleted with them.
         """
-        import indexer
-
         if not len(ids) and not len(paths):
             raise InvalidQueryError("empty", "RemoveImages needs ids or paths; got neither")
         with self._write_lock:
-            candidates = {str(p) for p in self._index.paths([int(i) for i in ids]) if p} | {
-                str(p) for p in paths
-            }
-            # the catalog is changed in place: searches between FAISS and the path lookup must
-            # not see it half-way, so they are held off (briefly) while the removal runs
-            with self._catalog_guard.write():
-                removed = indexer.remove_images(
-                    self.config.index_dir,
-                    ids=[int(i) for i in ids] or None,
-                    paths=[str(p) for p in paths] or None,
-                )
-                if removed:
-                    self._index = indexer.open_index(self.config.index_dir)
-            if removed:
-                # uploads are named by content and deduplicated, so a removed entry owns its file
-                uploaded = [c for c in candidates if self._keys.name(c)]
-                for candidate in uploaded:
-                    Path(candidate).unlink(missing_ok=True)
-                self._keys.update(drop=uploaded)
+            return self._write_pool.run(StageClock(None), "remove", self._remove, list(ids), list(paths))
+
+    def _remove(self, ids: list, paths: list) -> int:
+        from indexer.update import remove_images_committed
+
+        candidates = {str(p) for p in self._index.paths([int(i) for i in ids]) if p} | {str(p) for p in paths}
+        removed, commit = remove_images_committed(
+            self.config.index_dir,
+            ids=[int(i) for i in ids] or None,
+            paths=[str(p) for p in paths] or None,
+        )
+        self._apply(commit)
+        if removed:
+            # uploads are named by content and deduplicated, so a removed entry owns its file
+            uploaded = [c for c in candidates if self._keys.name(c)]
+            for candidate in uploaded:
+                Path(candidate).unlink(missing_ok=True)
+            self._keys.update(drop=uploaded)
         return int(removed)
 
     # ------------------------------------------------------------------------------------------
     # internals
 
-    def _check_numbers(self, top_k: int, query_expansion: int) -> None:
+    def _check_numbers(self, top_k: int, query_expansion: int, localize: bool = False) -> None:
         if not 1 <= int(top_k) <= self.config.max_top_k:
             raise InvalidQueryError(
-                "bad-top-k", f"top_k={top_k} is out of range; ask for 1 to {self.config.max_top_k} results"
+                "bad-top-k",
+                f"top_k={top_k} is out of range; ask for 1 to {self.config.max_top_k} results "
+                "(the server's --max-top-k)",
             )
         if not 0 <= int(query_expansion) <= self.config.max_query_expansion:
             raise InvalidQueryError(
@@ -397,12 +469,36 @@ class SearchEngine:
                 f"query_expansion={query_expansion} is out of range; use 0 (off) to "
                 f"{self.config.max_query_expansion}",
             )
+        if localize and int(top_k) > self.config.max_localize:
+            raise InvalidQueryError(
+                "too-many-to-localize",
+                f"localize with top_k={top_k}: the server localizes at most {self.config.max_localize} "
+                "results per request (dff-serve --max-localize); ask for fewer results",
+            )
 
-    def _decode(self, image: bytes):
+    def _decode(self, image: bytes | str | Path, deadline: float | None, **options):
+        """decode_image with the server's limits, at most `decode_slots` at once (bounded memory)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._decode_slots.acquire(timeout=timeout):
+            raise QueryDeadlineError(
+                "deadline exceeded while waiting to decode the image (the server decodes at most "
+                f"{self.config.decode_slots} at once, dff-serve --decode-slots); allow more time"
+            )
         try:
-            return decode_image(image, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
+            return decode_image(
+                image, max_pixels=self.config.max_pixels, min_side=self.config.min_side, **options
+            )
         except ImageDecodeError as exc:
-            raise InvalidQueryError(exc.reason, str(exc)) from exc
+            message = str(exc)
+            if exc.reason == "too-large":
+                message += " (the server's limit: dff-serve --max-pixels)"
+            raise InvalidQueryError(exc.reason, message) from exc
+        finally:
+            self._decode_slots.release()
+
+    def _decode_result(self, path: str | Path):
+        """A result image for localization: the server's limits, at the localization scale."""
+        return self._decode(path, None, reduce_to=self.config.localization_size)
 
     @staticmethod
     def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock):
@@ -435,5 +531,7 @@ class SearchEngine:
             hit.width, hit.height = match.size
             if with_heatmaps:
                 hit.heatmap = match.heatmap
+            hit.shared_concept, hit.shared_concept_heatmap = match.shared_concept, match.shared_concept_heatmap
         if with_heatmaps:
             outcome.query_heatmap = result.query_heatmap
+        outcome.concepts = result.concepts

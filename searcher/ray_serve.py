@@ -87,15 +87,18 @@ class QueryEncoder:
         self.localizer = Localizer(self.extractor.backbone, self.extractor.config, image_size=224)
 
     def _image(self, image: bytes, box):
-        from descriptors.images import DEFAULT_MAX_PIXELS, decode_image
+        from descriptors.encode import decode_options
+        from descriptors.images import DEFAULT_MAX_PIXELS, decode_image, full_size
 
         from .errors import validate_box
 
-        img = decode_image(image, max_pixels=DEFAULT_MAX_PIXELS, min_side=16)
-        return img, validate_box(box, *img.size)
+        # decoded as dff-serve, the indexer and dff-eval decode (descriptors.encode.decode_options)
+        options = decode_options(self.extractor.image_size, box, self.extractor.config)
+        img = decode_image(image, max_pixels=DEFAULT_MAX_PIXELS, min_side=16, **options)
+        return img, validate_box(box, *full_size(img))
 
     def encode(self, image: bytes, box) -> EncodedQuery:
-        from descriptors.images import ImageDecodeError
+        from descriptors.images import ImageDecodeError, full_size
 
         from .errors import InvalidQueryError
 
@@ -115,11 +118,13 @@ class QueryEncoder:
             "forward+nmf": 1000 * (encoded - decoded),
             "descriptor": 1000 * (time.perf_counter() - encoded),
         }
-        return EncodedQuery(descriptor, int(rows.shape[0]), img.size, stages)
+        return EncodedQuery(descriptor, int(rows.shape[0]), full_size(img), stages)
 
-    def localize(self, image: bytes, box, paths: list[str], with_heatmaps: bool):
+    def localize(self, image: bytes, box, paths: list[str], with_heatmaps: bool, with_concepts: bool = False):
         img, query_box = self._image(image, box)
-        return self.localizer.localize(img, query_box, paths, with_heatmaps=with_heatmaps)
+        return self.localizer.localize(
+            img, query_box, paths, with_heatmaps=with_heatmaps, with_concepts=with_concepts
+        )
 
 
 class IndexShard:
@@ -191,6 +196,7 @@ class SearchIngress:
         from .uploads import UploadKeys
 
         self.keys = UploadKeys(Path(index_dir))
+        self.catalog = None  # GetImage's read-only view of the catalog
         self.expected = f"Bearer {token}".encode() if token else None
         self.stage_seconds = None
         try:  # exported through Ray's metrics agent (Prometheus) with Serve's own request metrics
@@ -255,7 +261,8 @@ class SearchIngress:
         if request.localize and hits:
             started = time.perf_counter()
             result = self.encoder.localize.remote(
-                request.image, box, [h.path for h in hits], bool(request.return_heatmaps)
+                request.image, box, [h.path for h in hits], bool(request.return_heatmaps),
+                bool(request.return_concepts),
             ).result()
             SearchEngine._apply_localization(outcome, result, bool(request.return_heatmaps))
             outcome.stages_ms["localization"] = 1000 * (time.perf_counter() - started)
@@ -273,6 +280,28 @@ class SearchIngress:
             count=self.index.count, backbone=m["backbone"]["name"], method=str(m.get("descriptor", {}).get("method", "")),
             image_size=int(m["image_size"]), dimension=int(m["dim"]), max_top_k=self.max_top_k,
             manifest_json=json.dumps(m, sort_keys=True, default=str), index_dir=str(self.index_dir),
+        )
+
+    def GetImage(self, request, grpc_context):
+        import grpc
+        from dffsearch.v1 import search_pb2
+
+        from indexer.catalog import Catalog
+        from indexer.manifest import CATALOG_NAME
+
+        from .stored_images import ImageNotFoundError, indexed_image_path, load_stored_image
+
+        self._authorize(grpc_context)
+        if self.catalog is None:  # the snapshot's catalog, opened on first use (read-only)
+            self.catalog = Catalog(Path(self.index_dir) / CATALOG_NAME, readonly=True)
+        try:
+            path = indexed_image_path(self.catalog, request.id, self.manifest["source_root"], self.index_dir)
+            image = load_stored_image(request.id, path, request.max_side, key=self.keys.key_for(path))
+        except ImageNotFoundError as exc:
+            self._fail(grpc_context, grpc.StatusCode.NOT_FOUND, str(exc))
+        return search_pb2.ImageData(
+            id=image.id, data=image.data, content_type=image.content_type, width=image.width,
+            height=image.height, path=image.path, key=image.key,
         )
 
     def _read_only(self, grpc_context, method: str):

@@ -4,8 +4,10 @@
               [--token-file F] [--tls-cert C --tls-key K] [--metrics-port P] [--device cpu|cuda]
 
 Serves `dffsearch.v1.SearchService`, the standard `grpc.health.v1` health service (SERVING once
-the index and model are loaded) and server reflection. SIGTERM/SIGINT: health goes NOT_SERVING,
-no new RPCs are accepted, in-flight ones get `--grace` seconds to finish, exit status 0.
+the index and model are loaded) and server reflection. SIGTERM/SIGINT: new RPCs get UNAVAILABLE, health
+goes NOT_SERVING, in-flight ones get `--grace` seconds to finish, exit status 0. Every request is
+logged at INFO (method, status, ms, request id); limits per request are flags (`--max-pixels`,
+`--decode-slots`, `--max-localize`, `--max-add-images`, `--max-add-mb`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dffsearch.v1 import search_pb2, search_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from descriptors.images import DEFAULT_MAX_PIXELS
+
 from .auth import BearerTokenInterceptor, is_loopback, read_token_file
 from .engine import EngineConfig, SearchEngine
 from .metrics import SearcherMetrics
-from .servicer import SearchServicer
+from .servicer import SearchServicer, ServiceLimits
 
 log = logging.getLogger("dff-serve")
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -51,12 +55,20 @@ class ServerConfig:
     max_top_k: int = 100
     max_message_mb: float = 32.0
     workers: int = 16
-    # torch intra-op threads; FAISS shares the same OpenMP pool, so this sets both.
-    torch_threads: int | None = None  # None: torch's default (all cores)
+    # compute threads of torch, FAISS and BLAS (`--threads`); None: the CPUs free of other work,
+    # re-measured while serving (descriptors.threads)
+    torch_threads: int | None = None
     compute_slots: int | None = None
     pipelined: bool = True
     nmf_threads: int | None = 1
     grace_s: float = 30.0
+    # bounded memory: what one request may cost (each refusal names its flag)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # pixels per image (header check, before decoding)
+    decode_slots: int = 2  # images decoded at once
+    max_localize: int = 100  # results localized per request
+    max_add_images: int = 1000  # images per AddImages call
+    max_add_mb: float = 256.0  # image bytes per AddImages call
+    verbose: bool = False  # print the thread settings chosen
 
     def resolved_max_batch(self) -> int:
         if self.max_batch is not None:
@@ -65,13 +77,22 @@ class ServerConfig:
 
 
 class RunningServer:
-    """A started server: `.port`, `.engine`, `.metrics`, `.stop(grace)`."""
+    """A started server: `.port`, `.engine`, `.servicer`, `.metrics`, `.stop(grace)`."""
 
-    def __init__(self, server: grpc.Server, port: int, engine: SearchEngine, health_servicer, metrics) -> None:
+    def __init__(
+        self, server: grpc.Server, port: int, engine: SearchEngine, health_servicer, metrics, servicer
+    ) -> None:
         self.server, self.port, self.engine, self.health, self.metrics = server, port, engine, health_servicer, metrics
+        self.servicer = servicer
         self._metrics_http = None
 
+    def begin_shutdown(self) -> None:
+        """New RPCs get UNAVAILABLE from now on; the ones in flight go on. Safe in a signal handler
+        (it only sets an event)."""
+        self.servicer.draining.set()
+
     def stop(self, grace: float | None = 5.0) -> None:
+        self.begin_shutdown()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.engine.close()
@@ -92,10 +113,9 @@ def _credentials(config: ServerConfig):
 
 def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
     """Load the index (unless an engine is given), bind, register services, start serving."""
-    import torch
+    from descriptors.threads import setup_threads
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:
@@ -109,6 +129,9 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
                 compute_slots=config.compute_slots,
                 pipelined=config.pipelined,
                 nmf_threads=config.nmf_threads,
+                max_pixels=config.max_pixels,
+                decode_slots=config.decode_slots,
+                max_localize=config.max_localize,
             )
         )
     metrics = SearcherMetrics()
@@ -122,7 +145,11 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
             ("grpc.so_reuseport", 0),
         ],
     )
-    search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(engine, metrics), server)
+    limits = ServiceLimits(
+        max_add_images=config.max_add_images, max_add_bytes=int(config.max_add_mb * 1024 * 1024)
+    )
+    servicer = SearchServicer(engine, metrics, limits)
+    search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -135,12 +162,44 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
     if port == 0:
         raise OSError(f"cannot bind {address}: the port is in use or the address is not local")
     server.start()
-    running = RunningServer(server, port, engine, health_servicer, metrics)
+    running = RunningServer(server, port, engine, health_servicer, metrics, servicer)
     if config.metrics_port is not None:
         running._metrics_http = metrics.serve(config.metrics_port, host=config.host)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return running
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound, or None: checked before the model loads, so that a busy
+    port fails in a second with its reason instead of after the load with "Failed to bind"."""
+    import errno
+    import socket
+
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is not busy
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use"
+            return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def warn_about_plaintext_token(config: ServerConfig) -> bool:
+    """Log a warning when a bearer token would travel unencrypted over a network."""
+    if config.token_file is None or is_loopback(config.host) or config.tls_cert is not None:
+        return False
+    log.warning(
+        "--token-file on %s without TLS: the bearer token crosses the network in plaintext and can be "
+        "read by anyone on the path; add --tls-cert/--tls-key (or listen on 127.0.0.1 behind a TLS proxy)",
+        config.host,
+    )
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-top-k", type=int, default=100)
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads", "--torch-threads", dest="torch_threads", type=int,
+        help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
     parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
     parser.add_argument(
         "--no-pipeline", action="store_true",
@@ -169,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nmf-threads", type=int, default=1, help="torch threads of the NMF pool (0: default)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    limits = parser.add_argument_group("limits per request (bounded memory; each refusal names its flag)")
+    limits.add_argument(
+        "--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+        help=f"pixels per image, checked before decoding (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    limits.add_argument(
+        "--decode-slots", type=_positive_int, default=2,
+        help="images decoded at once (a PNG decodes in full: 64 MP = 192 MB each; default 2)",
+    )
+    limits.add_argument("--max-localize", type=_positive_int, default=100, help="results localized per request")
+    limits.add_argument("--max-add-images", type=_positive_int, default=1000, help="images per AddImages call")
+    limits.add_argument("--max-add-mb", type=float, default=256.0, help="MiB of images per AddImages call")
     ray = parser.add_argument_group("Ray Serve (docs/scaling.md; needs the [ray] extra)")
     ray.add_argument(
         "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -182,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--encoder-cpus", type=float, default=1.0, help="CPUs reserved per encoder replica")
     ray.add_argument("--encoder-gpus", type=float, default=0.0, help="GPUs per encoder replica")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _serve_on_ray(args: argparse.Namespace, stop: threading.Event) -> int:
@@ -222,7 +307,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
         max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
-        nmf_threads=args.nmf_threads or None,
+        nmf_threads=args.nmf_threads or None, verbose=args.verbose, max_pixels=args.max_pixels,
+        decode_slots=args.decode_slots, max_localize=args.max_localize, max_add_images=args.max_add_images,
+        max_add_mb=args.max_add_mb,
     )
 
 
@@ -235,9 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(config.index).is_dir():
         print(f"dff-serve: index directory {config.index} does not exist; build it with dff-index", file=sys.stderr)
         return 2
+    busy = port_in_use(config.host, config.port)
+    if busy:
+        print(f"dff-serve: {busy}; stop what holds it or pick another port with --port", file=sys.stderr)
+        return 2
     stop = threading.Event()
+    started: list[RunningServer] = []
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if started:  # from now on new requests get UNAVAILABLE; in-flight ones finish
+            started[0].begin_shutdown()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     if args.ray is not None:
         return _serve_on_ray(args, stop)
     try:
@@ -245,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"dff-serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    started.append(running)
+    if stop.is_set():
+        running.begin_shutdown()
+    warn_about_plaintext_token(config)
     info = running.engine.info()
     if not is_loopback(config.host) and config.token_file is None:
         log.warning("listening on %s without --token-file: AddImages/RemoveImages are refused", config.host)

@@ -1,8 +1,16 @@
-"""gRPC servicer: protobuf <-> `SearchEngine`, engine errors -> gRPC status codes, metrics."""
+"""gRPC servicer: protobuf <-> `SearchEngine`, every outcome -> a gRPC status code, one log line
+per request (method, status, ms, request id), metrics."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import threading
 import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -10,10 +18,20 @@ from dffsearch.v1 import search_pb2, search_pb2_grpc
 
 from indexer import IndexerError
 
-from .engine import InvalidQueryError, QueryDeadlineError, SearchEngine, SearchEngineError, SearchOutcome
+from .engine import (
+    ImageNotFoundError,
+    InvalidQueryError,
+    QueryDeadlineError,
+    SearchEngine,
+    SearchEngineError,
+    SearchOutcome,
+)
 from .metrics import SearcherMetrics
 
-MAX_ADD_IMAGES = 1000
+_ADD_OUTCOMES = {"added": search_pb2.ADDED, "duplicate": search_pb2.DUPLICATE, "skipped": search_pb2.SKIPPED}
+log = logging.getLogger("dff-serve.requests")
+REQUEST_ID_HEADER = "x-request-id"
+SHUTTING_DOWN = "dff-serve is shutting down; retry on another replica or once it has restarted"
 
 
 def heatmap_message(heatmap: np.ndarray | None) -> search_pb2.Heatmap | None:
@@ -45,118 +63,254 @@ def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
         heatmap = heatmap_message(hit.heatmap)
         if heatmap is not None:
             result.heatmap.CopyFrom(heatmap)
+        if hit.shared_concept is not None:
+            result.shared_concept = hit.shared_concept
+            result.shared_concept_heatmap.CopyFrom(heatmap_message(hit.shared_concept_heatmap))
     heatmap = heatmap_message(outcome.query_heatmap)
     if heatmap is not None:
         response.query_heatmap.CopyFrom(heatmap)
+    for concept in outcome.concepts:
+        response.query_concepts.add(
+            index=concept.index, heatmap=heatmap_message(concept.heatmap), kept=concept.kept, weight=concept.weight
+        )
     for stage, milliseconds in outcome.stages_ms.items():
         response.stages.add(stage=stage, milliseconds=milliseconds)
     return response
 
 
-class _Call:
-    """Times one RPC and records its final status code (set by `fail`)."""
+class RpcRefusal(Exception):
+    """A refusal with a status code and a message for the client (raised inside a handler)."""
 
-    def __init__(self, metrics: SearcherMetrics | None, method: str) -> None:
-        self.metrics, self.method, self.code = metrics, method, grpc.StatusCode.OK
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class ServiceLimits:
+    """What one request may cost (dff-serve flags); each refusal names its flag."""
+
+    max_add_images: int = 1000
+    max_add_bytes: int = 256 * 1024 * 1024
+
+
+class RequestHold:
+    """Test hook: `DFF_SERVE_TEST_HOLD=DIR` makes every Search create `DIR/held` once it is in
+    flight and wait until `DIR/release` exists (at most `timeout` seconds), so that a test can
+    send SIGTERM or run out a deadline while a request is provably in flight."""
+
+    ENV = "DFF_SERVE_TEST_HOLD"
+
+    def __init__(self, folder: str | Path, timeout: float = 120.0) -> None:
+        self.folder, self.timeout = Path(folder), timeout
+
+    @classmethod
+    def from_env(cls) -> RequestHold | None:
+        folder = os.environ.get(cls.ENV)
+        return cls(folder) if folder else None
+
+    def wait(self) -> None:
+        (self.folder / "held").touch()
+        give_up = time.monotonic() + self.timeout
+        while not (self.folder / "release").exists() and time.monotonic() < give_up:
+            time.sleep(0.01)
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's `x-request-id` (if sane) or a fresh one; sent back as trailing metadata."""
+    supplied = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER, "")
+    if isinstance(supplied, str) and 0 < len(supplied) <= 64 and all(c.isalnum() or c in "-_." for c in supplied):
+        return supplied
+    return uuid.uuid4().hex[:16]
+
+
+class _Call:
+    """One RPC: its request id, the mapping of every outcome to a status code, one log line and
+    the metrics. Engine errors map to INVALID_ARGUMENT / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED;
+    anything unexpected to INTERNAL (logged with its traceback under the request id); any failure
+    while the server is shutting down to UNAVAILABLE."""
+
+    def __init__(self, servicer: SearchServicer, method: str, context: grpc.ServicerContext) -> None:
+        self.servicer, self.method, self.context = servicer, method, context
+        self.metrics = servicer.metrics
+        self.code = grpc.StatusCode.OK
+        self.request_id = _request_id(context)
         self.start = time.perf_counter()
 
-    def __enter__(self):
+    def __enter__(self) -> _Call:
+        with contextlib.suppress(Exception):  # the client may already be gone
+            self.context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+        if self.servicer.draining.is_set():
+            self._finish()
+            self.code = grpc.StatusCode.UNAVAILABLE
+            self._record()
+            self.context.abort(self.code, SHUTTING_DOWN)
         return self
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and self.code == grpc.StatusCode.OK:
-            self.code = grpc.StatusCode.UNKNOWN  # what grpc reports for an unhandled exception
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._finish()
+            self._record()
+            return False
+        code, message = self._status_for(exc)
+        self.code = code
+        self._finish()
+        self._record()
+        if code is None:  # context.abort's own exception: the status is already set
+            return False
+        self.context.abort(code, message)
+        return False  # not reached: abort raises
+
+    def _status_for(self, exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
+        if isinstance(exc, RpcRefusal):
+            if exc.code == grpc.StatusCode.INTERNAL:  # a failure we named (disk full, ...): log its cause
+                cause = exc.__cause__ or exc
+                log.error(
+                    "%s request_id=%s: %s", self.method, self.request_id, exc,
+                    exc_info=(type(cause), cause, cause.__traceback__),
+                )
+                return exc.code, f"{exc} (request id {self.request_id})"
+            return exc.code, str(exc)
+        if isinstance(exc, InvalidQueryError):
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        if isinstance(exc, QueryDeadlineError):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+        if self.servicer.draining.is_set():
+            return grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN
+        if type(exc) is Exception and self.context.code() not in (None, grpc.StatusCode.OK):
+            return None, ""  # raised by context.abort (a bare Exception)
+        log.error(
+            "%s request_id=%s failed unexpectedly", self.method, self.request_id,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return grpc.StatusCode.INTERNAL, (
+            f"internal error in {self.method} ({type(exc).__name__}); the server log has the details "
+            f"under request id {self.request_id}"
+        )
+
+    def _finish(self) -> None:
         if self.metrics is not None:
             self.metrics.in_flight.dec()
-            self.metrics.observe_request(self.method, self.code.name, time.perf_counter() - self.start)
-        return False
 
-    def fail(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str):
-        self.code = code
-        context.abort(code, message)
+    def _record(self) -> None:
+        seconds = time.perf_counter() - self.start
+        code = self.code if self.code is not None else (self.context.code() or grpc.StatusCode.UNKNOWN)
+        if self.metrics is not None:
+            self.metrics.observe_request(self.method, code.name, seconds)
+        log.info("%s %s %.1f ms request_id=%s", self.method, code.name, seconds * 1000.0, self.request_id)
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    def __init__(self, engine: SearchEngine, metrics: SearcherMetrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: SearchEngine,
+        metrics: SearcherMetrics | None = None,
+        limits: ServiceLimits | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.limits = limits or ServiceLimits()
+        # set when the server starts shutting down: new RPCs get UNAVAILABLE, in-flight ones finish
+        self.draining = threading.Event()
+        self.hold = RequestHold.from_env()
         if metrics is not None:
             metrics.indexed_images.set(engine.count)
 
     def Search(self, request, context):
-        with _Call(self.metrics, "Search") as call:
+        with _Call(self, "Search", context):
+            if self.hold is not None:
+                self.hold.wait()
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
             box = None
             if request.HasField("box"):
                 box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1)
-            try:
-                outcome = self.engine.query(
-                    request.image,
-                    box,
-                    top_k=request.top_k,
-                    query_expansion=request.query_expansion,
-                    localize=request.localize,
-                    with_heatmaps=request.return_heatmaps,
-                    deadline=deadline,
-                )
-            except InvalidQueryError as exc:
-                call.fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except QueryDeadlineError as exc:
-                call.fail(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            outcome = self.engine.query(
+                request.image,
+                box,
+                top_k=request.top_k,
+                query_expansion=request.query_expansion,
+                localize=request.localize,
+                with_heatmaps=request.return_heatmaps,
+                with_concepts=request.return_concepts,
+                deadline=deadline,
+            )
             if self.metrics is not None:
                 self.metrics.observe_stages(outcome.stages_ms)
             return search_response(outcome)
 
+    def _receive_uploads(self, request_iterator) -> tuple[list[tuple[str, bytes]], bool]:
+        """The uploads, and the first message's `skip_invalid`."""
+        items, total, skip_invalid = [], 0, False
+        limits = self.limits
+        for message in request_iterator:
+            if not items:
+                skip_invalid = bool(message.skip_invalid)
+            items.append((message.key, message.image))
+            total += len(message.image)
+            if len(items) > limits.max_add_images:
+                raise RpcRefusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"AddImages takes at most {limits.max_add_images} images per call (dff-serve "
+                    "--max-add-images); split the upload; nothing was added",
+                )
+            if total > limits.max_add_bytes:
+                raise RpcRefusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"AddImages takes at most {limits.max_add_bytes / 2**20:.0f} MiB of images per call "
+                    "(dff-serve --max-add-mb); split the upload; nothing was added",
+                )
+        return items, skip_invalid
+
     def AddImages(self, request_iterator, context):
-        with _Call(self.metrics, "AddImages") as call:
-            items = []
-            for message in request_iterator:
-                items.append((message.key, message.image))
-                if len(items) > MAX_ADD_IMAGES:
-                    call.fail(
-                        context,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"AddImages takes at most {MAX_ADD_IMAGES} images per call; split the upload",
-                    )
+        with _Call(self, "AddImages", context):
+            items, skip_invalid = self._receive_uploads(request_iterator)
             try:
-                added = self.engine.add_images(items)
-            except InvalidQueryError as exc:
-                call.fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                added = self.engine.add_images(items, skip_invalid=skip_invalid)
+            except (InvalidQueryError, QueryDeadlineError):
+                raise
             except (SearchEngineError, IndexerError, OSError) as exc:  # disk full, index damaged, ...
-                call.fail(context, grpc.StatusCode.INTERNAL, f"adding failed: {type(exc).__name__}: {exc}")
+                raise RpcRefusal(
+                    grpc.StatusCode.INTERNAL, f"adding failed: {type(exc).__name__}: {exc}"
+                ) from exc
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            response = search_pb2.AddImagesResponse(count=self.engine.count)
+            response = search_pb2.AddImagesResponse(count=self.engine.count, generation=self.engine.generation)
             for item in added:
-                response.added.add(id=item.id, key=item.key, path=item.path, duplicate=item.duplicate)
+                response.added.add(
+                    id=item.id, key=item.key, path=item.path, duplicate=item.duplicate,
+                    outcome=_ADD_OUTCOMES[item.outcome], reason=item.reason, message=item.message,
+                )
             return response
 
     def RemoveImages(self, request, context):
-        with _Call(self.metrics, "RemoveImages") as call:
+        with _Call(self, "RemoveImages", context):
             try:
                 removed = self.engine.remove_images(ids=list(request.ids), paths=list(request.paths))
-            except InvalidQueryError as exc:
-                call.fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (InvalidQueryError, QueryDeadlineError):
+                raise
             except (SearchEngineError, IndexerError, OSError) as exc:
-                call.fail(context, grpc.StatusCode.INTERNAL, f"removing failed: {type(exc).__name__}: {exc}")
+                raise RpcRefusal(
+                    grpc.StatusCode.INTERNAL, f"removing failed: {type(exc).__name__}: {exc}"
+                ) from exc
             if removed == 0:
-                call.fail(
-                    context,
+                raise RpcRefusal(
                     grpc.StatusCode.NOT_FOUND,
                     f"none of ids {list(request.ids)} / paths {list(request.paths)} is in the index; "
                     "nothing was removed (search first to get ids)",
                 )
             if self.metrics is not None:
                 self.metrics.indexed_images.set(self.engine.count)
-            return search_pb2.RemoveImagesResponse(removed=removed, count=self.engine.count)
+            return search_pb2.RemoveImagesResponse(
+                removed=removed, count=self.engine.count, generation=self.engine.generation
+            )
 
     def GetIndexInfo(self, request, context):
         import json
 
-        with _Call(self.metrics, "GetIndexInfo"):
+        with _Call(self, "GetIndexInfo", context):
             info = self.engine.info()
             return search_pb2.IndexInfo(
                 count=info["count"],
@@ -167,4 +321,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 max_top_k=info["max_top_k"],
                 manifest_json=json.dumps(info["manifest"], sort_keys=True, default=str),
                 index_dir=info["index_dir"],
+            )
+
+    def GetImage(self, request, context):
+        with _Call(self, "GetImage", context):
+            try:
+                image = self.engine.image(request.id, max_side=request.max_side)
+            except ImageNotFoundError as exc:
+                raise RpcRefusal(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
+            return search_pb2.ImageData(
+                id=image.id, data=image.data, content_type=image.content_type, width=image.width,
+                height=image.height, path=image.path, key=image.key,
             )

@@ -1,7 +1,7 @@
 """`dff-query --show`: a matplotlib figure of a search.
 
-Top row: the query with its box, and the query's NMF heatmap (the averaged heatmap of the factors
-kept inside the box) over it. Below: the top results, each with its score, its predicted box and
+Top row: the query with its box, and (for a search with localization) the query's NMF heatmap
+(the averaged heatmap of the factors kept inside the box, or of all factors) over it. Below: the top results, each with its score, its predicted box and
 its heatmap. Result images are read from their catalog paths when this machine can see them;
 otherwise the panel shows the heatmap alone.
 """
@@ -54,6 +54,15 @@ def _overlay(ax, image, heatmap: np.ndarray | None, size: tuple[int, int]) -> No
     ax.set_ylim(height, 0)
 
 
+def heatmap_title(response: search_pb2.SearchResponse, query_box: Sequence[float] | None) -> str:
+    """The title of the query's heatmap panel: what the panel really shows."""
+    if not response.HasField("query_heatmap"):
+        return "no heatmap (query with --localize)"
+    factors = response.query_factors
+    where = "in the box" if query_box is not None else "of the image"
+    return f"NMF heatmap ({factors} factor{'s' if factors != 1 else ''} {where})"
+
+
 def draw_results(
     query_path: str | Path,
     query_box: Sequence[float] | None,
@@ -83,7 +92,7 @@ def draw_results(
     _overlay(axes[0, 1], query, query_heatmap, size)
     if query_box is not None:
         _draw_box(axes[0, 1], query_box, "lime")
-    axes[0, 1].set_title(f"NMF heatmap ({response.query_factors} factors in box)", fontsize=10)
+    axes[0, 1].set_title(heatmap_title(response, query_box), fontsize=10)
 
     for position, result in enumerate(results):
         ax = axes[1 + position // columns, position % columns]

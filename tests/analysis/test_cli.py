@@ -94,6 +94,10 @@ def test_rank_errors(tmp_path, capsys):
     assert "unknown layer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["rank", "--images", ".", "--ks", "0,2", "--out", str(tmp_path / "o")])
+    assert main(["rank", "--images", str(tmp_path / "empty")]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["rank", "--list-layers"]) == 0
+    assert "model.blocks.6.0.bn1" in capsys.readouterr().out.splitlines()
 
 
 def test_weights_json_keys(tmp_path):
@@ -120,10 +124,11 @@ def test_weights_json_keys(tmp_path):
 
 def test_coupled_small_case_study(tmp_path):
     out = tmp_path / "out"
-    assert main(["coupled", "--ranks", "2,6", "--train-fractions", "0.25,0.5", "--epochs", "1", "--max-iter", "30",
+    assert main(["coupled", "--ranks", "2,6", "--train-fractions", "0.25,0.5", "--epochs", "1", "--equal-steps", "--max-iter", "30",
                  "--out", str(out), "--no-progress"]) == 0
     payload = _read(out / "coupled.json")
     assert [run["train_fraction"] for run in payload["runs"]] == [0.25, 0.5]
+    assert [run["epochs"] for run in payload["runs"]] == [4, 2]  # --equal-steps: epochs x 1/fraction
     for run in payload["runs"]:
         assert set(run) >= {"train_fraction", "test_accuracy", "ranks", "rmse"}
         assert run["ranks"] == [2, 6] and run["rmse"][1] < run["rmse"][0]

@@ -71,3 +71,44 @@ def test_exif_orientation_applied():
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", exif=exif.tobytes())
     assert decode_image(buffer.getvalue()).size == (20, 40)
+
+
+def _jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(buffer, format="JPEG", quality=80, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_jpeg_is_decoded_at_the_scale_the_backbone_needs() -> None:
+    from descriptors.images import DRAFT_MARGIN, decode_image, full_size
+
+    assert DRAFT_MARGIN == 2
+    data = _jpeg((4800, 3200))
+    img = decode_image(data, reduce_to=320)
+    assert img.size == (1200, 800) and full_size(img) == (4800, 3200)  # 1/4: 800 >= 2 x 320 > 400
+    full = decode_image(data)
+    assert full.size == full_size(full) == (4800, 3200)
+    # a region keeps enough pixels for its crop: a 1200x1000 region (1000 < 2 x 640) decodes in full
+    region = decode_image(data, reduce_to=640, region=(100, 100, 1300, 1100))
+    assert region.size == (4800, 3200)
+    half = decode_image(data, reduce_to=320, region=(0, 0, 2800, 1400))  # 1400 / 2 = 700 >= 640
+    assert half.size == (2400, 1600) and full_size(half) == (4800, 3200)
+    # a photo no larger than twice the target (Paris: 1024x768 for 320 px) decodes in full
+    assert decode_image(_jpeg((1024, 768)), reduce_to=320).size == (1024, 768)
+
+
+def test_the_full_size_follows_the_exif_rotation() -> None:
+    from descriptors.images import decode_image, full_size
+
+    img = decode_image(_jpeg((4800, 3200), orientation=6), reduce_to=320)  # 90 degrees
+    assert img.size == (800, 1200) and full_size(img) == (3200, 4800)

@@ -50,7 +50,9 @@ def test_info_answers_from_manifest_catalog_and_faiss_header_without_loading_the
     assert set(info) == set(manifest) | {"index_dir", "live", "files"}
     assert {k: info[k] for k in manifest} == manifest
     assert info["index_dir"] == str(out)
-    assert info["files"] == {p.name: p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    files = [p for p in [*out.iterdir(), *(out / "segments").iterdir()] if p.is_file() and not p.name.startswith(".")]
+    assert info["files"] == {p.relative_to(out).as_posix(): p.stat().st_size for p in files}
+    assert "segments/00000002.removed.npy" in info["files"]  # the removal's tombstone
     assert cli_main(["info", str(out)]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(info))
 

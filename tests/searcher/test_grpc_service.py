@@ -121,16 +121,21 @@ def test_dff_query_reports_server_errors(server, tmp_path: Path, capsys) -> None
 
 
 def test_dff_query_show_writes_a_figure(server, photo_folder: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
     out = tmp_path / "show.png"
     args = [str(photo_folder / "chelsea.jpg"), "--port", str(server.port), "--top-k", "4",
             "--box", "60,0,230,213", "--show", str(out), "--json"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert all(r["box"] is not None for r in printed["results"])  # --show implies --localize
-    from PIL import Image
-
+    assert all(r["box"] is None for r in printed["results"])  # --show alone does not localize
     with Image.open(out) as figure:
         assert figure.size[0] > 500 and figure.size[1] > 400
+    out.unlink()
+    assert main([*args, "--localize"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert all(r["box"] is not None for r in printed["results"])
+    assert out.is_file()
 
 
 def test_prometheus_metrics_over_http(engine, photo_folder: Path) -> None:

@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 from searcher_fixtures import photo
 
+from descriptors.images import decode_image
 from descriptors.pipeline import METHODS
 from evaluation.cache import ActivationCache, ImageRequest
 from evaluation.encode import MethodEncoder, expand_queries, rank_database
 
 SMALL_SIZE = 64  # every method's index is built and queried at this size: seconds, not minutes
-QUERY_BOX = (40.0, 10.0, 150.0, 110.0)  # pixels of the 240x160 query: off-centre, partial cells
+QUERY_BOX = (100.0, 40.0, 420.0, 300.0)  # pixels of the 600x400 query: off-centre, partial cells
 
 
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("few-photos")
     for name in ("chelsea", "coffee", "rocket"):
-        photo(name, max_side=240).save(folder / f"{name}.jpg", quality=90)
+        photo(name, max_side=None).save(folder / f"{name}.jpg", quality=90)  # coffee: 600x400
     return folder
 
 
@@ -37,7 +38,9 @@ def test_the_searchers_query_vector_is_dff_evals_for_every_method_with_and_witho
     build_index(small_folder, index_dir, config, progress=False)
     engine = SearchEngine(index_dir)
     try:
-        query = small_folder / "chelsea.jpg"
+        query = small_folder / "coffee.jpg"
+        # the JPEG decodes at 1/2 for 64 px (400 / 2 >= 2 x 64): the reduced decode is exercised
+        assert decode_image(query, reduce_to=SMALL_SIZE).size == (300, 200)
         cache = ActivationCache(tmp_path / "cache", engine.backbone, SMALL_SIZE, dtype="float32")
         encoder = MethodEncoder(cache, [method], k=4, progress=False)
         for box in (None, QUERY_BOX):

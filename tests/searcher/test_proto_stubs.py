@@ -34,7 +34,7 @@ def test_stubs_import_as_dffsearch_v1_and_carry_the_contract() -> None:
     from dffsearch.v1 import search_pb2, search_pb2_grpc
 
     service = search_pb2.DESCRIPTOR.services_by_name["SearchService"]
-    assert [m.name for m in service.methods] == ["Search", "AddImages", "RemoveImages", "GetIndexInfo"]
+    assert [m.name for m in service.methods] == ["Search", "AddImages", "RemoveImages", "GetIndexInfo", "GetImage"]
     assert service.methods_by_name["AddImages"].client_streaming
     request = search_pb2.SearchRequest(image=b"x", top_k=3, query_expansion=5, localize=True)
     assert not request.HasField("box")

@@ -80,3 +80,19 @@ def test_ray_app_localizes(ray_client, engine):
         assert got.HasField("box") == (want.box is not None)
         if want.box is not None:
             np.testing.assert_allclose([got.box.x0, got.box.y0, got.box.x1, got.box.y1], want.box, atol=1e-3)
+
+
+def test_ray_app_serves_the_page_images_and_concepts(ray_client, engine):
+    """What dff-web needs from a Ray deployment: GetImage (indexed ids only) and the concepts."""
+    image = jpeg_bytes(photo("chelsea"))
+    top = engine.search(image, top_k=1)[0]
+    stored = ray_client.get_image(top.id, max_side=64)
+    assert stored.id == top.id and stored.content_type == "image/jpeg" and stored.width > 64
+    with pytest.raises(grpc.RpcError) as unknown:
+        ray_client.get_image(10**9)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    expected = engine.query(image, top_k=2, localize=True, with_concepts=True)
+    response = ray_client.search(image, top_k=2, localize=True, return_concepts=True)
+    assert [c.kept for c in response.query_concepts] == [c.kept for c in expected.concepts]
+    kept = {c.index for c in response.query_concepts if c.kept}
+    assert all(r.HasField("shared_concept") and r.shared_concept in kept for r in response.results)

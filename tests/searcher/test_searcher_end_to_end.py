@@ -5,39 +5,52 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
+import grpc
 import pytest
 from searcher_fixtures import jpeg_bytes, photo
 
 from searcher.client import SearchClient
+from searcher.launcher import launch_serve
+from searcher.servicer import RequestHold
 
 BIN = Path(sys.executable).parent
 
 
-def _start(index: Path, token_file: Path) -> tuple[subprocess.Popen, int]:
-    log = open(index.parent / "serve.log", "a")  # noqa: SIM115 - the server's stderr, read on failure
-    process = subprocess.Popen(
-        [str(BIN / "dff-serve"), "--index", str(index), "--port", "0", "--token-file", str(token_file),
-         "--torch-threads", "1"],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise AssertionError(f"dff-serve exited {process.returncode}: {(index.parent / 'serve.log').read_text()}")
-    process.kill()
-    raise AssertionError("dff-serve did not print its port within 120 s")
+def _start(index: Path, token_file: Path, hold: Path | None = None) -> tuple[subprocess.Popen, int]:
+    # the server's test hook (inherited through the environment): each Search waits for HOLD/release
+    hook = {RequestHold.ENV: str(hold)} if hold is not None else {}
+    with mock.patch.dict(os.environ, hook):
+        server = launch_serve(
+            index, ["--token-file", str(token_file), "--torch-threads", "1"], log_path=index.parent / "serve.log",
+            timeout=120,
+        )
+    return server.process, server.port
+
+
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _serving(client: SearchClient) -> bool:
+    from grpc_health.v1 import health_pb2
+
+    try:
+        status = client.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    except grpc.RpcError:
+        return False
+    return status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _stop(process: subprocess.Popen) -> int:
@@ -82,7 +95,10 @@ def test_serve_query_add_remove_restart(index_copy: Path, photo_folder: Path, tm
             assert dropped_id not in [r.id for r in client.search(dropped, top_k=20).results]
         assert _stop(process) == 0
 
-        process, port = _start(index_copy, token_file)
+        hold = tmp_path / "hold"
+        hold.mkdir()
+        (hold / "release").touch()  # searches pass through until the test removes it
+        process, port = _start(index_copy, token_file, hold)
         with SearchClient("127.0.0.1", port, token="e2e-token") as client:
             client.wait_until_serving(60)
             assert client.info().count == start_count + 1
@@ -90,16 +106,26 @@ def test_serve_query_add_remove_restart(index_copy: Path, photo_folder: Path, tm
             assert (top.id, top.key) == (kept_id, "retina")
             assert dropped_id not in [r.id for r in client.search(dropped, top_k=20).results]
 
-            # SIGTERM while a (slow, localizing) search is in flight: it completes, then exit 0
+            # SIGTERM while a search is held in flight by the server's test hook: new requests get
+            # UNAVAILABLE, the held one completes with OK once released, then the server exits 0
+            (hold / "release").unlink()
+            (hold / "held").unlink()
             in_flight: list = []
             thread = threading.Thread(
-                target=lambda: in_flight.append(client.search(kept, top_k=11, localize=True, timeout=120))
+                target=lambda: in_flight.append(client.search(kept, top_k=3, timeout=120))
             )
             thread.start()
-            time.sleep(0.5)
-            assert _stop(process) == 0
-            thread.join()
+            _wait_for(lambda: (hold / "held").exists(), "the search to be in flight")
+            process.send_signal(signal.SIGTERM)
+            _wait_for(lambda: not _serving(client), "health to leave SERVING after SIGTERM")
+            with pytest.raises(grpc.RpcError) as refused:
+                client.search(kept, top_k=1, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+            assert thread.is_alive() and not in_flight  # still held: it was in flight throughout
+            (hold / "release").touch()
+            thread.join(120)
             assert in_flight and in_flight[0].results[0].id == kept_id
+            assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AddOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADD_OUTCOME_UNSPECIFIED: _ClassVar[AddOutcome]
+    ADDED: _ClassVar[AddOutcome]
+    DUPLICATE: _ClassVar[AddOutcome]
+    SKIPPED: _ClassVar[AddOutcome]
+ADD_OUTCOME_UNSPECIFIED: AddOutcome
+ADDED: AddOutcome
+DUPLICATE: AddOutcome
+SKIPPED: AddOutcome
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -29,23 +41,37 @@ class Heatmap(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps")
+    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps", "return_concepts")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     LOCALIZE_FIELD_NUMBER: _ClassVar[int]
     RETURN_HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     box: Box
     top_k: int
     query_expansion: int
     localize: bool
     return_heatmaps: bool
-    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ...) -> None: ...
+    return_concepts: bool
+    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ..., return_concepts: _Optional[bool] = ...) -> None: ...
+
+class Concept(_message.Message):
+    __slots__ = ("index", "heatmap", "kept", "weight")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    heatmap: Heatmap
+    kept: bool
+    weight: float
+    def __init__(self, index: _Optional[int] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., kept: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("id", "path", "key", "score", "rank", "box", "image_missing", "heatmap", "width", "height")
+    __slots__ = ("id", "path", "key", "score", "rank", "box", "image_missing", "heatmap", "width", "height", "shared_concept", "shared_concept_heatmap")
     ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +82,8 @@ class SearchResult(_message.Message):
     HEATMAP_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CONCEPT_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     id: int
     path: str
     key: str
@@ -66,7 +94,9 @@ class SearchResult(_message.Message):
     heatmap: Heatmap
     width: int
     height: int
-    def __init__(self, id: _Optional[int] = ..., path: _Optional[str] = ..., key: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., image_missing: _Optional[bool] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    shared_concept: int
+    shared_concept_heatmap: Heatmap
+    def __init__(self, id: _Optional[int] = ..., path: _Optional[str] = ..., key: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., image_missing: _Optional[bool] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., shared_concept: _Optional[int] = ..., shared_concept_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ...) -> None: ...
 
 class StageLatency(_message.Message):
     __slots__ = ("stage", "milliseconds")
@@ -77,48 +107,60 @@ class StageLatency(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "stages", "query_factors", "query_heatmap", "query_width", "query_height")
+    __slots__ = ("results", "stages", "query_factors", "query_heatmap", "query_width", "query_height", "query_concepts")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     QUERY_FACTORS_FIELD_NUMBER: _ClassVar[int]
     QUERY_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     QUERY_WIDTH_FIELD_NUMBER: _ClassVar[int]
     QUERY_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     stages: _containers.RepeatedCompositeFieldContainer[StageLatency]
     query_factors: int
     query_heatmap: Heatmap
     query_width: int
     query_height: int
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ...) -> None: ...
+    query_concepts: _containers.RepeatedCompositeFieldContainer[Concept]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ..., query_concepts: _Optional[_Iterable[_Union[Concept, _Mapping]]] = ...) -> None: ...
 
 class AddImageRequest(_message.Message):
-    __slots__ = ("image", "key")
+    __slots__ = ("image", "key", "skip_invalid")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SKIP_INVALID_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     key: str
-    def __init__(self, image: _Optional[bytes] = ..., key: _Optional[str] = ...) -> None: ...
+    skip_invalid: bool
+    def __init__(self, image: _Optional[bytes] = ..., key: _Optional[str] = ..., skip_invalid: _Optional[bool] = ...) -> None: ...
 
 class AddedImage(_message.Message):
-    __slots__ = ("id", "key", "path", "duplicate")
+    __slots__ = ("id", "key", "path", "duplicate", "outcome", "reason", "message")
     ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     id: int
     key: str
     path: str
     duplicate: bool
-    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., path: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    outcome: AddOutcome
+    reason: str
+    message: str
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ..., path: _Optional[str] = ..., duplicate: _Optional[bool] = ..., outcome: _Optional[_Union[AddOutcome, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AddImagesResponse(_message.Message):
-    __slots__ = ("added", "count")
+    __slots__ = ("added", "count", "generation")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     added: _containers.RepeatedCompositeFieldContainer[AddedImage]
     count: int
-    def __init__(self, added: _Optional[_Iterable[_Union[AddedImage, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, added: _Optional[_Iterable[_Union[AddedImage, _Mapping]]] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class RemoveImagesRequest(_message.Message):
     __slots__ = ("ids", "paths")
@@ -129,12 +171,14 @@ class RemoveImagesRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RemoveImagesResponse(_message.Message):
-    __slots__ = ("removed", "count")
+    __slots__ = ("removed", "count", "generation")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     removed: int
     count: int
-    def __init__(self, removed: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, removed: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
@@ -159,3 +203,29 @@ class IndexInfo(_message.Message):
     manifest_json: str
     index_dir: str
     def __init__(self, count: _Optional[int] = ..., backbone: _Optional[str] = ..., method: _Optional[str] = ..., image_size: _Optional[int] = ..., dimension: _Optional[int] = ..., max_top_k: _Optional[int] = ..., manifest_json: _Optional[str] = ..., index_dir: _Optional[str] = ...) -> None: ...
+
+class GetImageRequest(_message.Message):
+    __slots__ = ("id", "max_side")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    max_side: int
+    def __init__(self, id: _Optional[int] = ..., max_side: _Optional[int] = ...) -> None: ...
+
+class ImageData(_message.Message):
+    __slots__ = ("id", "data", "content_type", "width", "height", "path", "key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+    path: str
+    key: str
+    def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., path: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class SearchServiceStub:
                 request_serializer=dffsearch_dot_v1_dot_search__pb2.GetIndexInfoRequest.SerializeToString,
                 response_deserializer=dffsearch_dot_v1_dot_search__pb2.IndexInfo.FromString,
                 _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/dffsearch.v1.SearchService/GetImage',
+                request_serializer=dffsearch_dot_v1_dot_search__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=dffsearch_dot_v1_dot_search__pb2.ImageData.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -87,6 +92,14 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImage(self, request, context):
+        """The stored image of one indexed id (optionally shrunk): what a web page shows as a result.
+        Only ids in the index are served (NOT_FOUND otherwise); nothing else on disk is reachable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetIndexInfo,
                     request_deserializer=dffsearch_dot_v1_dot_search__pb2.GetIndexInfoRequest.FromString,
                     response_serializer=dffsearch_dot_v1_dot_search__pb2.IndexInfo.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=dffsearch_dot_v1_dot_search__pb2.GetImageRequest.FromString,
+                    response_serializer=dffsearch_dot_v1_dot_search__pb2.ImageData.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class SearchService:
             '/dffsearch.v1.SearchService/GetIndexInfo',
             dffsearch_dot_v1_dot_search__pb2.GetIndexInfoRequest.SerializeToString,
             dffsearch_dot_v1_dot_search__pb2.IndexInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dffsearch.v1.SearchService/GetImage',
+            dffsearch_dot_v1_dot_search__pb2.GetImageRequest.SerializeToString,
+            dffsearch_dot_v1_dot_search__pb2.ImageData.FromString,
             options,
             channel_credentials,
             insecure,
