@@ -18,7 +18,7 @@ while the server's RSS is sampled every 50 ms (`peak_rss_mb`). Targets: peak <= 
 killed, no UNKNOWN/INTERNAL, SERVING throughout.
 
 --json FILE writes {"idle_rss_mb", "peak_rss_mb", "peak_over_idle", "server_alive", "status_counts",
-"unexpected", "health_serving_throughout", "health_checks", "p50_ms_normal_query_idle",
+"status_by_client" (big / add / localize / garbage / normal), "unexpected", "health_serving_throughout", "health_checks", "p50_ms_normal_query_idle",
 "p50_ms_normal_query_during_abuse", "p50_ratio_during_over_idle", "big_jpeg_mb", "big_jpeg_size",
 "add_images_mb", "seconds", "settings"}.
 """
@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "proto"))
 
-from benchmarks.load_search import start_server  # noqa: E402  (the same dff-serve start-up as the load test)
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "coins", "brick", "camera", "hubble_deep_field")
 
@@ -126,6 +126,7 @@ class Abuse:
     def __init__(self, port: int, timeout: float) -> None:
         self.port, self.timeout = port, timeout
         self.codes: Counter = Counter()
+        self.codes_by_client: dict[str, Counter] = {}
         self.normal_ms: list[float] = []
         self.health: list[bool] = []
         self.done = threading.Event()
@@ -136,7 +137,7 @@ class Abuse:
 
         return SearchClient("127.0.0.1", self.port, timeout=self.timeout)
 
-    def call(self, fn, *args, **kwargs):
+    def call(self, kind: str, fn, *args, **kwargs):
         import grpc
 
         try:
@@ -146,32 +147,33 @@ class Abuse:
             result, code = None, exc.code().name
         with self._lock:
             self.codes[code] += 1
+            self.codes_by_client.setdefault(kind, Counter())[code] += 1
         return result
 
     def big_queries(self, data: bytes, rounds: int) -> None:
         with self.client() as client:
             for _ in range(rounds):
-                self.call(client.search, data, top_k=10)
+                self.call("big", client.search, data, top_k=10)
 
     def add(self, items: list[tuple[str, bytes]]) -> None:
         with self.client() as client:
-            self.call(client.add_images, items)
+            self.call("add", client.add_images, items)
 
     def localize(self, data: bytes, top_k: int) -> None:
         with self.client() as client:
-            self.call(client.search, data, top_k=top_k, localize=True)
+            self.call("localize", client.search, data, top_k=top_k, localize=True)
 
     def garbage(self) -> None:
         rng = np.random.default_rng(2)
         with self.client() as client:
             while not self.done.is_set():
-                self.call(client.search, rng.bytes(1 << 20), top_k=5)
+                self.call("garbage", client.search, rng.bytes(1 << 20), top_k=5)
 
     def normal(self, data: bytes) -> None:
         with self.client() as client:
             while not self.done.is_set():
                 start = time.perf_counter()
-                if self.call(client.search, data, top_k=10) is not None:
+                if self.call("normal", client.search, data, top_k=10) is not None:
                     self.normal_ms.append((time.perf_counter() - start) * 1000.0)
 
     def watch_health(self) -> None:
@@ -223,7 +225,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"big JPEG {big_size[0]}x{big_size[1]} = {len(big) / 2**20:.1f} MB; "
           f"AddImages {len(uploads)} images = {sum(len(d) for _, d in uploads) / 2**20:.1f} MB", file=sys.stderr)
 
-    process, port = start_server(index, ["--torch-threads", str(args.threads)])
+    from searcher.launcher import launch_serve  # the one dff-serve start-up (demo, load test, tests)
+
+    server = launch_serve(index, ["--torch-threads", str(args.threads)], log_path=workdir / "serve.log")
+    process, port = server.process, server.port
     try:
         abuse = Abuse(port, args.timeout)
         with abuse.client() as client:
@@ -252,8 +257,13 @@ def run(args: argparse.Namespace) -> dict:
         alive = process.poll() is None
     finally:
         if process.poll() is None:
-            process.terminate()
-            process.wait(60)
+            process.terminate()  # drains for --grace (30 s); work a client gave up on may outlast it
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                print("dff-serve did not exit within 120 s of SIGTERM; killed", file=sys.stderr)
+                process.kill()
+                process.wait()
     codes = dict(sorted(abuse.codes.items()))
     p50_during = statistics.median(abuse.normal_ms) if abuse.normal_ms else float("nan")
     return {
@@ -262,6 +272,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_over_idle": round(peak_rss / idle_rss, 3),
         "server_alive": alive,
         "status_counts": codes,
+        "status_by_client": {kind: dict(sorted(c.items())) for kind, c in sorted(abuse.codes_by_client.items())},
         "unexpected": codes.get("UNKNOWN", 0) + codes.get("INTERNAL", 0),
         "health_serving_throughout": bool(abuse.health) and all(abuse.health),
         "health_checks": len(abuse.health),
@@ -297,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         ("peak / idle (target <= 2.5)", f"{result['peak_over_idle']}"),
         ("server alive at the end", f"{result['server_alive']}"),
         ("status counts", json.dumps(result["status_counts"])),
+        ("  by client", json.dumps(result["status_by_client"])),
         ("unexpected UNKNOWN/INTERNAL (target 0)", f"{result['unexpected']}"),
         ("health SERVING every 0.5 s", f"{result['health_serving_throughout']} ({result['health_checks']} checks)"),
         ("normal query p50 idle / during abuse (ms)",
