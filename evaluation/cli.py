@@ -45,8 +45,8 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--weights", default=None, help="backbone weights file (default: the registry's own)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=None, help="smaller image side in pixels (instance default: the backbone's, 320 for efficientnet-lite0; semantic and localize: 224)")
-    parser.add_argument("--k", type=int, default=4, help="NMF rank")
+    parser.add_argument("--image-size", type=_int_list, default=None, help="smaller image side in pixels (instance default: the backbone's, 320 for efficientnet-lite0; semantic and localize: 224); a list (256,320,416) sweeps: every method at every size, each reported at its best")
+    parser.add_argument("--k", type=_int_list, default=(4,), help="NMF rank; a list (2,4,8) sweeps")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help=f"activation cache (default {default_cache_dir()})"
     )
@@ -74,6 +74,18 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
     )
 
 
+def _ranking_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rerank", type=_int_list, default=(100,),
+        help="re-rank the top N by the factor-row match kernel (0: off); a list (0,100) measures each",
+    )
+    parser.add_argument("--rerank-dim", type=int, default=256, help="rows compressed to this dimension, float16 (0: uncompressed), as the index stores them")
+    parser.add_argument(
+        "--expansion", type=_name_list, default=("average",),
+        help="query expansion for QE sizes > 0: average, alpha (alpha-QE, alpha 3), diffusion (k-NN graph); a list measures each",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dff-eval", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(instance, INSTANCE_DATASETS)
     instance.add_argument("--methods", type=_name_list, default=ALL_METHODS, help=",".join(ALL_METHODS))
     instance.add_argument("--qe", type=_int_list, default=(0,), help="query-expansion sizes, e.g. 0,5")
+    _ranking_options(instance)
     instance.add_argument(
         "--whiten-on", type=Path, default=None, help="folder of images to learn PCA-whitening on"
     )
@@ -93,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(semantic, SEMANTIC_DATASETS)
     semantic.add_argument("--methods", type=_name_list, default=ALL_METHODS)
     semantic.add_argument("--qe", type=_int_list, default=(0,))
+    _ranking_options(semantic)
     semantic.add_argument("--whiten-on", type=Path, default=None)
     semantic.add_argument("--whiten-dim", type=int, default=None)
     semantic.add_argument("--at", type=int, default=30)
@@ -108,14 +122,19 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         backbone=args.backbone,
         weights=args.weights,
         device=args.device,
-        image_size=args.image_size or DEFAULT_SIZES[args.command],
+        image_size=args.image_size[0] if args.image_size else DEFAULT_SIZES[args.command],
+        image_sizes=args.image_size if args.image_size and len(args.image_size) > 1 else (),
         methods=getattr(args, "methods", ALL_METHODS),
         qe=getattr(args, "qe", (0,)),
         whiten_on=getattr(args, "whiten_on", None),
         whiten_dim=getattr(args, "whiten_dim", None),
         protocol=getattr(args, "protocol", "standard"),
         at=getattr(args, "at", 30),
-        k=args.k,
+        k=args.k[0],
+        ks=args.k if len(args.k) > 1 else (),
+        rerank=getattr(args, "rerank", (0,)),
+        rerank_dim=getattr(args, "rerank_dim", 256),
+        expansion=getattr(args, "expansion", ("average",)),
         runtime=args.runtime,
         cache_dir=args.cache_dir or default_cache_dir(),
         cache_dtype=args.cache_dtype,

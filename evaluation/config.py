@@ -34,6 +34,14 @@ class EvalConfig:
     # the backbone runtime (descriptors.runtimes); torch by default so that cached activations
     # and published numbers stay comparable; another runtime gets its own activation cache
     runtime: str = "torch"
+    # re-ranking depths (descriptors.rerank; 0: off) and the rows' compressed dimension (0: none)
+    rerank: tuple[int, ...] = (100,)
+    rerank_dim: int = 256
+    # query expansions measured for every QE size > 0 (evaluation.encode.EXPANSIONS)
+    expansion: tuple[str, ...] = ("average",)
+    # sweeps: every method is evaluated at each image size x K (empty: image_size / k only)
+    image_sizes: tuple[int, ...] = ()
+    ks: tuple[int, ...] = ()
     cache_dir: Path = field(default_factory=default_cache_dir)
     cache_dtype: str = "float16"
     progress: bool | None = None  # None: a bar when stderr is a terminal
@@ -46,6 +54,19 @@ class EvalConfig:
             )
         if any(n < 0 for n in self.qe):
             raise ValueError(f"query-expansion sizes must be >= 0, got {self.qe}")
+        if any(n < 0 for n in self.rerank) or not self.rerank:
+            raise ValueError(f"--rerank depths must be >= 0 (0: off), got {self.rerank}")
+        if self.rerank_dim < 0:
+            raise ValueError(f"--rerank-dim must be >= 0 (0: uncompressed rows), got {self.rerank_dim}")
+        from evaluation.encode import EXPANSIONS
+
+        bad = [e for e in self.expansion if e not in EXPANSIONS]
+        if bad or not self.expansion:
+            raise ValueError(f"unknown --expansion {', '.join(bad) or '(none)'}; choose from {', '.join(EXPANSIONS)}")
+        if any(k < 1 for k in (self.k, *self.ks)):
+            raise ValueError(f"--k must be >= 1, got {(self.k, *self.ks)}")
+        if any(size < 32 for size in self.image_sizes):
+            raise ValueError(f"--image-size must be >= 32, got {self.image_sizes}")
         if self.at < 1:
             raise ValueError(f"--at must be >= 1, got {self.at}")
         from descriptors.backbones import image_size_or_default
@@ -58,3 +79,9 @@ class EvalConfig:
             raise ValueError(f"--image-size must be >= 32, got {self.image_size}")
         if self.whiten_on is not None and not Path(self.whiten_on).is_dir():
             raise ValueError(f"--whiten-on {self.whiten_on} is not a folder of images")
+
+    def sweep_sizes(self) -> tuple[int, ...]:
+        return self.image_sizes or (self.image_size,)
+
+    def sweep_ks(self) -> tuple[int, ...]:
+        return self.ks or (self.k,)

@@ -19,6 +19,7 @@ from descriptors.aggregate import aggregate_rows, l2_normalize_rows
 from descriptors.encode import rows_by_method
 from descriptors.pipeline import NMF_METHODS, DescriptorConfig, local_descriptors_by_method
 from descriptors.query_expansion import expand_query
+from descriptors.rerank import RowCodec, row_features
 from descriptors.whitening import PCAWhitening
 from evaluation.cache import ActivationCache, Box, ImageRequest
 
@@ -30,13 +31,32 @@ class MethodEncoder:
     """Global descriptors of several methods from the same cached activations."""
 
     def __init__(
-        self, cache: ActivationCache, methods: Sequence[str], k: int = 4, progress: bool | None = None
+        self,
+        cache: ActivationCache,
+        methods: Sequence[str],
+        k: int = 4,
+        progress: bool | None = None,
+        row_dim: int | None = None,
     ) -> None:
         self.cache = cache
         self.methods = list(methods)
         self.configs = {m: DescriptorConfig(method=m, k=k) for m in self.methods}
         self.progress = progress
         self.whitenings: dict[str, PCAWhitening | None] = dict.fromkeys(self.methods)
+        # re-ranking rows (descriptors.rerank), kept when row_dim is set (0: uncompressed):
+        # compressed as the index stores them, by a RowCodec fitted on the database's rows
+        self.row_dim = row_dim
+        self.codecs: dict[str, RowCodec | None] = dict.fromkeys(self.methods)
+        self.database_rows: dict[str, list[np.ndarray]] = {}
+        self.query_rows: dict[str, list[np.ndarray]] = {}
+
+    def _kernel_rows(self, method: str, rows: list[np.ndarray], fit: bool = False) -> list[np.ndarray]:
+        feats = [row_features(r, self.whitenings[method]) for r in rows]
+        if fit:
+            dim = min(self.row_dim or 0, feats[0].shape[1]) if feats else 0
+            self.codecs[method] = RowCodec.fit(np.concatenate(feats), dim) if dim else None
+        codec = self.codecs[method]
+        return [codec.decode(codec.encode(f)) for f in feats] if codec is not None else feats
 
     @property
     def needs_crops(self) -> bool:
@@ -80,6 +100,8 @@ class MethodEncoder:
 
     def database(self, requests: Sequence[ImageRequest], label: str = "database") -> dict[str, np.ndarray]:
         rows = self.local_rows(requests, label)
+        if self.row_dim is not None:
+            self.database_rows = {m: self._kernel_rows(m, rows[m], fit=True) for m in self.methods}
         return {m: self._aggregate(m, rows[m]) for m in self.methods}
 
     def queries(self, requests: Sequence[ImageRequest], boxes: Sequence[Box | None]) -> dict[str, np.ndarray]:
@@ -108,6 +130,8 @@ class MethodEncoder:
             ]
             by_method = local_descriptors_by_method(cropped, [self.configs[m] for m in baselines])
             rows.update(zip(baselines, by_method, strict=True))
+        if self.row_dim is not None:
+            self.query_rows = {m: self._kernel_rows(m, rows[m]) for m in self.methods}
         return {m: self._aggregate(m, rows[m]) for m in self.methods}
 
     def queries_reusing_database(
@@ -129,6 +153,16 @@ class MethodEncoder:
         todo = [i for i, j in enumerate(reuse) if j is None]
         encoded = self.queries([requests[i] for i in todo], [boxes[i] for i in todo]) if todo else {}
         reused = [(i, j) for i, j in enumerate(reuse) if j is not None]
+        if self.row_dim is not None:
+            encoded_rows = dict(self.query_rows) if todo else {}
+            self.query_rows = {}
+            for m in self.methods:
+                merged: list = [None] * len(requests)
+                for at, i in enumerate(todo):
+                    merged[i] = encoded_rows[m][at]
+                for i, j in reused:
+                    merged[i] = self.database_rows[m][j]
+                self.query_rows[m] = merged
         out = {}
         for m in self.methods:
             vectors = np.empty((len(requests), database[m].shape[1]), dtype=database[m].dtype)
@@ -152,8 +186,11 @@ def expand_queries(
     ranking: np.ndarray,
     n: int,
     exclude: Sequence[int | None] | None = None,
+    alpha: float = 0.0,
 ) -> np.ndarray:
-    """Average query expansion: query + its top-n database descriptors, l2-normalized.
+    """Average query expansion (alpha 0): query + its top-n database descriptors, l2-normalized;
+    alpha-QE (Radenovic et al. 2018): each neighbour weighted by its similarity^alpha (negative
+    similarities weigh 0).
 
     `exclude[i]` (a database index, e.g. the query's own image in leave-one-out) is skipped.
     """
@@ -163,5 +200,72 @@ def expand_queries(
     for i in range(len(queries)):
         skip = None if exclude is None else exclude[i]
         top = [j for j in ranking[i, : n + 1] if j != skip][:n]
-        expanded[i] = expand_query(queries[i], database[top], n)
+        expanded[i] = expand_query(queries[i], database[top], n, alpha=alpha)
     return expanded
+
+
+def rerank_rankings(
+    ranking: np.ndarray,
+    query_rows: Sequence[np.ndarray],
+    database_rows: Sequence[np.ndarray],
+    depth: int,
+    kernel,
+) -> np.ndarray:
+    """Each query's top `depth` database indices reordered by the match kernel of its rows with
+    theirs (`descriptors.rerank`); the rest of the ranking unchanged."""
+    from descriptors.rerank import rerank_top, self_similarity
+
+    if depth <= 0:
+        return ranking
+    out = ranking.copy()
+    self_sims = np.array([self_similarity(r, kernel) for r in database_rows])
+    for i, q_rows in enumerate(query_rows):
+        top = ranking[i, :depth]
+        out[i, : len(top)], _ = rerank_top(top, q_rows, [database_rows[j] for j in top], kernel, self_sims[top])
+    return out
+
+
+# query expansions dff-eval measures: average QE, alpha-QE (alpha 3), diffusion on the k-NN graph
+EXPANSIONS = ("average", "alpha", "diffusion")
+ALPHA_QE = 3.0
+DIFFUSION_K = 10  # neighbours per database image in the graph, and seeds per query
+
+
+def rank_pipeline(
+    queries: np.ndarray,
+    database: np.ndarray,
+    *,
+    qe: int = 0,
+    expansion: str = "average",
+    rerank: int = 0,
+    kernel=None,
+    query_rows: Sequence[np.ndarray] | None = None,
+    database_rows: Sequence[np.ndarray] | None = None,
+    exclude: Sequence[int | None] | None = None,
+    affinity=None,
+) -> np.ndarray:
+    """(n_q, n_db) ranking: first stage (inner product), re-ranking of the top `rerank` by the
+    match kernel, then query expansion whose neighbours are the re-ranked top `qe` (average /
+    alpha-QE: the expanded query's ranking; diffusion: the walk seeded by them on `affinity`).
+    The expanded ranking is not re-ranked again: a second re-ranking by the query's own rows
+    undid the expansion (measured: CroW box queries QE 5 87.8 -> 79.5 Medium)."""
+    if expansion not in EXPANSIONS:
+        raise ValueError(f"unknown query expansion {expansion!r}; choose from {', '.join(EXPANSIONS)}")
+
+    ranking = rank_database(queries, database)
+    if rerank:
+        ranking = rerank_rankings(ranking, query_rows, database_rows, rerank, kernel)
+    if not qe:
+        return ranking
+    if expansion == "diffusion":
+        from descriptors.diffusion import diffusion_rank
+
+        sims = queries @ database.T
+        return np.stack(
+            [
+                diffusion_rank(sims[i], affinity, k=qe, exclude=None if exclude is None else exclude[i], order=ranking[i])
+                for i in range(len(queries))
+            ]
+        )
+    alpha = ALPHA_QE if expansion == "alpha" else 0.0
+    return rank_database(expand_queries(queries, database, ranking, qe, exclude, alpha=alpha), database)

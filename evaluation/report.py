@@ -38,14 +38,30 @@ class EvalReport:
     results: list[MethodResult]
     # image size, whitening, ...: shown in the table and the Markdown, not in the JSON
     settings: dict = field(default_factory=dict)
+    # with an --image-size / --k sweep: per (method, qe, expansion, rerank), its best sweep point
+    best: list[MethodResult] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "dataset": self.dataset,
             "protocol": self.protocol,
             "coverage": self.coverage.as_dict(),
             "results": [r.as_dict() for r in self.results],
         }
+        if self.best:
+            out["best"] = [r.as_dict() for r in self.best]
+        return out
+
+    def pick_best(self) -> None:
+        """`best` from `results`: the highest headline score of each (method, qe, expansion,
+        rerank) over the sweep's image sizes and K."""
+        key = self.headline_key()
+        groups: dict[tuple, MethodResult] = {}
+        for r in self.results:
+            group = (r.method, r.qe, r.extra.get("expansion"), r.extra.get("rerank"))
+            if group not in groups or r.scores.get(key, -1) > groups[group].scores.get(key, -1):
+                groups[group] = r
+        self.best = list(groups.values())
 
     def score_keys(self) -> list[str]:
         present = {k for r in self.results for k in r.scores}
@@ -63,12 +79,13 @@ def _percent(key: str, value: float) -> str:
     return f"{100 * value:.1f}" if key.startswith("map") or key.startswith("iou_at") else f"{value:.3f}"
 
 
-def _rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
+def _rows(report: EvalReport, results: list[MethodResult] | None = None) -> tuple[list[str], list[list[str]]]:
+    results = report.results if results is None else results
     keys = report.score_keys()
-    extra_keys = sorted({k for r in report.results for k in r.extra})
+    extra_keys = sorted({k for r in results for k in r.extra})
     header = ["method", "backbone", "qe", *keys, *extra_keys, "coverage"]
     rows = []
-    for r in report.results:
+    for r in results:
         rows.append(
             [
                 r.method,
@@ -82,15 +99,21 @@ def _rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def format_table(report: EvalReport) -> str:
-    header, rows = _rows(report)
+def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    return lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+
+
+def format_table(report: EvalReport) -> str:
     lines = [f"{report.dataset} — {report.protocol} ({report.coverage})"]
     if report.settings:
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += _plain_table(*_rows(report))
+    if report.best:
+        lines += ["", "each method at its best image size and K:"]
+        lines += _plain_table(*_rows(report, report.best))
     return "\n".join(lines)
 
 
@@ -102,6 +125,11 @@ def format_markdown(report: EvalReport) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if report.best:
+        header, rows = _rows(report, report.best)
+        lines += ["", "Each method at its best image size and K:", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

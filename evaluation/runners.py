@@ -6,12 +6,13 @@ from pathlib import Path
 
 from descriptors.backbones import load_backbone
 from descriptors.images import IMAGE_EXTENSIONS, iter_image_files
+from descriptors.pipeline import NMF_METHODS
 from evaluation.cache import ActivationCache, ImageRequest
 from evaluation.config import EvalConfig
 from evaluation.datasets.instance import find_ground_truth
 from evaluation.datasets.protocols import Coverage, apply_protocol, present_images
 from evaluation.datasets.semantic import load_semantic_dataset
-from evaluation.encode import MethodEncoder, expand_queries, rank_database
+from evaluation.encode import DIFFUSION_K, MethodEncoder, rank_pipeline
 from evaluation.metrics import compute_map, compute_map_revisited, map_at_k
 from evaluation.report import EvalReport, MethodResult
 
@@ -27,12 +28,45 @@ def whitening_images(folder: Path) -> list[Path]:
     return files
 
 
-def _make_encoder(config: EvalConfig, image_size: int) -> MethodEncoder:
+def _make_encoder(config: EvalConfig, image_size: int, k: int | None = None, methods=None) -> MethodEncoder:
     from descriptors.runtimes import use_runtime
 
     backbone = use_runtime(load_backbone(config.backbone, config.weights, config.device), config.runtime)
     cache = ActivationCache(config.cache_dir, backbone, image_size, config.cache_dtype)
-    return MethodEncoder(cache, config.methods, k=config.k, progress=config.progress)
+    row_dim = config.rerank_dim if any(config.rerank) else None
+    return MethodEncoder(
+        cache, methods or config.methods, k=config.k if k is None else k, progress=config.progress, row_dim=row_dim
+    )
+
+
+def _sweep(config: EvalConfig) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(image size, K, methods) per sweep point: baselines do not depend on K (first K only)."""
+    points = []
+    for size in config.sweep_sizes():
+        for i, k in enumerate(config.sweep_ks()):
+            methods = config.methods if i == 0 else tuple(m for m in config.methods if m in NMF_METHODS)
+            if methods:
+                points.append((size, k, methods))
+    return points
+
+
+def _ranking_variants(config: EvalConfig):
+    """(qe, expansion, rerank depth) combinations; QE 0 has no expansion to vary."""
+    for depth in config.rerank:
+        for n in config.qe:
+            for expansion in config.expansion if n else (config.expansion[0],):
+                yield n, expansion, depth
+
+
+def _extra(config: EvalConfig, size: int, k: int, method: str, expansion: str, depth: int, n: int) -> dict:
+    extra: dict = {"rerank": depth}
+    if n:
+        extra["expansion"] = expansion
+    if len(config.sweep_sizes()) > 1:
+        extra["image_size"] = size
+    if len(config.sweep_ks()) > 1 and method in NMF_METHODS:
+        extra["k"] = k
+    return extra
 
 
 def _maybe_whiten(encoder: MethodEncoder, config: EvalConfig, query_requests: list[ImageRequest]) -> str:
@@ -58,65 +92,95 @@ def run_instance(
     gt = find_ground_truth(dataset, root, gnd_path)
     images_dir = root / "jpg"
     evalset = apply_protocol(config.protocol, gt, present_images(images_dir, gt.imlist + gt.qimlist))
-    encoder = _make_encoder(config, config.image_size)
-
     db_requests = [ImageRequest(images_dir / f"{n}.jpg") for n in evalset.database]
     query_requests = [ImageRequest(images_dir / f"{q.image}.jpg") for q in evalset.queries]
-    whitening = _maybe_whiten(encoder, config, query_requests)
-    database = encoder.database(db_requests)
-    # leave-one-out queries are full database images: their database descriptors are reused
-    queries = encoder.queries_reusing_database(
-        query_requests, [q.box for q in evalset.queries], db_requests, database
-    )
     position = {n: i for i, n in enumerate(evalset.database)}
     # leave-one-out: the query's own database entry must not feed its expansion
     exclude = [position.get(q.image) if q.box is None else None for q in evalset.queries]
     gnd = evalset.gnd()
 
-    results = []
-    for method in config.methods:
-        ranking = rank_database(queries[method], database[method])
-        for n in config.qe:
-            expanded = expand_queries(queries[method], database[method], ranking, n, exclude)
-            ranks = (rank_database(expanded, database[method]) if n else ranking).T
-            if evalset.revisited:
-                split = compute_map_revisited(ranks, gnd)
-                scores = {f"map_{k}": v for k, v in split.items()}
-            else:
-                scores = {"map": compute_map(ranks, gnd).map}
-            results.append(MethodResult(method, config.backbone, n, scores))
+    def score(ranking) -> dict:
+        if evalset.revisited:
+            return {f"map_{k}": v for k, v in compute_map_revisited(ranking.T, gnd).items()}
+        return {"map": compute_map(ranking.T, gnd).map}
+
+    results, whitening = [], "none"
+    for size, k, methods in _sweep(config):
+        encoder = _make_encoder(config, size, k, methods)
+        whitening = _maybe_whiten(encoder, config, query_requests)
+        database = encoder.database(db_requests)
+        # leave-one-out queries are full database images: their database descriptors are reused
+        queries = encoder.queries_reusing_database(
+            query_requests, [q.box for q in evalset.queries], db_requests, database
+        )
+        results += _evaluate(config, encoder, database, queries, exclude, score, size, k)
     settings = {
-        "image_size": config.image_size,
+        "image_size": ",".join(map(str, config.sweep_sizes())),
         "whitening": whitening,
-        "k": config.k,
+        "k": ",".join(map(str, config.sweep_ks())),
         "cache": config.cache_dtype,
+        "rerank_dim": config.rerank_dim,
     }
-    return EvalReport(evalset.dataset, evalset.protocol, evalset.coverage, results, settings)
+    report = EvalReport(evalset.dataset, evalset.protocol, evalset.coverage, results, settings)
+    if len(_sweep(config)) > 1:
+        report.pick_best()
+    return report
+
+
+def _evaluate(config, encoder, database, queries, exclude, score, size, k) -> list[MethodResult]:
+    """Every method x ranking variant of one sweep point, scored by `score(ranking)`."""
+    from descriptors.diffusion import knn_graph
+    from descriptors.rerank import MatchKernel
+
+    kernel = MatchKernel()
+    results = []
+    for method in encoder.methods:
+        affinity = None
+        if "diffusion" in config.expansion and any(config.qe):
+            affinity = knn_graph(database[method], DIFFUSION_K).affinity()
+        for n, expansion, depth in _ranking_variants(config):
+            ranking = rank_pipeline(
+                queries[method], database[method], qe=n, expansion=expansion, rerank=depth, kernel=kernel,
+                query_rows=encoder.query_rows.get(method), database_rows=encoder.database_rows.get(method),
+                exclude=exclude, affinity=affinity,
+            )
+            extra = _extra(config, size, k, method, expansion, depth, n)
+            results.append(MethodResult(method, config.backbone, n, score(ranking), extra))
+    return results
 
 
 def run_semantic(dataset: str, root: str | Path, config: EvalConfig) -> EvalReport:
     """mAP@`config.at` of every method: relevant = images sharing the query's class, query left out."""
     ds = load_semantic_dataset(dataset, root)
-    encoder = _make_encoder(config, config.image_size)
     requests = [ImageRequest(p) for p in ds.images]
     query_requests = [requests[q.index] for q in ds.queries]
-    whitening = _maybe_whiten(encoder, config, query_requests)
-    database = encoder.database(requests)
-    queries = encoder.queries_reusing_database(
-        query_requests, [q.box for q in ds.queries], requests, database
-    )
     relevant = [ds.relevant(q) for q in ds.queries]
     self_index = [q.index for q in ds.queries]
 
-    results = []
-    for method in config.methods:
-        ranking = rank_database(queries[method], database[method])
-        for n in config.qe:
-            expanded = expand_queries(queries[method], database[method], ranking, n, self_index)
-            ranks = rank_database(expanded, database[method]) if n else ranking
-            rankings = [row[row != q][: config.at] for row, q in zip(ranks, self_index, strict=True)]
-            score = map_at_k(rankings, relevant, config.at)
-            results.append(MethodResult(method, config.backbone, n, {"map": score}, {"at": config.at}))
+    def score(ranks) -> dict:
+        rankings = [row[row != q][: config.at] for row, q in zip(ranks, self_index, strict=True)]
+        return {"map": map_at_k(rankings, relevant, config.at)}
+
+    results, whitening = [], "none"
+    for size, k, methods in _sweep(config):
+        encoder = _make_encoder(config, size, k, methods)
+        whitening = _maybe_whiten(encoder, config, query_requests)
+        database = encoder.database(requests)
+        queries = encoder.queries_reusing_database(
+            query_requests, [q.box for q in ds.queries], requests, database
+        )
+        for result in _evaluate(config, encoder, database, queries, self_index, score, size, k):
+            result.extra["at"] = config.at
+            results.append(result)
     coverage = Coverage(len(ds.queries), ds.queries_total, len(ds.images), ds.images_total)
-    settings = {"image_size": config.image_size, "whitening": whitening, "k": config.k, "mAP@": config.at}
-    return EvalReport(ds.name, f"semantic mAP@{config.at}", coverage, results, settings)
+    settings = {
+        "image_size": ",".join(map(str, config.sweep_sizes())),
+        "whitening": whitening,
+        "k": ",".join(map(str, config.sweep_ks())),
+        "mAP@": config.at,
+        "rerank_dim": config.rerank_dim,
+    }
+    report = EvalReport(ds.name, f"semantic mAP@{config.at}", coverage, results, settings)
+    if len(_sweep(config)) > 1:
+        report.pick_best()
+    return report

@@ -28,3 +28,17 @@ def test_depth_zero_is_the_query_and_a_short_list_uses_what_there_is() -> None:
 def test_a_bad_depth_is_refused(depth) -> None:
     with pytest.raises(ValueError, match="depth"):
         expand_query(np.ones(2), np.ones((1, 2)), depth)
+
+
+def test_alpha_qe_weights_neighbours_by_similarity_power():
+    import numpy as np
+
+    from descriptors.query_expansion import expand_query
+
+    query = np.array([1.0, 0.0, 0.0])
+    close = np.array([0.8, 0.6, 0.0])  # cos 0.8
+    far = np.array([0.0, 0.0, 1.0])  # cos 0: weight 0 under alpha-QE
+    expected = query + 0.8**3 * close
+    np.testing.assert_allclose(expand_query(query, np.stack([close, far]), 2, alpha=3.0), expected / np.linalg.norm(expected))
+    average = query + close + far
+    np.testing.assert_allclose(expand_query(query, np.stack([close, far]), 2), average / np.linalg.norm(average))

@@ -10,7 +10,7 @@ from eval_synthetic import write_class_folders, write_tiny_imagenet
 
 from evaluation.cli import main
 
-RESULT_KEYS = {"method", "backbone", "qe"}
+RESULT_KEYS = {"method", "backbone", "qe", "rerank"}
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
@@ -44,7 +44,7 @@ def test_instance_end_to_end_on_official_layout(synthetic_paris: Path, tmp_path:
     assert report["coverage"] == {"queries": 3, "queries_total": 3, "images": 15, "images_total": 15}
     assert len(report["results"]) == 7 * 2
     for result in report["results"]:
-        assert set(result) == RESULT_KEYS | {"map"}
+        assert set(result) == RESULT_KEYS | {"map"} | ({"expansion"} if result["qe"] else set())
         # three distinct textures vs noise: every method retrieves every positive first
         assert result["map"] >= 0.9, result
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,3 +155,28 @@ def test_shared_paris_subset_end_to_end(shared_data: Path, tmp_path: Path, capsy
         assert set(result) == RESULT_KEYS | {"map_easy", "map_medium", "map_hard"}
         # far above chance (positives are a few % of the gallery) even at 128 px
         assert result["map_medium"] > 0.3, result
+
+
+def test_sweep_rerank_and_expansions_report_each_method_at_its_best(synthetic_paris: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep.json"
+    argv = ["instance", "--dataset", "paris6k", "--root", str(synthetic_paris), "--methods", "crow,nmf-v"]
+    argv += ["--image-size", "64,96", "--k", "2,4", "--qe", "0,2", "--rerank", "0,5"]
+    argv += ["--expansion", "average,alpha,diffusion", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    code, stdout = _run(argv, capsys)
+    assert code == 0, stdout
+    report = json.loads(out.read_text())
+    # per size: crow once (no K), nmf-v per K; per method: 2 rerank x (QE 0 + QE 2 x 3 expansions)
+    assert len(report["results"]) == 2 * (1 + 2) * 2 * (1 + 3)
+    nmf = [r for r in report["results"] if r["method"] == "nmf-v"]
+    assert {(r["image_size"], r["k"]) for r in nmf} == {(64, 2), (64, 4), (96, 2), (96, 4)}
+    assert {r.get("expansion") for r in nmf} == {None, "average", "alpha", "diffusion"}
+    assert all("k" not in r for r in report["results"] if r["method"] == "crow")
+    # best: one row per (method, qe, expansion, rerank), the highest mAP over the sweep
+    assert len(report["best"]) == 2 * 2 * (1 + 3)
+    for best in report["best"]:
+        group = [
+            r["map"] for r in report["results"]
+            if (r["method"], r["qe"], r.get("expansion"), r["rerank"]) == (best["method"], best["qe"], best.get("expansion"), best["rerank"])
+        ]
+        assert best["map"] == max(group)
+    assert "each method at its best image size and K" in stdout
