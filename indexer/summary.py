@@ -105,6 +105,7 @@ class BuildSummary:
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "resumed_shards": self.resumed_shards,
+            "processed_this_run": self.processed_this_run,
             "factory": self.factory,
             "dim": self.dim,
         } | ({"inputs": [vars(o) for o in self.inputs]} if self.inputs else {})

@@ -373,7 +373,11 @@ def start_on_ray(config: RayServeConfig) -> int:
     return config.port
 
 
-def stop_on_ray() -> None:
+def stop_on_ray(disconnect: bool = False) -> None:
+    """Delete the application; `disconnect`: also leave the cluster (stops a local one)."""
+    import ray
     from ray import serve
 
     serve.delete(APP_NAME)
+    if disconnect:
+        ray.shutdown()

@@ -289,12 +289,14 @@ def _serve_on_ray(args: argparse.Namespace, stop: threading.Event) -> int:
     except (IndexerError, ValueError, RuntimeError, OSError) as exc:
         print(f"dff-serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):  # ray.init installed its own (aborting) handlers
+        signal.signal(signum, lambda *_: stop.set())
     log.info("serving %s on Ray: %d shard(s), encoders %s", args.index, args.shards, config.encoder_scaling())
     print(f"dff-serve: listening on 0.0.0.0:{port} (Ray Serve gRPC proxy)", flush=True)
     while not stop.wait(1.0):
         pass
     log.info("deleting the Ray Serve application")
-    stop_on_ray()
+    stop_on_ray(disconnect=True)
     return 0
 
 

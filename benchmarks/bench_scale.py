@@ -1,0 +1,277 @@
+"""Scaling out: Ray build throughput, Ray Serve shard equality, large IVF-PQ builds at 1M / 10M.
+
+    python benchmarks/bench_scale.py --json scale.json                    # everything (10M: ~10 GB in /tmp)
+    python benchmarks/bench_scale.py --skip-ray --sizes 1M --json x.json  # only the 1M IVF build
+
+Keys: `ray_throughput_ratio` (Ray build images/s with 1 worker / local build images/s, same
+images, same run; the Ray cluster is started before the timing), `ray_scaling` (images/s at 1 and
+2 workers), `ray_local_images_per_s`, `sharded_equal` (a 2-shard Ray Serve app's top-k == the
+local engine's on an exact index, over several queries incl. a box and QE), and `ivf_build`:
+{"1M": {...}, "10M": {...}} with `train_s`, `add_s`, `merge_s`, `peak_rss_mb` (of the build
+process), `ms_per_query` (one query at a time, one thread, nprobe 16, exact re-ranking of 16 x k
+candidates from the memory-mapped vectors), `recall_at_10` (vs exact search over all vectors,
+100 queries), `factory`.
+
+Synthetic structured vectors: 4096 clusters in 256-d with a power-law spectrum (like whitened
+descriptors), generated chunk by chunk to .npy shards of 1M rows (low RSS), deleted afterwards.
+Each IVF step runs in its own process, so `peak_rss_mb` is that build's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "proto")]
+DIM = 256
+CLUSTERS = 4096
+SHARD_ROWS = 1_000_000
+GEN_CHUNK = 250_000
+
+
+def parse_size(label: str) -> int:
+    """"1M" -> 1_000_000, "200k" -> 200_000."""
+    scale = {"k": 1_000, "M": 1_000_000}.get(label[-1], 1)
+    return int(float(label.rstrip("kM")) * scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic structured vectors
+
+
+def _model(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    spectrum = (np.arange(1, DIM + 1, dtype=np.float32) ** -0.7).astype(np.float32)
+    centers = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32) * np.sqrt(spectrum)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    noise_scale = np.sqrt(spectrum / spectrum.sum()).astype(np.float32) * 0.8  # noise norm ~0.8
+    return centers, noise_scale
+
+
+def draw(n: int, seed: int) -> np.ndarray:
+    centers, noise_scale = _model()
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, CLUSTERS, n)]
+    x += rng.standard_normal((n, DIM), dtype=np.float32) * noise_scale
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def generate(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for s, start in enumerate(range(0, n, SHARD_ROWS)):
+        rows = min(SHARD_ROWS, n - start)
+        path = folder / f"vectors-{s:04d}.npy"
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, DIM))
+        for c in range(0, rows, GEN_CHUNK):
+            m = min(GEN_CHUNK, rows - c)
+            out[c:c + m] = draw(m, seed=1000 + (start + c) // GEN_CHUNK)
+        out.flush()
+        del out
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes (one per step, so that each peak RSS is its own)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child_build(folder: Path, factory: str, train_n: str) -> dict:
+    from indexer.large_ivf import build_large_ivf
+
+    shards = sorted(folder.glob("vectors-*.npy"))
+    stats = build_large_ivf(shards, folder / "index", factory, train_n=int(train_n))
+    return {"train_s": stats.train_s, "add_s": stats.add_s, "merge_s": stats.merge_s, "peak_rss_mb": _peak_rss_mb(),
+            "vectors": stats.vectors, "blocks": stats.blocks}
+
+
+def child_query(folder: Path, n_queries: int = 100, k: int = 10) -> dict:
+    import faiss
+
+    from indexer.large_ivf import VectorShards, open_large_ivf, search_reranked
+
+    shards = VectorShards(sorted(folder.glob("vectors-*.npy")))
+    queries = draw(n_queries, seed=7)
+    # exact ground truth over every vector, chunk by chunk
+    best_s = np.full((n_queries, k), -np.inf, np.float32)
+    best_i = np.full((n_queries, k), -1, np.int64)
+    for first, rows in shards.chunks(GEN_CHUNK):
+        sims = queries @ rows.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
+        cand_i = np.concatenate([best_i, top + first], axis=1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    index = open_large_ivf(folder / "index", nprobe=16)
+    faiss.omp_set_num_threads(1)
+    search_reranked(index, shards, queries[:5], k)  # warm-up
+    started = time.perf_counter()
+    found = np.concatenate([search_reranked(index, shards, q[None, :], k)[1] for q in queries])
+    ms = 1000 * (time.perf_counter() - started) / n_queries
+    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, best_i, strict=True)]))
+    return {"ms_per_query": ms, "recall_at_10": recall, "queries": n_queries}
+
+
+def _run_child(step: str, folder: Path, *extra: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--_child", step, str(folder), *extra], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ivf_build(label: str, n: int, tmp: Path, factory: str, train_n: int) -> dict:
+    folder = tmp / f"ivf-{label}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        generate(folder, n)
+        result = {"factory": factory, "train_n": train_n, "generate_s": time.perf_counter() - started}
+        result |= _run_child("build", folder, factory, str(train_n))
+        result |= _run_child("query", folder)
+        result["disk_mb"] = sum(p.stat().st_size for p in (folder / "index").iterdir()) / 2**20
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"ivf {label}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()),
+          file=sys.stderr, flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: build throughput and serving equality
+
+
+def _images(folder: Path, n: int) -> None:
+    from descriptors.sample_photos import sample_photo
+
+    names = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera")
+    bases = [sample_photo(name).resize((640, 480)) for name in names]
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        side = int(rng.integers(240, 480))
+        x0, y0 = int(rng.integers(0, 640 - side + 1)), int(rng.integers(0, 480 - side + 1))
+        bases[i % len(bases)].crop((x0, y0, x0 + side, y0 + side)).save(folder / f"img_{i:04d}.jpg", quality=90)
+
+
+def ray_section(tmp: Path, n_images: int) -> dict:
+    from indexer import IndexConfig, build_index
+    from indexer.ray_cluster import connect
+
+    folder = tmp / "images"
+    _images(folder, n_images)
+    connect("local", num_cpus=2, object_store_mb=300)  # started before any timing
+    base = IndexConfig(threads=1, shard_size=max(1, n_images // 8), overwrite=True)
+    rates: dict[str, float] = {}
+    for label, config in (
+        ("local", base),
+        ("ray_1", base.replace(ray_address="auto", ray_workers=1)),
+        ("ray_2", base.replace(ray_address="auto", ray_workers=2)),
+        ("local_again", base),  # the machine is shared: a second local run brackets the Ray runs
+    ):
+        summary = build_index(folder, tmp / f"index-{label}", config, progress=False)
+        rates[label] = summary.images_per_second
+        print(f"build {label}: {rates[label]:.2f} images/s", file=sys.stderr, flush=True)
+    local = (rates["local"] + rates["local_again"]) / 2
+    return {
+        "ray_local_images_per_s": local,
+        "ray_local_runs_images_per_s": [rates["local"], rates["local_again"]],
+        "ray_throughput_ratio": rates["ray_1"] / local,
+        "ray_scaling": {"1": rates["ray_1"], "2": rates["ray_2"]},
+        "sharded_equal": sharded_equal(tmp / "index-local", folder),
+    }
+
+
+def sharded_equal(index_dir: Path, folder: Path) -> bool:
+    """A 2-shard Ray Serve app answers like the local engine (ids, scores within 1e-5)."""
+    import socket
+
+    from searcher.client import SearchClient
+    from searcher.engine import SearchEngine
+    from searcher.ray_serve import RayServeConfig, start_on_ray, stop_on_ray
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    engine = SearchEngine(index_dir)
+    start_on_ray(RayServeConfig(index=index_dir, address="auto", port=port, shards=2))
+    equal = True
+    try:
+        with SearchClient("127.0.0.1", port, timeout=120) as client:
+            client.wait_until_serving(120)
+            for i, (box, qe) in enumerate([(None, 0), (None, 3), ((20, 20, 200, 200), 0), (None, 0)]):
+                image = sorted(folder.glob("*.jpg"))[i * 5].read_bytes()
+                want = engine.search(image, box=box, top_k=10, query_expansion=qe)
+                got = client.search(image, box=box, top_k=10, query_expansion=qe).results
+                equal &= [r.id for r in got] == [h.id for h in want]
+                equal &= bool(np.allclose([r.score for r in got], [h.score for h in want], atol=1e-5))
+    finally:
+        stop_on_ray()
+        engine.close()
+    return bool(equal)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,10M", help="IVF build sizes (1M, 10M; empty: none)")
+    parser.add_argument("--factory", default="IVF1024,PQ64")
+    parser.add_argument("--train-n", type=int, default=65_536, help="IVF/PQ training sample")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="OpenMP threads of FAISS and torch (1: steady on a shared machine; 0: all cores)",
+    )
+    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--images", type=int, default=48, help="images of the Ray build comparison")
+    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where the vectors go")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the child steps
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    if args._child:
+        step, folder, *extra = args._child
+        result = child_build(Path(folder), *extra) if step == "build" else child_query(Path(folder))
+        print(json.dumps(result))
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="dff-bench-scale-", dir=args.tmp))
+    results: dict = {"machine": f"{os.cpu_count()} CPUs, shared with other jobs"}
+    try:
+        if not args.skip_ray:
+            results |= ray_section(tmp, args.images)
+        results["ivf_build"] = {
+            label: ivf_build(label, parse_size(label), tmp, args.factory, args.train_n) for label in filter(None, args.sizes.split(","))
+        }
+        if {"1M", "10M"} <= set(results["ivf_build"]):
+            results["ivf_rss_ratio_10m_1m"] = results["ivf_build"]["10M"]["peak_rss_mb"] / results["ivf_build"]["1M"]["peak_rss_mb"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("| key | value |\n|---|---|")
+    for key, value in results.items():
+        print(f"| {key} | {json.dumps(value)} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
