@@ -1,9 +1,20 @@
-"""Descriptor-core cost on CPU: backbone forward vs NMF vs descriptor post-processing.
+"""Descriptor-core cost on CPU, and the speed choices of issue 16, measured in one run.
 
-Prints a table of ms/image and the ratio (everything but the forward) / forward. Real photos:
-the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
+Prints tables and writes `--json FILE` with:
+- `forward_ms` per backbone runtime (torch eager channels-last, onnxruntime, openvino f32), batch 1,
+  and `forward_speedup` = torch / the best runtime (rounds interleave the runtimes);
+- `nmf_ms` {"new": numba-mu, "old": torch-sparse} per K (batch 8, per image), `post_ms`, and
+  `overhead_ratio` = (new NMF + post) / the best runtime's forward (`overhead_ratio_by_k`);
+- `indexing_speedup`: `dff-index build` images/s on the same 48 photos, new defaults vs
+  `--runtime torch --nmf-solver torch-sparse` (interleaved child processes);
+- `loaded_slowdown` {"build", "search"}: with a torch matmul loop and a FAISS search loop running
+  (benchmarks/background_load.py, each on every core, started and stopped here): `dff-index build`
+  time with the default threads / with `--threads 1`, and one search's median latency against a
+  live `dff-serve` with the default threads / with `--threads 1` (both servers up at once).
+Real photos: the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
-    python benchmarks/bench_descriptors.py [--image-size 512] [--images 8] [--repeat 3] [--json out.json]
+    python benchmarks/bench_descriptors.py [--images 8] [--repeat 5] [--json out.json]
+    python benchmarks/bench_descriptors.py --skip indexing,loaded   # the in-process parts only
 """
 
 from __future__ import annotations
@@ -11,33 +22,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import descriptors  # noqa: E402  (first: passive OpenMP waiting before torch/numpy load)
+
+descriptors.configure_environment()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from descriptors.aggregate import aggregate_rows  # noqa: E402
 from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
 from descriptors.factorized import nmf_vu_rows  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
-from descriptors.nmf import factorize_activations  # noqa: E402
+from descriptors.nmf import factorize_activations, set_sparse_solver  # noqa: E402
 from descriptors.pipeline import DescriptorConfig  # noqa: E402
+from descriptors.runtimes import available_runtimes, use_runtime  # noqa: E402
+from descriptors.threads import setup_threads  # noqa: E402
 from descriptors.whitening import PCAWhitening  # noqa: E402
 
 DEFAULT_BATCH = 8  # the indexer's default NMF batch (the forward itself runs at batch 1 on CPU)
+NEW_SOLVER, OLD_SOLVER = "numba-mu", "torch-sparse"
+
+
+def shared_photo_files() -> list[Path]:
+    shared = Path(os.environ.get("DFF_SHARED_DATA", REPO.parent / "shared" / "data")) / "paris6k-subset" / "jpg"
+    return sorted(shared.rglob("*.jpg")) if shared.is_dir() else []
 
 
 def load_photos(count: int):
-    shared = Path(os.environ.get("DFF_SHARED_DATA", REPO.parent / "shared" / "data")) / "paris6k-subset" / "jpg"
-    if shared.is_dir():
-        files = sorted(p for p in shared.rglob("*.jpg"))[:count]
+    files = shared_photo_files()[:count]
+    if files:
         return [decode_image(p) for p in files], f"Paris subset ({len(files)} images)"
     from descriptors.sample_photos import sample_photo
 
@@ -57,56 +82,37 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=retrieval_image_size("efficientnet-lite0"), help="default: the product's")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    parser.add_argument("--ks", default="4,8,16,32")
-    parser.add_argument("--max-iter", type=int, default=DescriptorConfig().max_iter, help="NMF iterations (default: the product's)")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    photos, source = load_photos(args.images)
-    results: dict = {"source": source, "image_size": args.image_size, "torch_threads": torch.get_num_threads()}
+def forward_per_runtime(photos, image_size: int, repeat: int) -> dict[str, float]:
+    """ms/image at batch 1 per installed runtime; rounds interleave the runtimes (same load)."""
+    backbones = {name: use_runtime(load_backbone("efficientnet-lite0"), name) for name in available_runtimes("cpu")}
+    xs = [backbones["torch"].preprocess(p, image_size) for p in photos]
+    samples: dict[str, list[float]] = {name: [] for name in backbones}
+    for backbone in backbones.values():
+        backbone.extract(xs[:2])  # warm-up (OpenVINO/ONNX Runtime allocate per input shape)
+    for _ in range(repeat):
+        for name, backbone in backbones.items():
+            start = time.perf_counter()
+            backbone.extract(xs)
+            samples[name].append(1000 * (time.perf_counter() - start) / len(xs))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
-    rows = []
-    forward_ms = {}
-    for label, channels_last, batch in (
-        ("channels-last, batch 1", True, 1),
-        ("NCHW, batch 1", False, 1),
-        ("channels-last, batch 8", True, 8),
-    ):
-        backbone = load_backbone("efficientnet-lite0", channels_last=channels_last, max_batch=batch)
-        xs = [backbone.preprocess(p, args.image_size) for p in photos]
-        if batch > 1:  # equal sizes so that the batch really is one forward
-            xs = [xs[0]] * batch
-        seconds = timed(lambda b=backbone, x=xs: b.extract(x), args.repeat)
-        forward_ms[label] = 1000 * seconds / len(xs)
-        rows.append((f"forward ({label})", forward_ms[label]))
-    reference = forward_ms["channels-last, batch 1"]
-    results["forward_ms"] = forward_ms
 
-    backbone = load_backbone("efficientnet-lite0")
-    acts = backbone.extract([backbone.preprocess(p, args.image_size) for p in photos])
+def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: list) -> tuple[dict, dict]:
     common_shape = Counter(tuple(a.shape) for a in acts).most_common(1)[0][0]
     same_size = [a for a in acts if tuple(a.shape) == common_shape]
-    results["map_shape"] = list(common_shape)
-
+    group = (same_size * batch)[:batch]
     defaults = DescriptorConfig()
-    nmf_settings = {"max_iter": args.max_iter, "tol": defaults.tol, "seed": defaults.seed}
-    results["nmf_max_iter"] = args.max_iter
-    nmf_ms: dict[str, float] = {}
+    settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
+    nmf_ms: dict[str, dict[str, float]] = {"new": {}, "old": {}}
     post_ms: dict[str, float] = {}
     whitening = None
-    for k in [int(v) for v in args.ks.split(",")]:
-        for batch in (1, args.batch_size):
-            group = (same_size * batch)[:batch]
-            seconds = timed(lambda g=group, k=k: factorize_activations(g, k, **nmf_settings), args.repeat)
-            nmf_ms[f"k{k}_b{batch}"] = 1000 * seconds / batch
-            rows.append((f"NMF K={k} batch {batch} ({args.max_iter} it max, tol {defaults.tol:g})", nmf_ms[f"k{k}_b{batch}"]))
-        factors = factorize_activations(same_size, k, **nmf_settings)
+    for k in ks:
+        for label, solver in (("new", NEW_SOLVER), ("old", OLD_SOLVER)):
+            set_sparse_solver(solver)
+            nmf_ms[label][f"k{k}"] = 1000 * timed(lambda k=k: factorize_activations(group, k, **settings), repeat) / batch
+            rows_out.append((f"NMF K={k} batch {batch}, {solver}", nmf_ms[label][f"k{k}"]))
+        set_sparse_solver(None)
+        factors = factorize_activations(same_size, k, **settings)
         if whitening is None:
             local = np.concatenate([nmf_vu_rows(U, V).numpy() for U, V in factors])
             local = np.concatenate([local] * 4 + [np.abs(np.random.default_rng(0).normal(size=(2000, local.shape[1])))])
@@ -116,26 +122,189 @@ def main() -> None:
             for U, V in factors:
                 aggregate_rows(nmf_vu_rows(U, V).numpy(), whitening)
 
-        post_ms[f"k{k}"] = 1000 * timed(post, args.repeat) / len(factors)
-        rows.append((f"NMF V·U rows + whitening(256) + aggregate, K={k}", post_ms[f"k{k}"]))
-    results["nmf_ms"] = nmf_ms
-    results["post_ms"] = post_ms
-    ratios = {
-        f"k{k}": (nmf_ms[f"k{k}_b{args.batch_size}"] + post_ms[f"k{k}"]) / reference
-        for k in [int(v) for v in args.ks.split(",")]
-    }
-    results["overhead_ratio_by_k"] = ratios
-    results["overhead_ratio"] = ratios.get("k8")
+        post_ms[f"k{k}"] = 1000 * timed(post, repeat) / len(factors)
+        rows_out.append((f"V·U rows + whitening(256) + aggregate, K={k}", post_ms[f"k{k}"]))
+    return nmf_ms, post_ms
 
-    print(f"\nDescriptor cost, efficientnet-lite0 on CPU ({torch.get_num_threads()} threads), "
-          f"{args.image_size} px, {source}, map {common_shape[0]}x{common_shape[1]}x{common_shape[2]}\n")
-    print(f"| {'stage':<52} | {'ms/image':>9} | {'x forward':>9} |")
-    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "proto"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def build_seconds(folder: Path, out: Path, extra: list[str]) -> float:
+    """`dff-index build` in a child process; the build's own time (from its --json summary)."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "indexer.cli", "build", str(folder), "--out", str(out), "--quiet", "--json", *extra]
+    result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return float(json.loads(result.stdout)["seconds"])
+
+
+def photo_folder(work: Path, n: int) -> Path:
+    folder = work / f"photos{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = shared_photo_files()[:n]
+    if files:
+        for path in files:
+            shutil.copyfile(path, folder / path.name)
+    else:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from bench_indexer import write_photo_set
+
+        write_photo_set(folder, n)
+    return folder
+
+
+def indexing_speedup(work: Path, n: int, rounds: int) -> dict:
+    folder = photo_folder(work, n)
+    variants = {"new": [], "old": ["--runtime", "torch", "--nmf-solver", OLD_SOLVER]}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(rounds):
+        for name, extra in variants.items():
+            seconds[name].append(build_seconds(folder, work / f"index-{name}", extra))
+            print(f"  build round {round_index} {name:<3}: {n / seconds[name][-1]:6.2f} images/s", flush=True)
+    ips = {name: n / statistics.median(values) for name, values in seconds.items()}
+    return {"images": n, "images_per_s": ips, "indexing_speedup": ips["new"] / ips["old"]}
+
+
+def search_latency_ms(client, query: Path, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.search(query, top_k=10)
+        samples.append(1000 * (time.perf_counter() - start))
+    return samples
+
+
+def loaded_slowdown(work: Path, n: int, rounds: int, searches: int) -> dict:
+    """Default threads vs --threads 1, with and without the background load, in one run."""
+    from background_load import background_load
+
+    from searcher.client import SearchClient
+    from searcher.launcher import launch_serve
+
+    folder = photo_folder(work, n)
+    query = sorted(folder.iterdir())[0]
+    index = work / "index-serve"
+    build_seconds(folder, index, [])
+    variants = {"default": [], "threads1": ["--threads", "1"]}
+    out: dict = {"images": n}
+    # both servers start on the machine as it is, before the load: the default one must follow it
+    with launch_serve(index, variants["default"]) as default_server, launch_serve(index, variants["threads1"]) as one:
+        clients = {"default": SearchClient(default_server.host, default_server.port),
+                   "threads1": SearchClient(one.host, one.port)}
+        for label, loaded in (("unloaded", False), ("loaded", True)):
+            build: dict[str, list[float]] = {name: [] for name in variants}
+            search: dict[str, list[float]] = {name: [] for name in variants}
+            context = background_load() if loaded else _nothing()
+            with context:
+                for _ in range(rounds):
+                    for name, extra in variants.items():
+                        build[name].append(build_seconds(folder, work / f"index-{name}", extra))
+                        search[name] += search_latency_ms(clients[name], query, searches)
+            summary = {
+                "build_seconds": {name: statistics.median(v) for name, v in build.items()},
+                "search_ms": {name: statistics.median(v) for name, v in search.items()},
+            }
+            summary["build_ratio"] = summary["build_seconds"]["default"] / summary["build_seconds"]["threads1"]
+            summary["search_ratio"] = summary["search_ms"]["default"] / summary["search_ms"]["threads1"]
+            out[label] = summary
+            print(f"  {label:<8}: build {summary['build_seconds']['default']:.1f} s default / "
+                  f"{summary['build_seconds']['threads1']:.1f} s --threads 1 = {summary['build_ratio']:.2f}; "
+                  f"search {summary['search_ms']['default']:.0f} / {summary['search_ms']['threads1']:.0f} ms "
+                  f"= {summary['search_ratio']:.2f}", flush=True)
+        for client in clients.values():
+            client.close()
+    return out
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=retrieval_image_size("efficientnet-lite0"), help="default: the product's")
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--ks", default="4,8,16")
+    parser.add_argument("--max-iter", type=int, default=DescriptorConfig().max_iter, help="NMF iterations (default: the product's)")
+    parser.add_argument("--threads", type=int, default=0, help="threads of the in-process parts (0: the automatic choice)")
+    parser.add_argument("--index-images", type=int, default=48, help="photos of the indexing_speedup builds")
+    parser.add_argument("--index-rounds", type=int, default=2)
+    parser.add_argument("--load-images", type=int, default=16, help="photos of the loaded_slowdown builds")
+    parser.add_argument("--load-rounds", type=int, default=2)
+    parser.add_argument("--searches", type=int, default=10, help="searches per server per round")
+    parser.add_argument("--skip", default="", help="comma-separated: forward,nmf,indexing,loaded")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    skip = {v.strip() for v in args.skip.split(",") if v.strip()}
+    settings = setup_threads(args.threads, verbose=True, prog="bench_descriptors")
+    torch.manual_seed(0)
+    ks = [int(v) for v in args.ks.split(",")]
+    photos, source = load_photos(args.images)
+    results: dict = {"source": source, "image_size": args.image_size, "threads": settings.describe(),
+                     "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (shared)"}
+    rows: list[tuple[str, float]] = []
+    forward_ms = {"torch": float("nan")}
+    if "forward" not in skip:
+        forward_ms = forward_per_runtime(photos, args.image_size, args.repeat)
+        best = min(forward_ms, key=forward_ms.get)
+        results["forward_ms"] = forward_ms
+        results["best_runtime"] = best
+        results["forward_speedup"] = forward_ms["torch"] / forward_ms[best]
+        rows += [(f"forward, {name} (batch 1)", ms) for name, ms in forward_ms.items()]
+    reference = min(forward_ms.values())
+    if "nmf" not in skip:
+        acts = load_backbone("efficientnet-lite0").extract(
+            [load_backbone("efficientnet-lite0").preprocess(p, args.image_size) for p in photos]
+        )
+        results["map_shape"] = list(Counter(tuple(a.shape) for a in acts).most_common(1)[0][0])
+        results["nmf_max_iter"] = args.max_iter
+        nmf_ms, post_ms = nmf_and_post(acts, ks, args.batch_size, args.max_iter, args.repeat, rows)
+        results["nmf_ms"], results["post_ms"] = nmf_ms, post_ms
+        ratios = {f"k{k}": (nmf_ms["new"][f"k{k}"] + post_ms[f"k{k}"]) / reference for k in ks}
+        results["overhead_ratio_by_k"] = ratios
+        results["overhead_ratio_old_by_k"] = {f"k{k}": (nmf_ms["old"][f"k{k}"] + post_ms[f"k{k}"]) / forward_ms.get("torch", reference) for k in ks}
+        results["overhead_ratio"] = max(v for key, v in ratios.items() if int(key[1:]) <= 8)
+        results["nmf_speedup_by_k"] = {key: nmf_ms["old"][key] / nmf_ms["new"][key] for key in nmf_ms["new"]}
+
+    print(f"\nDescriptor cost, efficientnet-lite0 on CPU, {args.image_size} px, {source}; {settings.describe()}\n")
+    print(f"| {'stage':<52} | {'ms/image':>9} | {'x best forward':>14} |")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 16}|")
     for name, ms in rows:
-        print(f"| {name:<52} | {ms:9.1f} | {ms / reference:9.3f} |")
-    print()
-    for key, ratio in ratios.items():
-        print(f"overhead ratio (NMF batch {args.batch_size} + post) / forward, {key.upper()}: {ratio:.3f}")
+        print(f"| {name:<52} | {ms:9.2f} | {ms / reference:14.3f} |")
+    for key in ("forward_speedup", "overhead_ratio_by_k", "nmf_speedup_by_k"):
+        if key in results:
+            print(f"{key}: {json.dumps(results[key])}")
+
+    work = Path(tempfile.mkdtemp(prefix="bench_descriptors_"))
+    try:
+        if "indexing" not in skip:
+            print(f"\nindexing_speedup: dff-index build, {args.index_images} photos, new defaults vs --runtime torch --nmf-solver {OLD_SOLVER}")
+            speed = indexing_speedup(work, args.index_images, args.index_rounds)
+            results["indexing"] = speed
+            results["indexing_speedup"] = speed["indexing_speedup"]
+            print(f"indexing_speedup = {speed['indexing_speedup']:.2f}")
+        if "loaded" not in skip:
+            print(f"\nloaded_slowdown: default threads / --threads 1, {args.load_images} photos; load = torch matmul + FAISS search loops")
+            sys.path.insert(0, str(REPO / "benchmarks"))
+            loaded = loaded_slowdown(work, args.load_images, args.load_rounds, args.searches)
+            results["loaded"] = loaded
+            results["loaded_slowdown"] = {"build": loaded["loaded"]["build_ratio"], "search": loaded["loaded"]["search_ratio"]}
+            print(f"loaded_slowdown = {json.dumps(results['loaded_slowdown'])}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["note"] = ("bench_indexer.py throughput_ratio and load_search.py QPS ratio: run those scripts "
+                       "(they use the same defaults); see README's speed section for the latest values")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -23,10 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import descriptors  # noqa: E402  (first: passive OpenMP waiting before torch/numpy load)
+
+descriptors.configure_environment()
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
 
 
@@ -117,7 +123,7 @@ def main() -> None:
     parser.add_argument("--rss-whiten-dim", type=int, default=0, help="also stress the two-pass path (0: off)")
     parser.add_argument("--overlap", action="store_true", help="NMF in a background thread (IndexConfig.overlap_nmf)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare / end-to-end rounds")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="compute threads (0: the automatic choice, descriptors.threads)")
     parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS builds")
     parser.add_argument("--json", default=None, help="write the numbers to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -136,8 +142,10 @@ def main() -> None:
         paths = write_photo_set(photos, args.n) if not args.rss_only else []
         config = IndexConfig(image_size=args.image_size, descriptor=args.descriptor, batch_size=args.batch_size,
                              overlap_nmf=args.overlap)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        from descriptors.threads import setup_threads
+
+        results["threads"] = setup_threads(args.threads, verbose=True, prog="bench_indexer").describe()
+        config = config.replace(threads=torch.get_num_threads())
         if args.rss_only:
             args.rounds = 0
         results["torch_threads"] = torch.get_num_threads()

@@ -292,6 +292,9 @@ class Backbone(nn.Module):
             parameter.requires_grad_(False)
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+        # descriptors.runtimes.use_runtime: the forward through ONNX Runtime / OpenVINO instead
+        self.runtime = "torch"
+        self.compiled_trunk = None
 
     def preprocess(self, img: Image.Image, image_size: int | None = None) -> torch.Tensor:
         """RGB PIL image -> normalized (3, H, W) float tensor with the smaller side = image_size
@@ -308,6 +311,8 @@ class Backbone(nn.Module):
         return (tensor - self._mean) / self._std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled_trunk is not None:
+            return self.compiled_trunk(x)
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -15,13 +15,19 @@ of the matrix products, whose summation order depends on the padded size), and t
 paths start from the same factors.
 
 Speed: on the CPU an item whose X is mostly zeros (ReLU activations are ~95% zeros) is factorized
-on its own with CSR products, 3-10x faster than dense ``bmm``; on CUDA the batch runs dense.
+with a sparse solver; on CUDA the batch runs dense (``bmm``). Solvers are registered by name in
+``SOLVERS`` (same updates, same initial factors, same stopping rule; results agree up to float
+rounding): ``numba-mu`` (default for sparse CPU items when numba is installed: one compiled loop
+per image, images in parallel; descriptors/nmf_numba.py), ``torch-sparse`` (block-diagonal CSR
+products through torch, the fallback without numba: its time is per-operation dispatch, ~10 ops x
+100 iterations) and ``torch-dense`` (batched ``bmm``, any device).
 Factor entries below 1e-30 are set to 0 (subnormal floats are very slow on CPUs), which assumes X
 in a normal float range (CNN activations are).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from collections import defaultdict
@@ -32,7 +38,7 @@ from torch import Tensor
 
 from .crow import crow_channel_weights
 
-__all__ = ["NMFResult", "factorize_activations", "nmf"]
+__all__ = ["SOLVERS", "NMFResult", "factorize_activations", "nmf", "set_sparse_solver", "sparse_solver"]
 
 _DENOMINATOR_FLOOR = 1e-7
 _CHECK_EVERY = 10
@@ -238,6 +244,59 @@ def _sparse_group(
     return U, Vt.transpose(1, 2), iters, errors(x_sq_all, Vt, *products(Xt_all, U))
 
 
+def _numba_group(
+    Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``numba-mu``: the compiled multiplicative updates (CPU), numba threads = torch's of this thread."""
+    import numba
+
+    from .nmf_numba import multiplicative_updates
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    U_n, V_n, iters, errors = multiplicative_updates(
+        Xs.detach().float().cpu().numpy(), U.float().cpu().numpy(), V.float().cpu().numpy(), max_iter, tol
+    )
+    dtype = Xs.dtype
+    return (
+        torch.from_numpy(U_n).to(dtype), torch.from_numpy(V_n).to(dtype),
+        torch.from_numpy(iters), torch.from_numpy(errors),
+    )
+
+
+def _dense_group(
+    Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch-dense``: batched ``bmm`` updates on the input's device."""
+    U, V, iters = _dense_batch(Xs, U, V, max_iter, tol)
+    return U, V, iters.cpu(), _frobenius_error(Xs, U, V).double().cpu()
+
+
+# name -> solver(X (m, N, C), U (m, N, K), V (m, K, C), max_iter, tol) -> (U, V, iterations (m,),
+# ||X - UV||_F (m,) float64 on the CPU). Sparse solvers run on the CPU.
+SOLVERS = {"numba-mu": _numba_group, "torch-sparse": _sparse_group, "torch-dense": _dense_group}
+SPARSE_SOLVERS = ("numba-mu", "torch-sparse")
+_sparse_solver_choice: list[str] = []  # set_sparse_solver's choice; empty: automatic
+
+
+def set_sparse_solver(name: str | None) -> None:
+    """Choose the solver of sparse CPU items for this process (None or "auto": automatic)."""
+    if name in (None, "auto"):
+        _sparse_solver_choice.clear()
+        return
+    if name not in SOLVERS:
+        raise ValueError(f"unknown NMF solver {name!r}; choose auto or one of {', '.join(SOLVERS)}")
+    if name == "numba-mu" and importlib.util.find_spec("numba") is None:
+        raise ValueError("NMF solver numba-mu needs numba: pip install numba (or dffsearch[runtimes])")
+    _sparse_solver_choice[:] = [name]
+
+
+def sparse_solver() -> str:
+    """The solver of sparse CPU items: the one set, else numba-mu when numba is installed."""
+    if _sparse_solver_choice:
+        return _sparse_solver_choice[0]
+    return "numba-mu" if importlib.util.find_spec("numba") is not None else "torch-sparse"
+
+
 def nmf(
     X: Tensor,
     k: int,
@@ -246,6 +305,7 @@ def nmf(
     seed: int = 0,
     mask: Tensor | None = None,
     sparse: bool | None = None,
+    solver: str | None = None,
 ) -> NMFResult:
     """Factorize ``X (B, N, C)`` (or ``(N, C)``, returned with B = 1) as ``U (B,N,K) @ V (B,K,C)``.
 
@@ -256,8 +316,11 @@ def nmf(
     ``sparse``: None (default) runs an item with sparse (CSR) products when X is on the CPU and at
     most ``SPARSE_DENSITY`` of the item's entries are non-zero (CNN activations after ReLU are
     typically 90-95% zeros), otherwise batched dense ``bmm``; True/False force one path on every
-    item. Both paths do the same arithmetic up to float rounding.
+    item. The sparse path's solver is `sparse_solver()`; ``solver`` (a name in ``SOLVERS``) forces
+    one solver on every item. All do the same arithmetic up to float rounding.
     """
+    if solver is not None and solver not in SOLVERS:
+        raise ValueError(f"nmf: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if isinstance(X, Tensor) and X.dim() == 2:
         X = X.unsqueeze(0)
         if mask is not None and mask.dim() == 1:
@@ -282,30 +345,32 @@ def nmf(
     else:
         use_sparse = [bool(sparse)] * B
 
+    if solver is None:
+        sparse_name = sparse_solver()
+        solver_of = [sparse_name if use_sparse[b] else "torch-dense" for b in range(B)]
+    else:
+        solver_of = [solver] * B
     item_iters = torch.zeros(B, dtype=torch.long)
     errors = torch.zeros(B, dtype=torch.float64)
-    dense_items = [b for b in range(B) if not use_sparse[b]]
-    if dense_items:
-        index = torch.tensor(dense_items, device=X.device)
-        X_d = X[index] if len(dense_items) < B else X
-        U_d, V_d, iters_d = _dense_batch(X_d, U[index], V[index], max_iter, tol)
-        U[index], V[index] = U_d, V_d
-        item_iters[dense_items] = iters_d.cpu()
-        errors[dense_items] = _frobenius_error(X_d, U_d, V_d).double().cpu()
-    # full-size sparse items run together (one block-diagonal product per step); padded ones alone
-    group = [b for b in range(B) if use_sparse[b] and n_valid[b] == N]
-    if group:
-        index = torch.tensor(group)
-        U_g, V_g, iters_g, errors_g = _sparse_group(X[index], U[index], V[index], max_iter, tol)
-        U[index], V[index] = U_g, V_g
-        item_iters[index] = iters_g
-        errors[index] = errors_g
-    for b in range(B):
-        if use_sparse[b] and 0 < n_valid[b] < N:
+    for name in dict.fromkeys(solver_of):
+        run = SOLVERS[name]
+        items = [b for b in range(B) if solver_of[b] == name and n_valid[b] > 0]
+        if name not in SPARSE_SOLVERS:  # dense: one masked batch (padded rows of U stay 0)
+            groups, alone = ([items] if items else []), []
+        else:  # full-size items together, padded ones alone on their valid rows
+            groups = [[b for b in items if n_valid[b] == N]]
+            alone = [b for b in items if n_valid[b] < N]
+        for group in groups:
+            if not group:
+                continue
+            index = torch.tensor(group, device=X.device)
+            X_g = X[index] if len(group) < B else X
+            U_g, V_g, iters_g, errors_g = run(X_g, U[index], V[index], max_iter, tol)
+            U[index], V[index] = U_g.to(X.device), V_g.to(X.device)
+            item_iters[group], errors[group] = iters_g, errors_g
+        for b in alone:
             rows = mask[b]
-            U_b, V_b, iters_b, error_b = _sparse_group(
-                X[b, rows][None], U[b, rows][None], V[b][None], max_iter, tol
-            )
+            U_b, V_b, iters_b, error_b = run(X[b, rows][None], U[b, rows][None], V[b][None], max_iter, tol)
             U[b, rows], V[b] = U_b[0], V_b[0]
             item_iters[b], errors[b] = iters_b[0], error_b[0]
 

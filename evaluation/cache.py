@@ -76,6 +76,8 @@ class ActivationCache:
         self.dtype = dtype
         # "-jd2": JPEGs decoded at a reduced scale keeping 2 x image_size (descriptors.images.DRAFT_MARGIN)
         name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}-jd2"
+        if getattr(backbone, "runtime", "torch") != "torch":
+            name += f"-{backbone.runtime}"
         self.directory = Path(root) / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self._sha_by_path: dict[Path, str] = {}

@@ -64,6 +64,14 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
         help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
     )
     parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
+    parser.add_argument(
+        "--runtime", default="torch", choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="backbone runtime (default torch: comparable with cached activations; auto: the fastest installed)",
+    )
+    parser.add_argument(
+        "--nmf-solver", default="auto",
+        help="NMF solver of the CPU: auto (numba-mu when numba is installed), numba-mu, torch-sparse, torch-dense",
+    )
 
 
 def _ranking_options(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         rerank=getattr(args, "rerank", (0,)),
         rerank_dim=getattr(args, "rerank_dim", 256),
         expansion=getattr(args, "expansion", ("average",)),
+        runtime=args.runtime,
         cache_dir=args.cache_dir or default_cache_dir(),
         cache_dtype=args.cache_dtype,
         progress=False if args.no_progress else None,
@@ -155,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
     previous_threads = torch.get_num_threads()
     try:
+        from descriptors.nmf import set_sparse_solver
+
         setup_threads(args.threads, verbose=args.verbose, prog=f"dff-eval {args.command}")
+        set_sparse_solver(args.nmf_solver)
         report = run(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

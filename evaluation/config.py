@@ -31,6 +31,9 @@ class EvalConfig:
     protocol: str = "standard"
     at: int = 30
     k: int = 4
+    # the backbone runtime (descriptors.runtimes); torch by default so that cached activations
+    # and published numbers stay comparable; another runtime gets its own activation cache
+    runtime: str = "torch"
     # re-ranking depths (descriptors.rerank; 0: off) and the rows' compressed dimension (0: none)
     rerank: tuple[int, ...] = (100,)
     rerank_dim: int = 256
@@ -69,6 +72,9 @@ class EvalConfig:
         from descriptors.backbones import image_size_or_default
 
         self.image_size = image_size_or_default(self.backbone, self.image_size)
+        from descriptors.runtimes import resolve_runtime
+
+        self.runtime = resolve_runtime(self.runtime, self.device)
         if self.image_size < 32:
             raise ValueError(f"--image-size must be >= 32, got {self.image_size}")
         if self.whiten_on is not None and not Path(self.whiten_on).is_dir():

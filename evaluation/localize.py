@@ -146,7 +146,9 @@ def run_localize(
         raise ValueError(
             f"{dataset} under {root}: no landmark/class has two present queries with boxes to cross-match"
         )
-    backbone = load_backbone(config.backbone, config.weights, config.device)
+    from descriptors.runtimes import use_runtime
+
+    backbone = use_runtime(load_backbone(config.backbone, config.weights, config.device), config.runtime)
     cache = ActivationCache(config.cache_dir, backbone, config.image_size, config.cache_dtype)
     ious = localize_groups(groups, cache, config.k, config.progress)
     results = []

@@ -29,7 +29,9 @@ def whitening_images(folder: Path) -> list[Path]:
 
 
 def _make_encoder(config: EvalConfig, image_size: int, k: int | None = None, methods=None) -> MethodEncoder:
-    backbone = load_backbone(config.backbone, config.weights, config.device)
+    from descriptors.runtimes import use_runtime
+
+    backbone = use_runtime(load_backbone(config.backbone, config.weights, config.device), config.runtime)
     cache = ActivationCache(config.cache_dir, backbone, image_size, config.cache_dtype)
     row_dim = config.rerank_dim if any(config.rerank) else None
     return MethodEncoder(

@@ -10,6 +10,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from descriptors.nmf import SOLVERS as NMF_SOLVERS
+
 from .build import build_index
 from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
@@ -29,6 +31,10 @@ def _add_runtime_flags(
         help="compute threads of torch, FAISS and BLAS (default 0: the CPUs not busy with other work, at least 1)",
     )
     parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
+    parser.add_argument(
+        "--nmf-solver", default="auto", choices=("auto", *NMF_SOLVERS),
+        help="NMF solver of the CPU (default auto: numba-mu when numba is installed; same factors up to rounding)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch device for the CNN + NMF; GPU FAISS if installed)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -52,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--whiten-on", default=None, help="fit the whitening on this folder or index dir")
     build.add_argument("--faiss", default=IndexConfig.faiss, help='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ64", ...) or auto')
     build.add_argument("--faiss-search-params", default=None, help='e.g. "nprobe=32" or "efSearch=128"')
+    build.add_argument(
+        "--runtime", default=IndexConfig.runtime, choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="backbone runtime (default auto: the fastest installed: openvino, onnxruntime, torch); stored in the manifest",
+    )
     build.add_argument("--max-pixels", type=int, default=IndexConfig.max_pixels, help="decompression-bomb cap")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (at the very end)")
     build.add_argument("--shard-size", type=int, default=IndexConfig.shard_size, help=argparse.SUPPRESS)
@@ -129,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 descriptor=args.descriptor, k=args.k, max_iter=args.max_iter, image_size=args.image_size,
                 whiten_dim=args.whiten_dim, whiten_on=args.whiten_on, faiss=args.faiss,
                 faiss_search_params=args.faiss_search_params, batch_size=args.batch_size, threads=args.threads,
-                device=args.device, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
+                device=args.device, nmf_solver=args.nmf_solver, runtime=args.runtime, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
                 ray_address=args.ray, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
             )
             if args.workers is not None:
@@ -140,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_add_expectations(args)
             runtime = IndexConfig(
                 batch_size=args.batch_size, workers=args.workers,
-                threads=args.threads, device=args.device,
+                threads=args.threads, device=args.device, nmf_solver=args.nmf_solver,
             )
             summary = add_images(args.index_dir, args.inputs, progress=not args.quiet, config=runtime)
             print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())

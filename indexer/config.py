@@ -52,6 +52,12 @@ class IndexConfig:
     # compute threads (torch intra-op, FAISS, BLAS); 0 = the CPUs free of other work (descriptors.threads)
     threads: int = 0
     device: str = "cpu"
+    # the NMF solver of sparse CPU items (descriptors.nmf.SOLVERS; same factors up to rounding):
+    # auto = numba-mu when numba is installed, else torch-sparse. A run-time choice, not in the manifest.
+    nmf_solver: str = "auto"
+    # backbone runtime (descriptors.runtimes): auto = the fastest installed for the device
+    # (OpenVINO, ONNX Runtime, torch); recorded in the manifest, which the searcher then uses
+    runtime: str = "auto"
     shard_size: int = 256  # images per committed shard of stage 1 (the unit of resume)
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
@@ -85,6 +91,13 @@ class IndexConfig:
                 f"--workers must be >= 0, --cpus-per-worker > 0 and --gpus-per-worker >= 0; got "
                 f"{self.ray_workers}, {self.cpus_per_worker}, {self.gpus_per_worker}"
             )
+        from descriptors.nmf import SOLVERS
+        from descriptors.runtimes import RUNTIMES
+
+        if self.runtime not in ("auto", *RUNTIMES):
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose auto or one of {', '.join(RUNTIMES)}")
+        if self.nmf_solver not in ("auto", *SOLVERS):
+            raise ValueError(f"unknown NMF solver {self.nmf_solver!r}; choose auto or one of {', '.join(SOLVERS)}")
         if self.whiten_on and not self.whiten_dim:
             raise ValueError("--whiten-on needs --whiten-dim D (D > 0)")
 

@@ -14,16 +14,21 @@ from .stages import WorkItem, make_reader, run_stages
 def make_extractor(config: IndexConfig):
     """The `descriptors.pipeline.Extractor` a build with `config` uses."""
     from descriptors.backbones import load_backbone
+    from descriptors.nmf import set_sparse_solver
     from descriptors.pipeline import Extractor
     from descriptors.threads import setup_threads
 
     setup_threads(config.threads)
+    set_sparse_solver(config.nmf_solver)
+    from descriptors.runtimes import use_runtime
+
     backbone = load_backbone(
         config.backbone,
         weights=config.weights,
         device=config.device,
         reflection_padding=config.reflection_padding,
     )
+    use_runtime(backbone, config.runtime)
     return Extractor(backbone, config.descriptor_config(), image_size=config.image_size)
 
 

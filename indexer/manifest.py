@@ -54,6 +54,7 @@ def make_manifest(
             "weights_sha256": backbone.weights_sha256,
             "weights": config.weights,
             "reflection_padding": config.reflection_padding,
+            "runtime": getattr(backbone, "runtime", "torch"),  # descriptors.runtimes; searcher uses it too
         },
         "image_size": config.image_size,
         "max_pixels": config.max_pixels,
@@ -140,9 +141,26 @@ def build_extractor(manifest: dict, device: str = "cpu", weights: str | None = N
             device=device,
             reflection_padding=bool(info.get("reflection_padding", False)),
         )
+    _use_manifest_runtime(backbone, info.get("runtime", "torch"))
     extractor = Extractor(backbone, descriptor_config_from(manifest), image_size=int(manifest["image_size"]))
     check_manifest_matches(manifest, extractor)
     return extractor
+
+
+def _use_manifest_runtime(backbone, runtime: str) -> None:
+    """The runtime the index was built with (same activations up to 1e-3); torch when it is not
+    installed here or the device is not a CPU."""
+    import logging
+
+    from descriptors.runtimes import RuntimeUnavailableError, use_runtime
+
+    if getattr(backbone, "runtime", "torch") == runtime:
+        return
+    try:
+        use_runtime(backbone, runtime)
+    except (RuntimeUnavailableError, ValueError) as exc:
+        logging.getLogger("dffsearch").warning("index built with runtime %s; using torch here: %s", runtime, exc)
+        use_runtime(backbone, "torch")
 
 
 def extractor_settings(extractor) -> dict:

@@ -122,6 +122,10 @@ def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id,
 
         setup_threads(runtime.threads)
     if extractor is None:
+        from descriptors.nmf import set_sparse_solver
+
+        set_sparse_solver(runtime.nmf_solver)
+    if extractor is None:
         extractor = build_extractor(manifest, device=runtime.device)
     whitening = None
     if int(manifest["whitening"].get("dim", 0)) > 0:

@@ -1,0 +1,192 @@
+"""Backbone runtimes: the truncated CNN through PyTorch eager, ONNX Runtime or OpenVINO.
+
+Why: the forward is ~80% of an image's cost, and a small CNN on a CPU runs faster through a
+graph-compiling runtime than in eager mode (measured on the 2-core CPU, 320 px, batch 1: see
+docs/results.md and `benchmarks/bench_descriptors.py`). The runtime only changes *how* the same
+network runs: activations equal PyTorch's to a relative error <= 1e-3 (tests/descriptors/
+test_runtimes.py, real photos), so an index built with one runtime is searched with another.
+
+- The truncated backbone is exported once per (backbone, layer, padding, weights sha256) to ONNX
+  with dynamic batch/height/width (images keep their aspect ratio), cached in
+  `$DFF_RUNTIME_CACHE` (default `~/.cache/dffsearch/runtimes`), written atomically.
+- ONNX Runtime: intra-op threads = the compute threads (descriptors.threads), no spinning.
+- OpenVINO: `INFERENCE_PRECISION_HINT=f32` (its CPU default picks bf16/f16 where the CPU has it:
+  max relative error 0.9 on these activations), `INFERENCE_NUM_THREADS` = the compute threads.
+- `RUNTIMES` registry name -> loader; `default_runtime(device)`: the fastest installed for the
+  device, in the order measured here (OpenVINO, ONNX Runtime, torch); CUDA: torch.
+
+The runtimes are optional dependencies (`pip install dffsearch[runtimes]`), imported where used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# fastest first, as measured on the CPU (benchmarks/bench_descriptors.py, efficientnet-lite0 320 px)
+CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
+_MODULE_OF = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+OPSET = 17
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """The runtime asked for is not installed or cannot run on the device."""
+
+
+def runtime_cache_dir() -> Path:
+    return Path(os.environ.get("DFF_RUNTIME_CACHE", Path.home() / ".cache" / "dffsearch" / "runtimes"))
+
+
+def is_installed(name: str) -> bool:
+    if name not in _MODULE_OF:
+        raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    return importlib.util.find_spec(_MODULE_OF[name]) is not None
+
+
+def available_runtimes(device: str | torch.device = "cpu") -> list[str]:
+    """The runtimes that can run a backbone on `device` here, fastest first."""
+    if torch.device(device).type != "cpu":
+        return ["torch"]
+    return [name for name in CPU_PREFERENCE if is_installed(name)]
+
+
+def default_runtime(device: str | torch.device = "cpu") -> str:
+    return available_runtimes(device)[0]
+
+
+def resolve_runtime(name: str | None, device: str | torch.device = "cpu") -> str:
+    """`auto`/None -> `default_runtime(device)`; a name -> itself when it can run here, else an error."""
+    if name in (None, "auto"):
+        return default_runtime(device)
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; choose auto or one of {', '.join(RUNTIMES)}")
+    if name != "torch" and torch.device(device).type != "cpu":
+        raise RuntimeUnavailableError(f"runtime {name} runs on the CPU only; use --runtime torch with --device {device}")
+    if not is_installed(name):
+        raise RuntimeUnavailableError(
+            f"runtime {name} is not installed: pip install 'dffsearch[runtimes]' (or {name}), or use --runtime torch"
+        )
+    return name
+
+
+def export_key(backbone) -> str:
+    """What determines the exported graph: backbone, layer, module structure (padding included),
+    weights sha256, opset, torch version (the exporter)."""
+    text = f"{backbone.name}|{backbone.layer}|{backbone.trunk!r}|{backbone.weights_sha256}|opset{OPSET}|{torch.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def exported_onnx(backbone) -> Path:
+    """The backbone's truncated network as ONNX (dynamic N, H, W), exported once and cached."""
+    cache = runtime_cache_dir()
+    safe_name = backbone.name.replace(":", "_").replace("/", "_")
+    path = cache / f"{safe_name}-{export_key(backbone)}.onnx"
+    if path.exists():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    trunk = backbone.trunk.to(memory_format=torch.contiguous_format).cpu().eval()
+    try:
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            partial = Path(tmp) / path.name
+            dummy = torch.zeros(1, 3, 224, 288)
+            torch.onnx.export(
+                trunk, (dummy,), str(partial), input_names=["images"], output_names=["activations"],
+                dynamic_axes={"images": {0: "n", 2: "height", 3: "width"}, "activations": {0: "n", 2: "h", 3: "w"}},
+                opset_version=OPSET, dynamo=False,
+            )
+            os.replace(partial, path)  # atomic: a concurrent exporter or a crash never leaves half a file
+    finally:
+        if backbone.channels_last:
+            backbone.trunk.to(memory_format=torch.channels_last)
+        backbone.trunk.to(backbone.device)
+    return path
+
+
+def _compute_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+@lru_cache(maxsize=8)
+def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One session per (model, threads) in a process; `session.run` is thread-safe."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle workers sleep instead of spinning (the spin-waiting that made shared machines crawl)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x})[0]
+
+
+@lru_cache(maxsize=8)
+def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """One compiled model per (model, threads) in a process, one infer request per calling thread
+    (a request is not thread-safe; the searcher forwards from several compute threads)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    output = compiled.output(0)
+    local = threading.local()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        return request.infer({0: x})[output]
+
+    return run
+
+
+class CompiledTrunk:
+    """`(B, 3, H, W)` float tensor -> `(B, C, h, w)` float32 tensor through a compiled runtime."""
+
+    def __init__(self, name: str, run: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.name = name
+        self._run = run
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(np.array(self._run(array), dtype=np.float32, copy=True))
+
+
+# name -> loader(onnx path, threads) -> run(images (B,3,H,W) float32) -> activations
+RUNTIMES: dict[str, Callable[[Path, int], Callable[[np.ndarray], np.ndarray]] | None] = {
+    "torch": None,  # the backbone's own eager module
+    "onnxruntime": _onnxruntime_session,
+    "openvino": _openvino_model,
+}
+
+
+def use_runtime(backbone, name: str | None = "auto"):
+    """Run `backbone`'s forward through runtime `name` (`auto`: the fastest installed); returns it.
+
+    Sets `backbone.runtime` to the runtime used. The compiled model takes the compute threads of
+    the calling thread at this moment (descriptors.threads sets them first).
+    """
+    resolved = resolve_runtime(name, backbone.device)
+    if resolved == "torch":
+        backbone.compiled_trunk = None
+    else:
+        loader = RUNTIMES[resolved]
+        backbone.compiled_trunk = CompiledTrunk(resolved, loader(exported_onnx(backbone), _compute_threads()))
+    backbone.runtime = resolved
+    return backbone

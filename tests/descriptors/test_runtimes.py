@@ -1,0 +1,70 @@
+"""descriptors.runtimes: the backbone through ONNX Runtime / OpenVINO gives PyTorch's activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from descriptors.backbones import load_backbone
+from descriptors.runtimes import (
+    RUNTIMES,
+    RuntimeUnavailableError,
+    available_runtimes,
+    default_runtime,
+    export_key,
+    exported_onnx,
+    is_installed,
+    resolve_runtime,
+    use_runtime,
+)
+
+COMPILED = [name for name in ("onnxruntime", "openvino") if is_installed(name)]
+
+
+@pytest.fixture(scope="module")
+def photos_and_reference(sample_photos):
+    backbone = load_backbone("efficientnet-lite0")
+    # three aspect ratios: the exported graph has a dynamic height and width
+    images = [backbone.preprocess(sample_photos[name], 224) for name in ("chelsea", "astronaut", "hubble_deep_field")]
+    return images, backbone.extract(images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
+def test_runtime_activations_equal_torch_on_real_photos(name, photos_and_reference):
+    images, reference = photos_and_reference
+    backbone = use_runtime(load_backbone("efficientnet-lite0"), name)
+    assert backbone.runtime == name
+    activations = backbone.extract(images)
+    assert len({tuple(a.shape) for a in activations}) == 3, "the photos should give three map sizes"
+    for got, want in zip(activations, reference, strict=True):
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)) <= 1e-3
+        assert float((got - want).abs().max() / want.abs().max()) <= 1e-3
+
+
+def test_export_is_cached_per_weights(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("DFF_RUNTIME_CACHE", str(tmp_path))
+    backbone = load_backbone("efficientnet-lite0")
+    first = exported_onnx(backbone)
+    assert first.parent == tmp_path and first.suffix == ".onnx"
+    stamp = first.stat().st_mtime_ns
+    assert exported_onnx(load_backbone("efficientnet-lite0")) == first and first.stat().st_mtime_ns == stamp
+    assert export_key(backbone) in first.name
+    other_weights = load_backbone("efficientnet-lite0")
+    other_weights.weights_sha256 = "0" * 64
+    assert export_key(other_weights) != export_key(backbone)
+    assert [p.name for p in tmp_path.iterdir()] == [first.name], "no temporary file is left behind"
+
+
+def test_runtime_choice_and_its_errors():
+    assert available_runtimes("cpu")[-1] == "torch"
+    assert default_runtime("cpu") == available_runtimes("cpu")[0]
+    assert resolve_runtime("auto", "cpu") == default_runtime("cpu")
+    assert resolve_runtime("torch", "cuda") == "torch"
+    assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino"}
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        resolve_runtime("tensorrt")
+    with pytest.raises(RuntimeUnavailableError, match="CPU only"):
+        resolve_runtime("openvino", "cuda")
