@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ablation_quality import Bench  # noqa: E402
+from ablation_quality import Bench, _table  # noqa: E402
 
 from descriptors.aggregate import aggregate_rows  # noqa: E402
 from descriptors.diffusion import diffusion_rank, knn_graph  # noqa: E402
@@ -124,15 +124,6 @@ def _pairwise(q_feat: list[np.ndarray], db_feat: list[np.ndarray], kernel: Match
     if not kernel.normalize:
         return raw
     return raw / np.sqrt(np.maximum(q_self[:, None], 1e-12) * np.maximum(d_self[None, :], 1e-12))
-
-
-def _table(title: str, header: Sequence[str], lines: list[list[str]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    for line in lines:
-        print("| " + " | ".join(line) + " |")
-    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,7 +76,7 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
 
 def _ranking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rerank", type=_int_list, default=(100,),
+        "--rerank", type=_int_list, default=(0,),
         help="re-rank the top N by the factor-row match kernel (0: off); a list (0,100) measures each",
     )
     parser.add_argument("--rerank-dim", type=int, default=256, help="rows compressed to this dimension, float16 (0: uncompressed), as the index stores them")

@@ -34,8 +34,9 @@ class EvalConfig:
     # the backbone runtime (descriptors.runtimes); torch by default so that cached activations
     # and published numbers stay comparable; another runtime gets its own activation cache
     runtime: str = "torch"
-    # re-ranking depths (descriptors.rerank; 0: off) and the rows' compressed dimension (0: none)
-    rerank: tuple[int, ...] = (100,)
+    # re-ranking depths (descriptors.rerank; 0: off) and the rows' compressed dimension (0: none).
+    # Off by default: dff-serve does not re-rank yet, and dff-eval scores what the product serves.
+    rerank: tuple[int, ...] = (0,)
     rerank_dim: int = 256
     # query expansions measured for every QE size > 0 (evaluation.encode.EXPANSIONS)
     expansion: tuple[str, ...] = ("average",)

@@ -87,23 +87,14 @@ def add_images(
         source_root = manifest["source_root"]
         next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
         hashed = _hash_inputs(files, vouched, summary)
-        known = catalog.indexed_by_sha256(sha for _, sha, _ in hashed)
         items: list[WorkItem] = []
         replaced_by_path: dict[str, CatalogRow] = {}
-        first_with: dict[str, Path] = {}
-        for path, sha, hashed_key in hashed:
-            if sha in known:
-                summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
-                continue
-            if sha in first_with:
-                summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
-                continue
-            first_with[sha] = path
-            stored = catalog_path(path, source_root, index_dir)
-            previous = catalog.by_path(stored)
-            if previous is not None:
-                replaced_by_path[stored] = previous
-            items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
+        accepted = _accept_new_content(
+            catalog, [(path, sha) for path, sha, _ in hashed], source_root, index_dir, replaced_by_path, summary
+        )
+        for (path, sha, hashed_key), stored in zip(hashed, accepted, strict=True):
+            if stored is not None:
+                items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
         if items:
             _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary)
         else:
@@ -185,21 +176,16 @@ def add_vectors(
         if len(vectors) and vectors.shape[1] != int(manifest["dim"]):
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, the index {manifest['dim']}")
         next_id = max(int(manifest.get("next_id", 0)), catalog.max_id() + 1)
-        known = catalog.indexed_by_sha256(sha for _, sha, _, _ in images)
-        accepted, replaced_by_path, first_with = [], {}, {}
-        for (path, sha, width, height), vector in zip(images, vectors, strict=True):
-            if sha in known:
-                summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
-                continue
-            if sha in first_with:
-                summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
-                continue
-            first_with[sha] = path
-            stored = catalog_path(path, manifest["source_root"], index_dir)
-            previous = catalog.by_path(stored)
-            if previous is not None:
-                replaced_by_path[stored] = previous
-            accepted.append((path, stored, sha, int(width), int(height), vector))
+        replaced_by_path: dict[str, CatalogRow] = {}
+        stored_paths = _accept_new_content(
+            catalog, [(path, sha) for path, sha, _, _ in images], manifest["source_root"], index_dir,
+            replaced_by_path, summary,
+        )
+        accepted = [
+            (path, stored, sha, int(width), int(height), vector)
+            for (path, sha, width, height), vector, stored in zip(images, vectors, stored_paths, strict=True)
+            if stored is not None
+        ]
         if accepted:
             _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
         else:
@@ -208,6 +194,35 @@ def add_vectors(
     summary.seconds = time.perf_counter() - started
     summary.factory, summary.dim = manifest["faiss"]["factory"], int(manifest["dim"])
     return summary
+
+
+def _accept_new_content(
+    catalog: Catalog, candidates: Sequence[tuple], source_root, index_dir: Path,
+    replaced_by_path: dict[str, CatalogRow], summary: BuildSummary,
+) -> list[str | None]:
+    """The one duplicate/replacement rule of add_images and add_vectors: for each (path, sha256),
+    its catalog path if it is new content, None (skipped as `duplicate` in `summary`) if the same
+    content is indexed already or came earlier in this batch. A catalog path indexed with other
+    content is recorded in `replaced_by_path` (its old id is removed by the commit)."""
+    known = catalog.indexed_by_sha256(sha for _, sha in candidates)
+    first_with: dict[str, object] = {}
+    stored_paths: list[str | None] = []
+    for path, sha in candidates:
+        if sha in known:
+            summary.skip(path, "duplicate", f"{path}: already indexed as id {known[sha]}", duplicate_of=known[sha])
+            stored_paths.append(None)
+            continue
+        if sha in first_with:
+            summary.skip(path, "duplicate", f"{path}: same content as {first_with[sha]}", duplicate_sha=sha)
+            stored_paths.append(None)
+            continue
+        first_with[sha] = path
+        stored = catalog_path(path, source_root, index_dir)
+        previous = catalog.by_path(stored)
+        if previous is not None:
+            replaced_by_path[stored] = previous
+        stored_paths.append(stored)
+    return stored_paths
 
 
 def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtime: IndexConfig, progress: bool):
