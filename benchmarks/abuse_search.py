@@ -18,7 +18,8 @@ while the server's RSS is sampled every 50 ms (`peak_rss_mb`). Targets: peak <= 
 killed, no UNKNOWN/INTERNAL, SERVING throughout.
 
 --json FILE writes {"idle_rss_mb", "peak_rss_mb", "peak_over_idle", "server_alive", "status_counts",
-"status_by_client" (big / add / localize / garbage / normal), "unexpected", "health_serving_throughout", "health_checks", "p50_ms_normal_query_idle",
+"status_by_client" (big / add / localize / garbage / normal; final outcomes), "busy_refusals"
+(per client: RESOURCE_EXHAUSTED from --max-in-flight, retried with backoff), "unexpected", "health_serving_throughout", "health_checks", "p50_ms_normal_query_idle",
 "p50_ms_normal_query_during_abuse", "p50_ratio_during_over_idle", "big_jpeg_mb", "big_jpeg_size",
 "add_images_mb", "seconds", "settings"}.
 """
@@ -126,6 +127,8 @@ class Abuse:
     def __init__(self, port: int, timeout: float) -> None:
         self.port, self.timeout = port, timeout
         self.codes: Counter = Counter()
+        self.busy_refusals: Counter = Counter()  # RESOURCE_EXHAUSTED for --max-in-flight, retried
+        self._rng = np.random.default_rng(3)
         self.codes_by_client: dict[str, Counter] = {}
         self.normal_ms: list[float] = []
         self.health: list[bool] = []
@@ -138,13 +141,24 @@ class Abuse:
         return SearchClient("127.0.0.1", self.port, timeout=self.timeout)
 
     def call(self, kind: str, fn, *args, **kwargs):
+        """One RPC; refused as busy (`--max-in-flight`), it is retried with backoff as a well-behaved
+        client would, each refusal counted (`busy_refusals`), so that every load in the mix runs."""
         import grpc
 
-        try:
-            result = fn(*args, **kwargs)
-            code = "OK"
-        except grpc.RpcError as exc:
-            result, code = None, exc.code().name
+        backoff = 0.1
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+                code = "OK"
+            except grpc.RpcError as exc:
+                result, code = None, exc.code().name
+                if code == "RESOURCE_EXHAUSTED" and "--max-in-flight" in (exc.details() or ""):
+                    with self._lock:
+                        self.busy_refusals[kind] += 1
+                    time.sleep(backoff * (0.5 + self._rng.random()))
+                    backoff = min(2.0, backoff * 2)
+                    continue
+            break
         with self._lock:
             self.codes[code] += 1
             self.codes_by_client.setdefault(kind, Counter())[code] += 1
@@ -273,6 +287,7 @@ def run(args: argparse.Namespace) -> dict:
         "server_alive": alive,
         "status_counts": codes,
         "status_by_client": {kind: dict(sorted(c.items())) for kind, c in sorted(abuse.codes_by_client.items())},
+        "busy_refusals": dict(sorted(abuse.busy_refusals.items())),
         "unexpected": codes.get("UNKNOWN", 0) + codes.get("INTERNAL", 0),
         "health_serving_throughout": bool(abuse.health) and all(abuse.health),
         "health_checks": len(abuse.health),
@@ -309,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         ("server alive at the end", f"{result['server_alive']}"),
         ("status counts", json.dumps(result["status_counts"])),
         ("  by client", json.dumps(result["status_by_client"])),
+        ("busy refusals, retried (--max-in-flight)", json.dumps(result["busy_refusals"])),
         ("unexpected UNKNOWN/INTERNAL (target 0)", f"{result['unexpected']}"),
         ("health SERVING every 0.5 s", f"{result['health_serving_throughout']} ({result['health_checks']} checks)"),
         ("normal query p50 idle / during abuse (ms)",

@@ -14,8 +14,11 @@ the chunk and the training sample, not by the collection:
 4. search: `search_reranked` takes `k * k_factor` PQ candidates and re-scores them with the
    exact vectors read from the shards (what `RFlat` does, without the vectors in RAM).
 
-`dff-index build` uses an in-memory IVF (`--faiss IVF...`); this module is the path for
-collections whose codes or raw vectors do not fit one machine's memory (docs/scaling.md).
+`dff-index build` keeps its in-memory FAISS format but reads its training sample and its adds
+through `VectorShards` once `vectors.npy` passes `faiss_index.STREAM_VECTORS_BYTES`
+(`faiss_index.build_faiss_index`), so the raw vectors never sit in its resident set; the on-disk
+inverted lists below are the path for collections whose codes do not fit one machine's memory
+(docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -91,6 +94,27 @@ class VectorShards:
                     data = os.pread(handle.fileno(), row_bytes, base + int(local) * row_bytes)
                     out[position] = np.frombuffer(data, dtype=np.float32)
         return out
+
+    def span(self, first: int, stop: int) -> np.ndarray:
+        """Rows of the global ids `first .. stop - 1`, read with one `pread` per shard they touch."""
+        if not 0 <= first <= stop <= self.count:
+            raise IndexError(f"rows {first}..{stop} outside 0..{self.count}")
+        parts = []
+        for s in range(int(np.searchsorted(self.offsets, first, side="right")) - 1, len(self.paths)):
+            if self.offsets[s] >= stop:
+                break
+            lo, hi = max(first, self.offsets[s]), min(stop, self.offsets[s + 1])
+            if hi > lo:
+                parts.append(self._read(s, int(lo - self.offsets[s]), int(hi - lo)))
+        return np.concatenate(parts) if parts else np.empty((0, self._dim), np.float32)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of `ids`: one read of their span when the ids are sorted and dense in it
+        (`dff-index build`'s chunks), one read per row otherwise."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and np.all(ids[1:] > ids[:-1]) and ids[-1] + 1 - ids[0] <= 2 * len(ids):
+            return self.span(int(ids[0]), int(ids[-1]) + 1)[ids - ids[0]]
+        return self.rows(ids)
 
     def chunks(self, chunk: int):
         """(first global id, rows) for consecutive chunks of at most `chunk` rows."""

@@ -55,6 +55,9 @@ class ServerConfig:
     max_top_k: int = 100
     max_message_mb: float = 32.0
     workers: int = 16
+    # SearchService RPCs in flight at once; None: workers - max(2, workers // 4), which keeps
+    # threads free for health checks and GetIndexInfo (the excess gets RESOURCE_EXHAUSTED)
+    max_in_flight: int | None = None
     # compute threads of torch, FAISS and BLAS (`--threads`); None: the CPUs free of other work,
     # re-measured while serving (descriptors.threads)
     torch_threads: int | None = None
@@ -69,6 +72,16 @@ class ServerConfig:
     max_add_images: int = 1000  # images per AddImages call
     max_add_mb: float = 256.0  # image bytes per AddImages call
     verbose: bool = False  # print the thread settings chosen
+
+    def resolved_max_in_flight(self) -> int:
+        if self.max_in_flight is None:
+            return max(1, self.workers - max(2, self.workers // 4))
+        if not 1 <= self.max_in_flight < self.workers:
+            raise ValueError(
+                f"--max-in-flight {self.max_in_flight} must be at least 1 and below --workers {self.workers}: "
+                "the threads left over answer health checks while heavy requests are in flight"
+            )
+        return self.max_in_flight
 
     def resolved_max_batch(self) -> int:
         if self.max_batch is not None:
@@ -115,6 +128,10 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
     """Load the index (unless an engine is given), bind, register services, start serving."""
     from descriptors.threads import setup_threads
 
+    from .memory import bound_malloc
+
+    max_in_flight = config.resolved_max_in_flight()  # a bad value fails before the model loads
+    bound_malloc()  # large buffers back to the OS when freed (searcher/memory.py says why)
     setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
@@ -146,7 +163,8 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
         ],
     )
     limits = ServiceLimits(
-        max_add_images=config.max_add_images, max_add_bytes=int(config.max_add_mb * 1024 * 1024)
+        max_add_images=config.max_add_images, max_add_bytes=int(config.max_add_mb * 1024 * 1024),
+        max_in_flight=max_in_flight,
     )
     servicer = SearchServicer(engine, metrics, limits)
     search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server)
@@ -220,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-top-k", type=int, default=100)
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
+    parser.add_argument(
+        "--max-in-flight", type=_positive_int, default=None,
+        help="SearchService requests in flight at once, below --workers; the excess gets RESOURCE_EXHAUSTED "
+        "at once (default: workers - max(2, workers // 4), keeping threads for health checks)",
+    )
     parser.add_argument(
         "--threads", "--torch-threads", dest="torch_threads", type=int,
         help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
@@ -309,7 +332,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
         nmf_threads=args.nmf_threads or None, verbose=args.verbose, max_pixels=args.max_pixels,
         decode_slots=args.decode_slots, max_localize=args.max_localize, max_add_images=args.max_add_images,
-        max_add_mb=args.max_add_mb,
+        max_add_mb=args.max_add_mb, max_in_flight=args.max_in_flight,
     )
 
 

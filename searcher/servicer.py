@@ -92,6 +92,39 @@ class ServiceLimits:
 
     max_add_images: int = 1000
     max_add_bytes: int = 256 * 1024 * 1024
+    # SearchService RPCs in flight at once (`--max-in-flight`); kept below the gRPC thread pool so
+    # that the threads left over always answer health checks and GetIndexInfo, however many heavy
+    # requests arrive (a handler thread waiting for a decode slot still occupies its thread)
+    max_in_flight: int | None = None
+
+
+class AdmissionGate:
+    """At most `limit` requests in flight; one more is refused at once (RESOURCE_EXHAUSTED naming
+    the flag) rather than queued on a handler thread, where it would hold the thread that a health
+    probe needs."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    def enter(self, method: str) -> None:
+        if self.limit is None:
+            return
+        with self._lock:
+            if self.in_flight >= self.limit:
+                raise RpcRefusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"dff-serve is busy: {self.in_flight} requests in flight, the most it takes at once "
+                    f"(dff-serve --max-in-flight {self.limit}); retry {method} with backoff",
+                )
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        if self.limit is None:
+            return
+        with self._lock:
+            self.in_flight -= 1
 
 
 class RequestHold:
@@ -130,8 +163,11 @@ class _Call:
     anything unexpected to INTERNAL (logged with its traceback under the request id); any failure
     while the server is shutting down to UNAVAILABLE."""
 
-    def __init__(self, servicer: SearchServicer, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, servicer: SearchServicer, method: str, context: grpc.ServicerContext, gated: bool = True
+    ) -> None:
         self.servicer, self.method, self.context = servicer, method, context
+        self.gated, self.admitted = gated, False
         self.metrics = servicer.metrics
         self.code = grpc.StatusCode.OK
         self.request_id = _request_id(context)
@@ -147,6 +183,15 @@ class _Call:
             self.code = grpc.StatusCode.UNAVAILABLE
             self._record()
             self.context.abort(self.code, SHUTTING_DOWN)
+        if self.gated:
+            try:
+                self.servicer.gate.enter(self.method)
+            except RpcRefusal as refusal:
+                self._finish()
+                self.code = refusal.code
+                self._record()
+                self.context.abort(refusal.code, str(refusal))
+            self.admitted = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -191,6 +236,9 @@ class _Call:
         )
 
     def _finish(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.servicer.gate.leave()
         if self.metrics is not None:
             self.metrics.in_flight.dec()
 
@@ -212,6 +260,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.engine = engine
         self.metrics = metrics
         self.limits = limits or ServiceLimits()
+        self.gate = AdmissionGate(self.limits.max_in_flight)
         # set when the server starts shutting down: new RPCs get UNAVAILABLE, in-flight ones finish
         self.draining = threading.Event()
         self.hold = RequestHold.from_env()
@@ -310,7 +359,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def GetIndexInfo(self, request, context):
         import json
 
-        with _Call(self, "GetIndexInfo", context):
+        with _Call(self, "GetIndexInfo", context, gated=False):  # cheap: never refused
             info = self.engine.info()
             return search_pb2.IndexInfo(
                 count=info["count"],

@@ -54,3 +54,44 @@ def test_vector_shards_address_rows_by_global_id(shards):
     ids = np.array([2999, 0, 1200, 1199, 1900, 5])
     np.testing.assert_array_equal(vs.rows(ids), x[ids])
     assert vs.count == 3000 and vs.dim == 32
+
+
+def test_span_and_take_read_across_shard_boundaries(shards):
+    paths, x = shards
+    reader = VectorShards(paths)
+    np.testing.assert_array_equal(reader.span(1100, 2000), x[1100:2000])  # three shards
+    np.testing.assert_array_equal(reader.span(5, 5), x[5:5])
+    dense = np.array([1150, 1151, 1153, 1199, 1200, 1250])  # sorted, dense: one read of the span
+    sparse = np.array([2999, 0, 1900])  # any order: one read per row
+    np.testing.assert_array_equal(reader.take(dense), x[dense])
+    np.testing.assert_array_equal(reader.take(sparse), x[sparse])
+    with pytest.raises(IndexError):
+        reader.span(2990, 3001)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8x4np", "IVF8,Flat", "Flat"])
+def test_dff_index_builds_streamed_from_the_vectors_file_give_the_same_index(tmp_path, factory):
+    """`build_faiss_index` past the streaming threshold (forced here) reads its sample and its
+    chunks with pread instead of through the memory map: the index is the same, byte for byte."""
+    import faiss
+
+    from indexer.faiss_index import build_faiss_index
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "vectors.npy"
+    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(3000, 32))  # as build writes it
+    ids = np.sort(rng.choice(3000, 2600, replace=False))  # skipped images: rows without a vector
+    x = rng.standard_normal((len(ids), 32)).astype(np.float32)
+    vectors[ids] = x / np.linalg.norm(x, axis=1, keepdims=True)  # not flushed: the streamed path must see them
+    built = {
+        stream: faiss.serialize_index(build_faiss_index(vectors, ids, factory, train_max=1000, chunk=700, stream=stream))
+        for stream in (False, True)
+    }
+    assert built[True].tobytes() == built[False].tobytes()
+    assert faiss.deserialize_index(built[True]).ntotal == len(ids)
+    # a small file stays on the memory-mapped path by default; a plain array cannot be streamed
+    reread = np.load(path, mmap_mode="r")
+    assert faiss.serialize_index(build_faiss_index(reread, ids, factory, train_max=1000, chunk=700)).tobytes() == built[False].tobytes()
+    with pytest.raises(ValueError, match="memory-mapped"):
+        build_faiss_index(np.asarray(reread), ids, factory, stream=True)
+

@@ -137,3 +137,49 @@ def test_decodes_beyond_the_slots_wait_for_one_and_a_deadline_bounds_the_wait(en
         for _ in range(slots):
             engine._decode_slots.release()
     assert engine.search(data, top_k=1)[0].path.endswith("coffee.jpg")
+
+
+def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, photo_folder: Path, tmp_path: Path) -> None:
+    """Requests beyond --max-in-flight are refused at once, so the threads left over answer health
+    checks: with 4 handler threads and 6 searches held in flight by the test hook, health must
+    still say SERVING (without the gate, all 4 threads wait on the hook and the probe never runs
+    until the test releases them, which it does only after the probe)."""
+    from grpc_health.v1 import health_pb2
+
+    from searcher.client import SearchClient
+    from searcher.servicer import RequestHold
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    running = start_server(ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=2), engine=engine)
+    running.servicer.hold = RequestHold(hold)
+    query = (photo_folder / "coffee.jpg").read_bytes()
+    try:
+        with SearchClient("127.0.0.1", running.port, timeout=120) as client, futures.ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(client.search, query, top_k=1) for _ in range(6)]
+            refused = []
+            for call in futures.as_completed(calls):  # the admitted two wait on the hook: 4 come back
+                with pytest.raises(grpc.RpcError) as info:
+                    call.result()
+                refused.append(info.value)
+                if len(refused) == 4:
+                    break
+            assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+            assert all("--max-in-flight 2" in e.details() for e in refused)
+            assert (hold / "held").exists() and running.servicer.gate.in_flight == 2
+            check = client.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=60)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            assert client.info().count == engine.count  # GetIndexInfo is never refused
+            (hold / "release").touch()
+            admitted = [call for call in calls if call.exception(timeout=120) is None]
+            assert len(admitted) == 2 and all(call.result().results for call in admitted)
+            assert running.servicer.gate.in_flight == 0
+    finally:
+        (hold / "release").touch()
+        running.server.stop(0).wait()  # not running.stop(): the engine is the session's
+
+
+def test_max_in_flight_must_leave_threads_for_health_checks(tmp_path: Path) -> None:
+    assert ServerConfig(index=tmp_path).resolved_max_in_flight() == 12  # 16 workers, 4 kept
+    with pytest.raises(ValueError, match="below --workers 4"):
+        start_server(ServerConfig(index=tmp_path, workers=4, max_in_flight=4))

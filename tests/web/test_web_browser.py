@@ -141,11 +141,19 @@ def test_search_with_a_box_in_a_real_browser(page_url: str, browser_page, tmp_pa
     page.wait_for_function("() => document.querySelector('#why-result canvas.shared-concept').width > 0")
     _shot(page, tmp_path, "web-why.png", element="#query-panel")
 
+    # re-ranking off (0): searched again, kept in the URL
+    page.fill("#rerank", "0")
+    page.locator("#rerank").dispatch_event("change")
+    page.wait_for_function("() => location.search.includes('rr=0')")
+    _wait_for_results(page, "(query box)")
+    assert _card_names(page)[0] == "chelsea.jpg"
+
     # the URL keeps the state: a reload shows the same search
     page.reload()
     page.wait_for_selector("body[data-ready='1']")
     _wait_for_results(page, "(query box)")
     assert _card_names(page)[0] == "chelsea.jpg"
+    assert page.locator("#rerank").input_value() == "0"
 
     # a click on a result opens the full image with its box
     page.locator(".card").first.locator(".thumb").click()

@@ -11,6 +11,7 @@ const state = {
   width: 0, height: 0, // query size in image pixels
   box: null,          // [x0, y0, x1, y1] in image pixels, or null
   topK: 12, qe: 0, localize: true,
+  rerank: null,       // re-rank depth (null: the server's default, 0: off)
   last: null,         // the last search answer
   chosen: null,       // id of the result shown in "why did this match"
   maxTopK: 100,
@@ -81,6 +82,7 @@ function writeUrl(push) {
   if (state.box) params.set("box", state.box.map((v) => Math.round(v)).join(","));
   params.set("k", state.topK);
   if (state.qe) params.set("qe", state.qe);
+  if (state.rerank !== null) params.set("rr", state.rerank);
   params.set("loc", state.localize ? "1" : "0");
   const url = "?" + params.toString();
   if (url !== location.search) history[push ? "pushState" : "replaceState"](null, "", url);
@@ -91,6 +93,9 @@ function readUrl() {
   state.topK = Math.max(1, parseInt(params.get("k") || state.topK, 10) || 12);
   state.qe = Math.max(0, parseInt(params.get("qe") || "0", 10) || 0);
   state.localize = params.get("loc") !== "0";
+  const rerank = parseInt(params.get("rr") || "", 10);
+  state.rerank = Number.isFinite(rerank) && rerank >= 0 ? rerank : null;
+  $("rerank").value = state.rerank === null ? "" : state.rerank;
   const box = (params.get("box") || "").split(",").map(Number);
   state.box = box.length === 4 && box.every(Number.isFinite) ? box : null;
   $("top-k").value = state.topK; $("qe").value = state.qe; $("localize").checked = state.localize;
@@ -244,6 +249,7 @@ function setupInputs() {
   $("clear-box").addEventListener("click", () => { state.box = null; renderBox(); if (state.query) search(false); });
   $("top-k").addEventListener("change", () => { if (state.query) search(false); });
   $("qe").addEventListener("change", () => { if (state.query) search(false); });
+  $("rerank").addEventListener("change", () => { if (state.query) search(false); });
   $("localize").addEventListener("change", () => { if (state.query) search(false); });
   $("show-concepts").addEventListener("change", () => renderQueryOverlay());
   $("viewer-close").addEventListener("click", closeViewer);
@@ -271,12 +277,15 @@ async function search(push, updateUrl = true) {
   state.topK = Math.max(1, Math.min(state.maxTopK, parseInt($("top-k").value, 10) || 12));
   state.qe = Math.max(0, parseInt($("qe").value, 10) || 0);
   state.localize = $("localize").checked;
+  const rerank = parseInt($("rerank").value, 10);
+  state.rerank = Number.isFinite(rerank) && rerank >= 0 ? rerank : null;
   if (updateUrl) writeUrl(push);
   const serial = ++searchSerial;
   $("grid").setAttribute("aria-busy", "true");
   $("status").textContent = "Searching…";
   try {
     const body = {query: state.query, box: state.box, top_k: state.topK, qe: state.qe, localize: state.localize};
+    if (state.rerank !== null) body.rerank = state.rerank;
     const answer = await (await api("/api/search", {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
     })).json();
