@@ -21,6 +21,8 @@ import grpc
 from dffsearch.v1 import search_pb2, search_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from descriptors.query_expansion import EXPANSIONS
+
 from .auth import read_token_file
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -92,11 +94,12 @@ class SearchClient:
         return_heatmaps: bool = False,
         timeout: float | None = None,
         return_concepts: bool = False,
+        expansion: str = "",
     ) -> search_pb2.SearchResponse:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
-            return_heatmaps=return_heatmaps, return_concepts=return_concepts,
+            return_heatmaps=return_heatmaps, return_concepts=return_concepts, expansion=expansion,
         )
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
@@ -223,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box", type=parse_box, help="region of interest x0,y0,x1,y1 in pixels of IMAGE")
     parser.add_argument("--top-k", type=_count(1), default=10, help="results to return (1 or more)")
     parser.add_argument(
-        "--qe", type=_count(0), default=0, help="query expansion: average with the top n (0 = off)"
+        "--qe", type=_count(0), default=0, help="query expansion with the top n (0 = off)"
+    )
+    parser.add_argument(
+        "--expansion", choices=EXPANSIONS, default="average",
+        help="with --qe: average QE, alpha-QE, or diffusion on the index's k-NN graph (needs `dff-index graph`)",
     )
     parser.add_argument("--localize", action="store_true", help="predict a box in each result")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -277,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             response = client.search(
                 args.image, box=args.box, top_k=args.top_k, query_expansion=args.qe, localize=args.localize,
+                expansion=args.expansion,
                 return_heatmaps=args.show is not None and args.localize,
             )
         except grpc.RpcError as exc:

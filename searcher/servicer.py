@@ -285,6 +285,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 with_heatmaps=request.return_heatmaps,
                 with_concepts=request.return_concepts,
                 deadline=deadline,
+                expansion=request.expansion,
             )
             if self.metrics is not None:
                 self.metrics.observe_stages(outcome.stages_ms)
