@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from descriptors.backbones import load_backbone
+from descriptors.diffusion import DIFFUSION_K
 from descriptors.images import IMAGE_EXTENSIONS, iter_image_files
 from descriptors.pipeline import NMF_METHODS
 from evaluation.cache import ActivationCache, ImageRequest
@@ -12,7 +13,7 @@ from evaluation.config import EvalConfig
 from evaluation.datasets.instance import find_ground_truth
 from evaluation.datasets.protocols import Coverage, apply_protocol, present_images
 from evaluation.datasets.semantic import load_semantic_dataset
-from evaluation.encode import DIFFUSION_K, MethodEncoder, rank_pipeline
+from evaluation.encode import MethodEncoder, rank_pipeline
 from evaluation.metrics import compute_map, compute_map_revisited, map_at_k
 from evaluation.report import EvalReport, MethodResult
 
