@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descriptors.atomic_files import atomic_write_bytes
 from descriptors.encode import backbone_input, decode_options
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
 from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
@@ -376,9 +377,7 @@ class SearchEngine:
             target = Path(os.path.abspath(uploads / f"{digest}{extension}"))
             created = not target.exists()
             if created:
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                atomic_write_bytes(target, data)
             stored[position] = (key, target, digest, created)
         outcomes: dict[str, object] = {}
         if stored:
