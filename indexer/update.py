@@ -22,7 +22,7 @@ from .config import IndexConfig
 from .errors import NoImagesError
 from .extraction import progress_bar, run_extraction
 from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path, stat_key
-from .generations import Commit, begin_write, commit_generation
+from .generations import Commit, begin_write, commit_generation, remove_unreferenced
 from .graph import DEFAULT_GRAPH_K
 from .manifest import (
     CATALOG_NAME,
@@ -282,7 +282,9 @@ def build_graph(index_dir: str | Path, k: int = DEFAULT_GRAPH_K, depth: int | No
     index_dir = Path(os.path.abspath(index_dir))
     with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
         manifest = begin_write(index_dir, catalog)
-        return commit_generation(index_dir, manifest, catalog, rebuild_graph_k=int(k), graph_depth=depth)
+        commit = commit_generation(index_dir, manifest, catalog, rebuild_graph_k=int(k), graph_depth=depth)
+        remove_unreferenced(index_dir, commit.manifest)  # the graph files it replaced
+        return commit
 
 
 def resolve_paths(index_dir: str | Path, stored: Sequence[str]) -> list[str]:
