@@ -140,6 +140,20 @@ def test_decodes_beyond_the_slots_wait_for_one_and_a_deadline_bounds_the_wait(en
     assert engine.search(data, top_k=1)[0].path.endswith("coffee.jpg")
 
 
+def _server_with_request_hold(engine, tmp_path: Path, max_in_flight: int):
+    """A server on the session's engine (4 handler threads) whose Searches wait in flight until
+    the test touches `hold/release` (searcher.servicer.RequestHold)."""
+    from searcher.servicer import RequestHold
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    running = start_server(
+        ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=max_in_flight), engine=engine
+    )
+    running.servicer.hold = RequestHold(hold)
+    return hold, running
+
+
 def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, photo_folder: Path, tmp_path: Path) -> None:
     """Requests beyond --max-in-flight are refused at once, so the threads left over answer health
     checks: with 4 handler threads and 6 searches held in flight by the test hook, health must
@@ -148,12 +162,7 @@ def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, ph
     from grpc_health.v1 import health_pb2
 
     from searcher.client import SearchClient
-    from searcher.servicer import RequestHold
-
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    running = start_server(ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=2), engine=engine)
-    running.servicer.hold = RequestHold(hold)
+    hold, running = _server_with_request_hold(engine, tmp_path, max_in_flight=2)
     query = (photo_folder / "coffee.jpg").read_bytes()
     try:
         # retries=0: this test is about the server's refusal, not the client's retry policy
@@ -186,12 +195,7 @@ def test_client_retries_busy_refusals_with_backoff_and_never_retries_writes(engi
     held in flight at --max-in-flight 1, a second Search is refused exactly 1 + retries times
     (counted by the server) before the caller sees the refusal; with retries=0, once."""
     from searcher.client import SearchClient
-    from searcher.servicer import RequestHold
-
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    running = start_server(ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=1), engine=engine)
-    running.servicer.hold = RequestHold(hold)
+    hold, running = _server_with_request_hold(engine, tmp_path, max_in_flight=1)
     query = (photo_folder / "coffee.jpg").read_bytes()
     try:
         with SearchClient("127.0.0.1", running.port, timeout=120) as client, futures.ThreadPoolExecutor(1) as pool:

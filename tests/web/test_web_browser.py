@@ -39,12 +39,16 @@ def page_url(web_index: Path, tmp_path: Path):
         assert web.stop(60) == 0, (tmp_path / "web.log").read_text()[-2000:]
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path):
+def _playwright_or_skip():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
                     "or set DFF_CHROMIUM; .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):
+    sync_api = _playwright_or_skip()
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
@@ -207,10 +211,7 @@ def test_search_with_a_box_in_a_real_browser(page_url: str, browser_page, tmp_pa
 @pytest.fixture
 def phone_page(tmp_path: Path):
     """A phone-sized page with a touch screen (390 x 844 CSS px, as an iPhone 12-15)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
-                    "or set DFF_CHROMIUM; .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+    sync_api = _playwright_or_skip()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
