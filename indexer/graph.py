@@ -24,9 +24,10 @@ Updates, O(batch x search):
 
 The bound, what `dff-index compact` (or `dff-index graph`) rebuilds: every row is the exact top
 of the live images down to its floor, i.e. a prefix of the row a full rebuild gives, shortened
-by the removed images it held; and an existing image can miss an added one only when it is not
-among that image's `depth` nearest (then the pair is not a mutual neighbour pair either unless
-depth < k, which diffusion's affinity is built from).
+by the removed images it held; and an existing image x can miss an added image b only when x is
+not among b's `depth` nearest. Then (x, b) is not a mutual pair (that needs x among b's K <=
+depth nearest), so diffusion's mutual-pair affinity loses no edge with b; what x keeps instead
+is the old last neighbour b would have pushed out.
 """
 
 from __future__ import annotations

@@ -91,33 +91,40 @@ def test_adds_keep_the_graph_equal_to_a_rebuild_and_removals_leave_prefixes_unti
     np.testing.assert_array_equal(stored.neighbours, rebuilt.neighbours)
 
 
-def test_the_default_search_depth_stays_within_the_documented_bound(plain: Path, tmp_path: Path) -> None:
-    """depth 4 k: a list may miss an added image only when it is not among that image's depth
-    nearest; the mutual pairs diffusion uses are then exact."""
-    from indexer.graph import exact_neighbours, live_chunks
-    from indexer.manifest import read_manifest
+def test_a_list_misses_an_added_image_only_outside_its_search_depth(plain: Path, tmp_path: Path) -> None:
+    """The bound, made to happen: K 1, depth 1. An outlier x whose nearest is the added image b,
+    while b's nearest is c1: b's one search does not see x, so x's list misses b (a rebuild has it)
+    and b's row and every other row are exact. With the default depth (4 K) the same adds are exact."""
     from indexer.update import add_vectors, build_graph
 
-    index_dir = tmp_path / "index"
-    shutil.copytree(plain, index_dir)
-    build_graph(index_dir, 2)
-    batches = [_batch(index_dir, 10, tag, seed) for seed, tag in enumerate("xyz")]
-    added = []
-    for images, vectors in batches:
-        added += add_vectors(index_dir, images, vectors).ids
-    stored, rebuilt = _stored_and_rebuilt(index_dir)
-    manifest = read_manifest(index_dir)
-    depth = int(manifest["graph"]["depth"])
-    assert depth == 8
-    for node, ours, exact in zip(stored.ids, stored.neighbours, rebuilt.neighbours, strict=True):
-        if np.array_equal(ours, exact):
-            continue
-        missed = [int(i) for i in set(exact.tolist()) - set(ours.tolist()) if i in added]
-        assert missed, f"row {node} differs without a missed added image"
-        for other in missed:
-            vector = np.stack([v for ids, vs in live_chunks(index_dir, manifest) for i, v in zip(ids, vs, strict=True) if i == other])
-            found, _ = exact_neighbours(vector, np.array([other]), live_chunks(index_dir, manifest), depth)
-            assert node not in found[0], f"row {node} missed {other} though it is among its {depth} nearest"
+    def unit(*pairs):
+        from indexer.manifest import read_manifest
+
+        v = np.zeros(int(read_manifest(plain)["dim"]), np.float32)
+        for axis, value in pairs:
+            v[axis] = value
+        return v / np.linalg.norm(v)
+
+    def image(tag):
+        return (f"/elsewhere/{tag}.jpg", hashlib.sha256(tag.encode()).hexdigest(), 64, 64)
+
+    first = [unit((0, 1)), unit((0, 1), (2, 0.1)), unit((1, 1), (0, 0.3))]  # c1, c2, x
+    b = unit((0, 1), (1, 0.5))
+    for depth, expect_miss in ((1, True), (None, False)):
+        index_dir = tmp_path / f"index-{depth}"
+        shutil.copytree(plain, index_dir)
+        build_graph(index_dir, 1, depth=depth)
+        ids = add_vectors(index_dir, [image(t) for t in ("c1", "c2", "x")], np.stack(first)).ids
+        b_id = add_vectors(index_dir, [image("b")], b[None, :]).ids[0]
+        stored, rebuilt = _stored_and_rebuilt(index_dir)
+        differ = [int(i) for i, ours, exact in zip(stored.ids, stored.neighbours, rebuilt.neighbours, strict=True) if not np.array_equal(ours, exact)]
+        if expect_miss:
+            x = ids[2]
+            assert differ == [x]
+            assert rebuilt.rows([x])[x][0][0] == b_id and stored.rows([x])[x][0][0] == ids[0]  # x kept c1
+            assert stored.rows([b_id])[b_id][0][0] == ids[0]  # b's own nearest is c1, not x
+        else:
+            assert differ == []
 
 
 def test_a_graph_of_another_generation_is_refused_with_the_command_that_fixes_it(plain: Path, tmp_path: Path) -> None:
