@@ -486,10 +486,9 @@ def nmf(
     U, V = _initial_factors(X, mask, k, seed)
     n_valid = mask.sum(dim=1).tolist()
     if sparse is None:
+        nonzeros = torch.count_nonzero(X.flatten(1), dim=1).tolist() if X.device.type == "cpu" else [0] * B
         use_sparse = [
-            X.device.type == "cpu"
-            and n_b > 0
-            and int(torch.count_nonzero(X[b])) <= SPARSE_DENSITY * n_b * X.shape[2]
+            X.device.type == "cpu" and n_b > 0 and nonzeros[b] <= SPARSE_DENSITY * n_b * X.shape[2]
             for b, n_b in enumerate(n_valid)
         ]
     else:
