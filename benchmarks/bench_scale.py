@@ -204,7 +204,10 @@ def _cli_build(folder: Path, out: Path, shard_size: int, env: dict, *ray: str) -
     command = [sys.executable, "-m", "indexer.cli", "build", str(folder), "--out", str(out), "--overwrite",
                "--threads", "1", "--shard-size", str(shard_size), "--quiet", "--json", *ray]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    # a session of its own, as Ray gives its workers (raylet runs in a new session): with Linux's
+    # autogroup scheduling each session gets an equal share of a busy machine, so a build in this
+    # script's session would share one share with the script while a Ray worker had a whole one
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, start_new_session=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
