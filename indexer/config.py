@@ -52,8 +52,9 @@ class IndexConfig:
     # compute threads (torch intra-op, FAISS, BLAS); 0 = the CPUs free of other work (descriptors.threads)
     threads: int = 0
     device: str = "cpu"
-    # the NMF solver of sparse CPU items (descriptors.nmf.SOLVERS; same factors up to rounding):
-    # auto = numba-mu when numba is installed, else torch-sparse. A run-time choice, not in the manifest.
+    # the NMF solver of sparse CPU items (descriptors.nmf.SOLVERS): auto = numba-mu when numba is
+    # installed, else torch-sparse; numba-hals / torch-hals run HALS (faster, lower V·U mAP). Its algorithm (hals or mu) is recorded in the manifest
+    # (DescriptorConfig.nmf_algorithm), which the searcher then follows; the implementation is not.
     nmf_solver: str = "auto"
     # backbone runtime (descriptors.runtimes): auto = the fastest installed for the device
     # (OpenVINO, ONNX Runtime, torch); recorded in the manifest, which the searcher then uses
@@ -103,10 +104,12 @@ class IndexConfig:
 
     def descriptor_config(self):
         """The descriptors.pipeline.DescriptorConfig these settings describe."""
+        from descriptors.nmf import algorithm_of
         from descriptors.pipeline import DescriptorConfig
 
         return DescriptorConfig(
-            method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed
+            method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed,
+            nmf_algorithm=algorithm_of(self.nmf_solver),
         )
 
     def extraction_fingerprint(self) -> dict:
