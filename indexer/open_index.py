@@ -270,17 +270,17 @@ def index_info(index_dir: str | Path) -> dict:
         for p in sorted([*index_dir.iterdir(), *_segment_files(index_dir)])
         if p.is_file() and not p.name.startswith(".")
     }
-    info["live"]["factor_rows_bytes_per_image"] = _factor_rows_bytes_per_image(info)
+    if has_factor_rows(info):
+        info["factor_rows_on_disk"] = _factor_rows_on_disk(info)
     return info
 
 
-def _factor_rows_bytes_per_image(info: dict) -> float:
+def _factor_rows_on_disk(info: dict) -> dict:
     """Bytes of re-ranking rows on disk (rows + offsets files, headers included; removed images'
-    rows until a compaction) per indexed image, 0 when the index has none."""
-    if not has_factor_rows(info):
-        return 0.0
+    rows until a compaction), in all and per indexed image."""
     files = [f for s in info["segments"] for key, f in s["files"].items() if key.startswith("factor_rows")]
-    return round(sum(info["files"].get(f, 0) for f in files) / max(1, int(info["live"]["catalog_indexed"])), 1)
+    total = sum(info["files"].get(f, 0) for f in files)
+    return {"bytes": total, "bytes_per_image": round(total / max(1, int(info["live"]["catalog_indexed"])), 1)}
 
 
 def _segment_files(index_dir: Path) -> list[Path]:

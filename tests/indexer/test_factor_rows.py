@@ -33,7 +33,7 @@ def test_factor_rows_follow_build_add_remove_compact_and_match_their_own_image(p
             assert scores.argmax() == image_id and scores[image_id] > 0.98
     info = index_info(out)
     # 8 images x 4 rows x 128 bytes + 9 offsets x 8 bytes + two .npy headers (128 bytes each)
-    assert info["live"]["factor_rows_bytes_per_image"] == round((8 * 4 * 128 + 9 * 8 + 2 * 128) / 8, 1)
+    assert info["factor_rows_on_disk"]["bytes_per_image"] == round((8 * 4 * 128 + 9 * 8 + 2 * 128) / 8, 1)
 
     assert remove_images(out, ids=[2]) == 1
     extra = tmp_path / "extra.jpg"
@@ -65,4 +65,4 @@ def test_an_add_of_vectors_without_rows_stores_none_for_them_and_rerank_dim_zero
     with open_index(without) as index:
         assert "factor_rows" not in index.manifest and not index.has_factor_rows
         assert index.factor_rows([0])[0].shape == (0, 0)
-    assert index_info(without)["live"]["factor_rows_bytes_per_image"] == 0
+    assert "factor_rows_on_disk" not in index_info(without)
