@@ -138,7 +138,7 @@ class Abuse:
     def client(self):
         from searcher.client import SearchClient
 
-        return SearchClient("127.0.0.1", self.port, timeout=self.timeout)
+        return SearchClient("127.0.0.1", self.port, timeout=self.timeout, retries=0)  # the server's refusals, not the client's retries
 
     def call(self, kind: str, fn, *args, **kwargs):
         """One RPC; refused as busy (`--max-in-flight`), it is retried with backoff as a well-behaved
@@ -208,7 +208,7 @@ def normal_p50(port: int, data: bytes, count: int, timeout: float) -> float:
     from searcher.client import SearchClient
 
     times = []
-    with SearchClient("127.0.0.1", port, timeout=timeout) as client:
+    with SearchClient("127.0.0.1", port, timeout=timeout, retries=0) as client:
         for _ in range(count):
             start = time.perf_counter()
             client.search(data, top_k=10)

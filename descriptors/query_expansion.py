@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["expand_query"]
+__all__ = ["ALPHA_QE", "EXPANSIONS", "expand_query"]
+
+# the query expansions the searcher and dff-eval offer: average QE, alpha-QE, diffusion on the
+# database's k-NN graph (descriptors.diffusion; the searcher needs the graph stored with the index)
+EXPANSIONS = ("average", "alpha", "diffusion")
+ALPHA_QE = 3.0  # alpha-QE's exponent (Radenovic et al.)
 
 
 def expand_query(query: np.ndarray, neighbours: np.ndarray, depth: int, alpha: float = 0.0) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic_files import atomic_write
 
 # fastest first, as measured on the CPU (benchmarks/bench_descriptors.py, efficientnet-lite0 320 px)
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
@@ -95,15 +96,16 @@ def exported_onnx(backbone) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     trunk = backbone.trunk.to(memory_format=torch.contiguous_format).cpu().eval()
     try:
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            partial = Path(tmp) / path.name
+        def export(temp: str) -> None:
             dummy = torch.zeros(1, 3, 224, 288)
             torch.onnx.export(
-                trunk, (dummy,), str(partial), input_names=["images"], output_names=["activations"],
+                trunk, (dummy,), temp, input_names=["images"], output_names=["activations"],
                 dynamic_axes={"images": {0: "n", 2: "height", 3: "width"}, "activations": {0: "n", 2: "h", 3: "w"}},
                 opset_version=OPSET, dynamo=False,
             )
-            os.replace(partial, path)  # atomic: a concurrent exporter or a crash never leaves half a file
+
+        # atomic: a concurrent exporter or a crash never leaves half a file
+        atomic_write(path, export, suffix=".onnx")
     finally:
         if backbone.channels_last:
             backbone.trunk.to(memory_format=torch.channels_last)

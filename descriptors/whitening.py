@@ -8,12 +8,12 @@ unit variance along it when ``shrinkage`` is 0).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic_files import atomic_write
 
 __all__ = ["InsufficientSamplesError", "PCAWhitening"]
 
@@ -119,12 +119,9 @@ class PCAWhitening:
         return (centered @ torch.from_numpy(self.projection)).numpy()
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an ``.npz`` atomically (temp file in the same folder, then ``os.replace``)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        """Write an ``.npz`` atomically (`descriptors.atomic_files`)."""
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
                 np.savez(
                     handle,
                     format_version=np.int64(_FORMAT_VERSION),
@@ -133,11 +130,8 @@ class PCAWhitening:
                     eigenvalues=self.eigenvalues,
                     shrinkage=np.float64(self.shrinkage),
                 )
-            os.replace(tmp_name, target)
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
+
+        atomic_write(path, write, suffix=".npz", mkdir=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PCAWhitening:

@@ -18,10 +18,8 @@ in docs/results.md: identical mAP to 0.1 with float32).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from descriptors.atomic_files import atomic_write
 from descriptors.backbones import Backbone, file_sha256
 from descriptors.encode import crop_to_box
 from descriptors.images import decode_image, full_size
@@ -119,15 +118,11 @@ class ActivationCache:
 
     @staticmethod
     def _write_atomically(target: Path, activation: np.ndarray, image_wh: tuple[int, int]) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
                 np.savez(handle, activation=activation, image_wh=np.asarray(image_wh, dtype=np.int64))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(target, write, suffix=".npz", mkdir=True)
 
     def ensure(
         self, requests: Sequence[ImageRequest], progress: bool | None = None, label: str = "activations"

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from descriptors.aggregate import aggregate_rows, l2_normalize_rows
 from descriptors.encode import rows_by_method
 from descriptors.pipeline import NMF_METHODS, DescriptorConfig, local_descriptors_by_method
-from descriptors.query_expansion import expand_query
+from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
 from descriptors.rerank import RowCodec, row_features
 from descriptors.whitening import PCAWhitening
 from evaluation.cache import ActivationCache, Box, ImageRequest
@@ -225,10 +225,8 @@ def rerank_rankings(
     return out
 
 
-# query expansions dff-eval measures: average QE, alpha-QE (alpha 3), diffusion on the k-NN graph
-EXPANSIONS = ("average", "alpha", "diffusion")
-ALPHA_QE = 3.0
-DIFFUSION_K = 10  # neighbours per database image in the graph, and seeds per query
+# query expansions dff-eval measures: the searcher's (descriptors.query_expansion.EXPANSIONS):
+# average QE, alpha-QE (ALPHA_QE), diffusion on the k-NN graph (k-NN DIFFUSION_K)
 
 
 def rank_pipeline(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from descriptors.atomic_files import atomic_write_text
 from evaluation.datasets.protocols import Coverage
 
 SCORE_KEYS = ("map", "map_easy", "map_medium", "map_hard", "mean_iou", "iou_at_0.5")
@@ -133,20 +132,12 @@ def format_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(report: EvalReport, path: str | Path) -> None:
-    _write_text_atomically(Path(path), json.dumps(report.as_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(report.as_dict(), indent=2) + "\n", mkdir=True)
 
 
 def write_markdown(report: EvalReport, path: str | Path) -> None:
-    _write_text_atomically(Path(path), format_markdown(report))
+    atomic_write_text(path, format_markdown(report), mkdir=True)
 
 
 def write_bar_chart(report: EvalReport, path: str | Path) -> None:

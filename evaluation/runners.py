@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from descriptors.backbones import load_backbone
+from descriptors.diffusion import DIFFUSION_K
 from descriptors.images import IMAGE_EXTENSIONS, iter_image_files
 from descriptors.pipeline import NMF_METHODS
 from evaluation.cache import ActivationCache, ImageRequest
@@ -12,7 +13,7 @@ from evaluation.config import EvalConfig
 from evaluation.datasets.instance import find_ground_truth
 from evaluation.datasets.protocols import Coverage, apply_protocol, present_images
 from evaluation.datasets.semantic import load_semantic_dataset
-from evaluation.encode import DIFFUSION_K, MethodEncoder, rank_pipeline
+from evaluation.encode import MethodEncoder, rank_pipeline
 from evaluation.metrics import compute_map, compute_map_revisited, map_at_k
 from evaluation.report import EvalReport, MethodResult
 
@@ -104,27 +105,38 @@ def run_instance(
             return {f"map_{k}": v for k, v in compute_map_revisited(ranking.T, gnd).items()}
         return {"map": compute_map(ranking.T, gnd).map}
 
+    results, whitening = _sweep_results(
+        config, db_requests, query_requests, [q.box for q in evalset.queries], exclude, score
+    )
+    return _report(config, evalset.dataset, evalset.protocol, evalset.coverage, results, whitening, cache=config.cache_dtype)
+
+
+def _report(config: EvalConfig, dataset: str, protocol: str, coverage, results, whitening: str, **settings) -> EvalReport:
+    settings = {
+        "image_size": ",".join(map(str, config.sweep_sizes())),
+        "whitening": whitening,
+        "k": ",".join(map(str, config.sweep_ks())),
+        **settings,
+        "rerank_dim": config.rerank_dim,
+    }
+    report = EvalReport(dataset, protocol, coverage, results, settings)
+    if len(_sweep(config)) > 1:
+        report.pick_best()
+    return report
+
+
+def _sweep_results(config, db_requests, query_requests, boxes, exclude, score) -> tuple[list[MethodResult], str]:
+    """Every sweep point (image size x K) x method x ranking variant, scored by `score(ranking)`;
+    the instance and semantic runners' one loop. Returns (results, whitening description)."""
     results, whitening = [], "none"
     for size, k, methods in _sweep(config):
         encoder = _make_encoder(config, size, k, methods)
         whitening = _maybe_whiten(encoder, config, query_requests)
         database = encoder.database(db_requests)
-        # leave-one-out queries are full database images: their database descriptors are reused
-        queries = encoder.queries_reusing_database(
-            query_requests, [q.box for q in evalset.queries], db_requests, database
-        )
+        # queries that are database images (leave-one-out, semantic) reuse their descriptors
+        queries = encoder.queries_reusing_database(query_requests, boxes, db_requests, database)
         results += _evaluate(config, encoder, database, queries, exclude, score, size, k)
-    settings = {
-        "image_size": ",".join(map(str, config.sweep_sizes())),
-        "whitening": whitening,
-        "k": ",".join(map(str, config.sweep_ks())),
-        "cache": config.cache_dtype,
-        "rerank_dim": config.rerank_dim,
-    }
-    report = EvalReport(evalset.dataset, evalset.protocol, evalset.coverage, results, settings)
-    if len(_sweep(config)) > 1:
-        report.pick_best()
-    return report
+    return results, whitening
 
 
 def _evaluate(config, encoder, database, queries, exclude, score, size, k) -> list[MethodResult]:
@@ -161,26 +173,8 @@ def run_semantic(dataset: str, root: str | Path, config: EvalConfig) -> EvalRepo
         rankings = [row[row != q][: config.at] for row, q in zip(ranks, self_index, strict=True)]
         return {"map": map_at_k(rankings, relevant, config.at)}
 
-    results, whitening = [], "none"
-    for size, k, methods in _sweep(config):
-        encoder = _make_encoder(config, size, k, methods)
-        whitening = _maybe_whiten(encoder, config, query_requests)
-        database = encoder.database(requests)
-        queries = encoder.queries_reusing_database(
-            query_requests, [q.box for q in ds.queries], requests, database
-        )
-        for result in _evaluate(config, encoder, database, queries, self_index, score, size, k):
-            result.extra["at"] = config.at
-            results.append(result)
+    results, whitening = _sweep_results(config, requests, query_requests, [q.box for q in ds.queries], self_index, score)
+    for result in results:
+        result.extra["at"] = config.at
     coverage = Coverage(len(ds.queries), ds.queries_total, len(ds.images), ds.images_total)
-    settings = {
-        "image_size": ",".join(map(str, config.sweep_sizes())),
-        "whitening": whitening,
-        "k": ",".join(map(str, config.sweep_ks())),
-        "mAP@": config.at,
-        "rerank_dim": config.rerank_dim,
-    }
-    report = EvalReport(ds.name, f"semantic mAP@{config.at}", coverage, results, settings)
-    if len(_sweep(config)) > 1:
-        report.pick_best()
-    return report
+    return _report(config, ds.name, f"semantic mAP@{config.at}", coverage, results, whitening, **{"mAP@": config.at})

@@ -1,4 +1,4 @@
-"""`dff-index build|add|remove|list|compact|info`: the command line over the indexer's Python API.
+"""`dff-index build|add|remove|list|compact|graph|info`: the command line over the indexer's Python API.
 
 Exit status: 0 done; 1 `remove` found none of the requested images (nothing changed); 2 bad input.
 """
@@ -16,9 +16,10 @@ from .build import build_index
 from .compact import compact_index
 from .config import DESCRIPTOR_METHODS, IndexConfig
 from .errors import IndexerError, ManifestMismatchError
+from .graph import DEFAULT_GRAPH_K
 from .manifest import manifest_settings, read_manifest
 from .open_index import index_info, list_images
-from .update import add_images, remove_images
+from .update import add_images, build_graph, remove_images
 
 
 def _add_runtime_flags(
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         help="extract on a Ray cluster: no ADDRESS starts a local one, 'auto' joins the running one, "
         "or ray://host:10001 (needs the [ray] extra; every node must see FOLDER at the same path)",
     )
+    build.add_argument(
+        "--graph", type=int, default=0, metavar="K",
+        help="also build the diffusion k-NN graph (K neighbours per image; dff-serve --expansion diffusion); "
+        "0: none (default; O(N^2) exact, `dff-index graph` adds it later)",
+    )
     build.add_argument("--cpus-per-worker", type=float, default=IndexConfig.cpus_per_worker, help="with --ray")
     build.add_argument("--gpus-per-worker", type=float, default=IndexConfig.gpus_per_worker, help="with --ray")
     _add_runtime_flags(
@@ -104,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
 
     compact = sub.add_parser("compact", help="fold added segments and removals into a fresh FAISS index (atomic)")
     compact.add_argument("index_dir")
+
+    graph = sub.add_parser(
+        "graph", help="(re)build the diffusion k-NN graph of an index (kept up to date by add/remove/compact)"
+    )
+    graph.add_argument("index_dir")
+    graph.add_argument("--k", type=int, default=DEFAULT_GRAPH_K, help=f"neighbours per image (default {DEFAULT_GRAPH_K})")
 
     info = sub.add_parser("info", help="print the manifest and counts of an index")
     info.add_argument("index_dir")
@@ -149,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.workers is not None:
                 config = config.replace(**({"ray_workers": args.workers} if args.ray else {"workers": args.workers}))
+            if args.graph < 0:
+                raise ValueError(f"--graph must be >= 0 (0: no graph), got {args.graph}")
             summary = build_index(args.folder, args.out, config, progress=not args.quiet)
+            if args.graph:
+                build_graph(args.out, args.graph)
             print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
         elif args.command == "add":
             _check_add_expectations(args)
@@ -176,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_listing(list_images(args.index_dir, include_skipped=args.all), args.json)
         elif args.command == "compact":
             print(json.dumps(compact_index(args.index_dir), indent=2))
+        elif args.command == "graph":
+            commit = build_graph(args.index_dir, args.k)
+            graph = commit.manifest["graph"]
+            print(f"diffusion graph of {args.index_dir}: {graph['files'][0]['count']} images x {graph['k']} neighbours (generation {graph['generation']})")
         elif args.command == "info":
             print(json.dumps(index_info(args.index_dir), indent=2, sort_keys=True))
     except (IndexerError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

@@ -5,8 +5,9 @@ One new generation: the vectors of every image visible now go into one dense seg
 `factor_rows.<G>.npy` + `factor_rows_offsets.<G>.npy`, removed images with no rows), the FAISS index with the segments added and the removed ids
 physically gone (rebuilt from the kept vectors where the index type cannot remove) into
 `index.<G>.faiss`, and the manifest naming both is renamed into place, the commit point. Then
-the catalog forgets the rows removed before, and the files no manifest names are deleted. O(N)
-work, done when the user asks, so that adds and removes stay O(batch) and opening stays fast.
+the catalog forgets the rows removed before, and the files no manifest names are deleted. A
+diffusion graph (`indexer.graph`) is rebuilt from scratch in the same commit (O(N^2 d)). O(N)
+work otherwise, done when the user asks, so that adds and removes stay O(batch) and opening stays fast.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .config import FORMAT_VERSION
 from .factor_rows import OFFSETS, ROWS, dense_writers
 from .faiss_index import faiss_writer, remove_ids
 from .generations import begin_write, remove_unreferenced
+from .graph import graph_entry_after
 from .manifest import CATALOG_NAME, write_manifest
 from .open_index import OpenIndex
 from .storage import atomic_write, crash_point, exclusive_lock
@@ -68,6 +70,11 @@ def compact_index(index_dir: str | Path) -> dict:
         new["faiss"] = dict(manifest["faiss"], file=faiss_name, generation=generation)
         new["segments"] = [{"generation": generation, "first_id": 0, "count": n_rows, "files": files}]
         new["tombstones"] = []
+        if manifest.get("graph"):  # rebuilt: the lists that removals shortened are full again
+            new["graph"] = graph_entry_after(
+                index_dir, manifest, new, generation, np.zeros(0, np.int64), None, rebuild_k=int(manifest["graph"]["k"]),
+                depth=int(manifest["graph"]["depth"]),
+            )
         write_manifest(index_dir, new)  # the commit point
         catalog.purge_removed(generation)
         crash_point("compact: catalog purged")

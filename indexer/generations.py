@@ -19,7 +19,8 @@ Other per-image arrays ride along as more entries of a segment's `files` (`{"vec
 "<name>": ...}`, `commit_generation(arrays=...)`), row-aligned with the vectors; variable-length
 rows go as `<name>` (concatenated) + `<name>_offsets` (n+1 row offsets): the re-ranking rows
 (`indexer/factor_rows.py`: `factor_rows`, `factor_rows_offsets`). Compaction folds them the same
-way it folds the vectors.
+way it folds the vectors. The diffusion k-NN graph (`indexer.graph`), when the index has
+one, is updated by every commit here, its delta file written before the manifest that names it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from .catalog import SKIPPED_PREFIX, Catalog, CatalogRow
 from .config import FORMAT_VERSION
+from .graph import graph_entry_after, graph_files
 from .manifest import FAISS_NAME, SEGMENTS_DIR, VECTORS_NAME, read_manifest, write_manifest
 from .storage import atomic_write
 
@@ -63,6 +65,7 @@ def referenced_files(manifest: dict) -> set[str]:
     for segment in manifest["segments"]:
         names.update(segment["files"].values())
     names.update(t["file"] for t in manifest["tombstones"])
+    names.update(graph_files(manifest))
     return names
 
 
@@ -126,12 +129,16 @@ def commit_generation(
     vectors: np.ndarray | None = None,
     remove: Mapping[int, CatalogRow] | None = None,
     next_id: int | None = None,
+    rebuild_graph_k: int | None = None,
+    graph_depth: int | None = None,
     arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Commit:
     """Write generation G+1: `vectors` (rows of the indexed rows of `insert`, in id order, ids
     contiguous) as a new segment, with `arrays` (the segment's other row-aligned files, by name),
     the indexed ids of `remove` as a tombstone, the catalog, then the manifest. Work and I/O are
-    proportional to the batch, not to the index."""
+    proportional to the batch, not to the index, except for the diffusion graph when the index has
+    one (`indexer.graph`: its delta is written in the same commit, one exact search per added
+    image) or `rebuild_graph_k` asks for a full build."""
     generation = int(manifest["generation"]) + 1
     insert = list(insert)
     remove = dict(remove or {})
@@ -158,6 +165,11 @@ def commit_generation(
         name = segment_name(generation, "removed")
         atomic_write(index_dir / name, _npy_writer(removed_ids), suffix=".npy")
         new["tombstones"].append({"generation": generation, "file": name, "count": len(removed_ids)})
+    graph = graph_entry_after(
+        index_dir, manifest, new, generation, added_ids, vectors, rebuild_k=rebuild_graph_k, depth=graph_depth
+    )
+    if graph is not None:
+        new["graph"] = graph
     catalog.apply(insert=insert, generation=generation, remove_ids=sorted(remove))
     new["counts"] = _counts_after(manifest["counts"], insert, remove.values())
     new["next_id"] = int(next_id if next_id is not None else manifest.get("next_id", 0))

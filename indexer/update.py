@@ -23,7 +23,8 @@ from .errors import NoImagesError
 from .extraction import progress_bar, run_extraction
 from .factor_rows import encode_rows, has_factor_rows, load_codec, pack
 from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path, stat_key
-from .generations import Commit, begin_write, commit_generation
+from .generations import Commit, begin_write, commit_generation, remove_unreferenced
+from .graph import DEFAULT_GRAPH_K
 from .manifest import (
     CATALOG_NAME,
     WHITENING_NAME,
@@ -295,6 +296,21 @@ def remove_images_committed(
             return 0, None
         commit = commit_generation(index_dir, manifest, catalog, remove=rows)
         return sum(r.indexed for r in rows.values()), commit
+
+
+def build_graph(index_dir: str | Path, k: int = DEFAULT_GRAPH_K, depth: int | None = None) -> Commit:
+    """(Re)build the diffusion k-NN graph of the live images (`indexer.graph`) as one new
+    generation: the graph file, then the manifest naming it. O(N^2 d) exact, in chunks. `depth`:
+    how many nearest of an added image later updates search for lists to merge it into
+    (default 4 k; see the bound in `indexer.graph`)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"graph k must be an int >= 1, got {k!r}")
+    index_dir = Path(os.path.abspath(index_dir))
+    with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
+        manifest = begin_write(index_dir, catalog)
+        commit = commit_generation(index_dir, manifest, catalog, rebuild_graph_k=int(k), graph_depth=depth)
+        remove_unreferenced(index_dir, commit.manifest)  # the graph files it replaced
+        return commit
 
 
 def resolve_paths(index_dir: str | Path, stored: Sequence[str]) -> list[str]:

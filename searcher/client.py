@@ -21,13 +21,39 @@ import grpc
 from dffsearch.v1 import search_pb2, search_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from descriptors.query_expansion import EXPANSIONS
+
 from .auth import read_token_file
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_RETRIES = 3
+
+# RPCs that change nothing, so gRPC may safely send them again. AddImages/RemoveImages are not
+# retried: a retry after a lost answer would be a second write the caller did not ask for.
+_IDEMPOTENT_METHODS = ("Search", "GetImage", "GetIndexInfo")
+
+
+def retry_service_config(retries: int) -> str:
+    """gRPC's own retry policy (a channel service config): read-only RPCs refused with
+    RESOURCE_EXHAUSTED (`dff-serve --max-in-flight`) or UNAVAILABLE (a draining or restarting
+    server) are sent again up to `retries` times with exponential, jittered backoff (0.1 s doubling
+    up to 2 s), always within the call's deadline."""
+    policy = {
+        "maxAttempts": retries + 1,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"],
+    }
+    names = [{"service": "dffsearch.v1.SearchService", "method": m} for m in _IDEMPOTENT_METHODS]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
 class SearchClient:
-    """A connection to `dff-serve`. Methods raise `grpc.RpcError` (`.code()`, `.details()`)."""
+    """A connection to `dff-serve`. Methods raise `grpc.RpcError` (`.code()`, `.details()`).
+
+    Read-only calls refused because the server is busy or restarting are retried by gRPC itself
+    (`retries` times, backoff; see `retry_service_config`); `retries=0` turns that off."""
 
     def __init__(
         self,
@@ -37,12 +63,18 @@ class SearchClient:
         tls_ca: str | Path | bytes | None = None,
         timeout: float | None = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
+        if retries < 0 or retries > 4:  # gRPC caps maxAttempts at 5
+            raise ValueError(f"retries must be between 0 and 4, got {retries}")
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", int(retries > 0)),
         ]
+        if retries > 0:
+            options.append(("grpc.service_config", retry_service_config(retries)))
         if tls_ca is not None:
             root = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options)
@@ -92,6 +124,7 @@ class SearchClient:
         return_heatmaps: bool = False,
         timeout: float | None = None,
         return_concepts: bool = False,
+        expansion: str = "",
         rerank: int | None = None,
     ) -> search_pb2.SearchResponse:
         """`rerank`: re-rank the first N results by the stored factor rows (None: the server's
@@ -99,7 +132,7 @@ class SearchClient:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
-            return_heatmaps=return_heatmaps, return_concepts=return_concepts,
+            return_heatmaps=return_heatmaps, return_concepts=return_concepts, expansion=expansion,
         )
         if rerank is not None:  # absent: the server's default depth
             request.rerank = int(rerank)
@@ -228,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box", type=parse_box, help="region of interest x0,y0,x1,y1 in pixels of IMAGE")
     parser.add_argument("--top-k", type=_count(1), default=10, help="results to return (1 or more)")
     parser.add_argument(
-        "--qe", type=_count(0), default=0, help="query expansion: average with the top n (0 = off)"
+        "--qe", type=_count(0), default=0, help="query expansion with the top n (0 = off)"
+    )
+    parser.add_argument(
+        "--expansion", choices=EXPANSIONS, default="average",
+        help="with --qe: average QE, alpha-QE, or diffusion on the index's k-NN graph (needs `dff-index graph`)",
     )
     parser.add_argument(
         "--rerank", type=_count(0), default=None, metavar="N",
@@ -286,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             response = client.search(
                 args.image, box=args.box, top_k=args.top_k, query_expansion=args.qe, localize=args.localize,
+                expansion=args.expansion,
                 return_heatmaps=args.show is not None and args.localize, rerank=args.rerank,
             )
         except grpc.RpcError as exc:

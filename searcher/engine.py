@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from descriptors.atomic_files import atomic_write_bytes
 from descriptors.encode import backbone_input, decode_options
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
-from descriptors.query_expansion import expand_query
+from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
 from descriptors.rerank import DEFAULT_DEPTH, MatchKernel, rerank_top
+from indexer.graph import GraphAffinity
 
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
@@ -171,6 +173,7 @@ class SearchEngine:
         config.index_dir = Path(config.index_dir)
         self.config = config
         self._index = indexer.open_index(config.index_dir)
+        self._graph = GraphAffinity()  # the diffusion graph, loaded by the first diffusion query
         self.extractor = indexer.build_extractor(self._index.manifest, config.device)
         self.backbone = self.extractor.backbone
         self._write_lock = threading.Lock()  # one writer at a time
@@ -243,13 +246,16 @@ class SearchEngine:
         with_heatmaps: bool = False,
         with_concepts: bool = False,
         deadline: float | None = None,
+        expansion: str = "",
         rerank: int | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant.
+        `expansion`: average (default, also ""), alpha or diffusion (descriptors.query_expansion).
         `rerank`: re-rank the first-stage top N by the match kernel of the query's rows (a box
         query: the factors the box kept) with each result's stored rows (None: the configured
         depth; 0: off); an index without stored rows is searched without, with a note."""
         self._check_numbers(top_k, query_expansion, localize)
+        expansion = self._check_expansion(expansion)
         depth = self._rerank_depth(rerank)
         clock = StageClock(deadline)
         with clock.stage("decode"):
@@ -276,7 +282,8 @@ class SearchEngine:
                 notes.append(NO_FACTOR_ROWS_NOTE)
                 depth = 0
             scores, ids = self._rank(
-                index, descriptor, int(top_k), int(query_expansion), clock, rows=rows if depth else None, rerank=depth
+                index, descriptor, int(top_k), int(query_expansion), clock, expansion=expansion, graph=self._graph,
+                rows=rows if depth else None, rerank=depth,
             )
             keep = ids >= 0
             scores, ids = scores[keep], ids[keep]
@@ -396,9 +403,7 @@ class SearchEngine:
             target = Path(os.path.abspath(uploads / f"{digest}{extension}"))
             created = not target.exists()
             if created:
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                atomic_write_bytes(target, data)
             stored[position] = (key, target, digest, created)
         outcomes: dict[str, object] = {}
         if stored:
@@ -483,6 +488,22 @@ class SearchEngine:
     # ------------------------------------------------------------------------------------------
     # internals
 
+    def _check_expansion(self, expansion: str) -> str:
+        expansion = expansion or "average"
+        if expansion not in EXPANSIONS:
+            raise InvalidQueryError(
+                "bad-expansion", f"expansion={expansion!r} is not one of {', '.join(EXPANSIONS)}"
+            )
+        if expansion == "diffusion":
+            from indexer.errors import IndexFormatError
+
+            try:
+                with self._index_guard.read():
+                    self._graph.get(self._index)
+            except IndexFormatError as exc:  # no graph, or a stale one: say how to build it
+                raise InvalidQueryError("no-diffusion-graph", f"expansion=diffusion: {exc}") from exc
+        return expansion
+
     def _check_numbers(self, top_k: int, query_expansion: int, localize: bool = False) -> None:
         if not 1 <= int(top_k) <= self.config.max_top_k:
             raise InvalidQueryError(
@@ -539,45 +560,71 @@ class SearchEngine:
     def _rerank(index, rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, depth: int, clock: StageClock):
         """The first `depth` of (scores, ids) reordered by the match kernel of the query's `rows`
         with each one's stored rows (`descriptors.rerank.rerank_top`, as dff-eval); their scores
-        become kernel scores (1: the same rows), the rest keep their place and cosine score."""
+        become kernel scores (1: the same rows), the rest keep their place and cosine score.
+        Returns (scores, ids, each one's first-stage cosine), the cosines for diffusion's seeds."""
         keep = ids >= 0
         scores, ids = scores[keep], ids[keep]
         if not depth or not len(ids):
-            return scores, ids
+            return scores, ids, scores
         head = ids[:depth]
         with clock.stage("rerank"):
             reordered, kernel_scores = rerank_top(head, index.encode_query_rows(rows), index.factor_rows(head), MatchKernel())
-        return np.concatenate([kernel_scores, scores[depth:]]).astype(np.float32), np.concatenate([reordered, ids[depth:]])
+        position = {int(i): at for at, i in enumerate(head)}
+        cosines = np.concatenate([scores[[position[int(i)] for i in reordered]], scores[depth:]])
+        return np.concatenate([kernel_scores, scores[depth:]]).astype(np.float32), np.concatenate([reordered, ids[depth:]]), cosines
 
     @staticmethod
     def _rank(
-        index, query: np.ndarray, top_k: int, depth: int, clock: StageClock, rows: np.ndarray | None = None, rerank: int = 0
+        index, query: np.ndarray, top_k: int, depth: int, clock: StageClock, expansion: str = "average", graph=None,
+        rows: np.ndarray | None = None, rerank: int = 0,
     ):
         # `index`: anything with .count, .search(queries, k) and .vectors(ids): an OpenIndex here,
         # the fan-out over shard deployments in searcher/ray_serve.py (+ .factor_rows(ids) and
         # .encode_query_rows(rows) to re-rank)
         """FAISS search, re-ranking and query expansion, in dff-eval's order (evaluation.encode.
         rank_pipeline): the first `rerank` results (with the query's local `rows`) re-ranked by
-        the match kernel; then average query expansion over the first `depth` of that list when
-        `depth` > 0 (descriptors.query_expansion), whose ranking is not re-ranked again. The first
-        search asks for max(top_k, depth, rerank) so that a short list cuts neither short."""
+        the match kernel; then query expansion over the first `depth` of that list when `depth` > 0
+        (descriptors.query_expansion / descriptors.diffusion), whose ranking is not re-ranked again:
+        `expansion` average or alpha re-searches with the expanded query; diffusion walks the
+        index's stored k-NN graph (`graph`: an `indexer.graph.GraphAffinity`) from them and returns
+        what it reaches, best first, then the rest of the first stage. The first search asks for
+        max(top_k, depth, rerank) so that a short list cuts neither short."""
         count = max(1, int(index.count))
         k = min(top_k, count)
         rerank = min(int(rerank), count) if rows is not None else 0
         with clock.stage("faiss"):
             scores, ids = index.search(query[None, :], max(k, min(depth, count), rerank))
-        scores, ids = SearchEngine._rerank(index, rows, scores[0], ids[0], rerank, clock)
+        scores, ids, cosines = SearchEngine._rerank(index, rows, scores[0], ids[0], rerank, clock)
         if depth > 0:
             with clock.stage("expansion"):
                 top = [int(i) for i in ids[:depth] if i >= 0]
-                if top:
+                if top and expansion == "diffusion":  # seeds weighted by their cosine, as dff-eval
+                    scores, ids = SearchEngine._diffuse(index, query, cosines, ids, depth, k, graph)
+                elif top:
                     neighbours = np.asarray(index.vectors(top), dtype=np.float32)
-                    expanded = expand_query(query, neighbours, depth)
+                    expanded = expand_query(query, neighbours, depth, alpha=ALPHA_QE if expansion == "alpha" else 0.0)
                     # not re-ranked again: a second re-ranking by the query's own rows undid the
                     # expansion in dff-eval (CroW box queries, QE 5: 87.8 -> 79.5 Medium)
                     scores, ids = index.search(expanded[None, :].astype(np.float32), k)
                     scores, ids = scores[0], ids[0]
         return scores[:k], ids[:k]
+
+    @staticmethod
+    def _diffuse(index, query, scores, ids, depth: int, k: int, graph):
+        from descriptors.diffusion import diffuse, diffusion_order
+
+        graph_ids, affinity = graph.get(index)
+        valid = ids >= 0
+        scores, ids = scores[valid], ids[valid]
+        at = np.minimum(np.searchsorted(graph_ids, ids), max(len(graph_ids) - 1, 0))
+        known = graph_ids[at] == ids if len(graph_ids) else np.zeros(len(ids), bool)
+        seeds = at[:depth][known[:depth]]
+        f = diffuse(seeds, scores[:depth][known[:depth]], affinity)
+        if f is None:
+            return scores, ids
+        ranked = graph_ids[diffusion_order(f, at[known])][:k]
+        cosines = np.asarray(index.vectors(ranked), np.float32) @ query.astype(np.float32)
+        return cosines, ranked
 
     @staticmethod
     def _apply_localization(outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:

@@ -241,6 +241,10 @@ class SearchIngress:
         if not 0 <= depth <= self.max_qe:
             self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
                        f"query_expansion={depth} is out of range; use 0 (off) to {self.max_qe}")
+        if request.expansion not in ("", "average"):  # the shards hold no diffusion graph
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"expansion={request.expansion!r}: the Ray Serve deployment serves average query expansion only; "
+                       "use dff-serve for alpha and diffusion")
         box = None
         if request.HasField("box"):
             box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1)

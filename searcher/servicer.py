@@ -109,12 +109,14 @@ class AdmissionGate:
         self.limit = limit
         self._lock = threading.Lock()
         self.in_flight = 0
+        self.refused = 0  # requests refused so far (tests and logs)
 
     def enter(self, method: str) -> None:
         if self.limit is None:
             return
         with self._lock:
             if self.in_flight >= self.limit:
+                self.refused += 1
                 raise RpcRefusal(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"dff-serve is busy: {self.in_flight} requests in flight, the most it takes at once "
@@ -289,6 +291,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 with_heatmaps=request.return_heatmaps,
                 with_concepts=request.return_concepts,
                 deadline=deadline,
+                expansion=request.expansion,
             )
             if self.metrics is not None:
                 self.metrics.observe_stages(outcome.stages_ms)

@@ -7,8 +7,9 @@ Keys given at AddImages time live in `uploads/keys.json` (file name -> key), rep
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from descriptors.atomic_files import atomic_write_text
 
 UPLOADS_DIR = "uploads"
 KEYS_FILE = "keys.json"
@@ -50,7 +51,5 @@ class UploadKeys:
             if name:
                 keys.pop(name, None)
         self.folder.mkdir(exist_ok=True)
-        tmp = self._path.with_name(f".{KEYS_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(keys, indent=1, sort_keys=True))
-        os.replace(tmp, self._path)
+        atomic_write_text(self._path, json.dumps(keys, indent=1, sort_keys=True))
         self._keys = keys

@@ -30,3 +30,30 @@ def test_diffusion_follows_the_manifold():
     ranking = diffusion_rank(sims, affinity, k=2, alpha=0.99, iterations=50)
     assert sorted(ranking.tolist()) == list(range(11))
     assert ranking.tolist().index(9) < ranking.tolist().index(10)
+
+
+def test_merge_neighbours_keeps_the_k_best_above_the_floor_and_raises_the_floor_when_it_cuts() -> None:
+    from descriptors.diffusion import merge_neighbours
+
+    ids = np.array([4, 7, -1])
+    sims = np.array([0.9, 0.5, -np.inf], np.float32)
+    # a list shortened by a removal (floor 0.4: it holds every node above 0.4): 0.3 may not enter
+    out = merge_neighbours(ids, sims, 0.4, np.array([9, 2]), np.array([0.3, 0.6], np.float32), 3)
+    assert out[0].tolist() == [4, 2, 7] and out[2] == 0.4
+    # a full list: the new node cuts the last one, and the floor becomes the new third similarity
+    out = merge_neighbours(out[0], out[1], out[2], np.array([5]), np.array([0.95], np.float32), 3)
+    assert out[0].tolist() == [5, 4, 2] and out[2] == np.float32(0.6)
+
+
+def test_exact_neighbours_over_chunks_equals_one_brute_force_pass() -> None:
+    from descriptors.diffusion import exact_neighbours
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    ids = np.arange(100, 150)
+    chunks = [(ids[i : i + 7], vectors[i : i + 7]) for i in range(0, 50, 7)]
+    found, sims = exact_neighbours(vectors[:5], ids[:5], chunks, 4)
+    full = vectors[:5] @ vectors.T
+    full[np.arange(5), np.arange(5)] = -np.inf
+    np.testing.assert_array_equal(found, ids[np.argsort(-full, axis=1)[:, :4]])
+    np.testing.assert_allclose(sims, np.sort(full, axis=1)[:, ::-1][:, :4], rtol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -139,6 +140,20 @@ def test_decodes_beyond_the_slots_wait_for_one_and_a_deadline_bounds_the_wait(en
     assert engine.search(data, top_k=1)[0].path.endswith("coffee.jpg")
 
 
+def _server_with_request_hold(engine, tmp_path: Path, max_in_flight: int):
+    """A server on the session's engine (4 handler threads) whose Searches wait in flight until
+    the test touches `hold/release` (searcher.servicer.RequestHold)."""
+    from searcher.servicer import RequestHold
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    running = start_server(
+        ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=max_in_flight), engine=engine
+    )
+    running.servicer.hold = RequestHold(hold)
+    return hold, running
+
+
 def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, photo_folder: Path, tmp_path: Path) -> None:
     """Requests beyond --max-in-flight are refused at once, so the threads left over answer health
     checks: with 4 handler threads and 6 searches held in flight by the test hook, health must
@@ -147,15 +162,11 @@ def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, ph
     from grpc_health.v1 import health_pb2
 
     from searcher.client import SearchClient
-    from searcher.servicer import RequestHold
-
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    running = start_server(ServerConfig(index=engine.config.index_dir, port=0, workers=4, max_in_flight=2), engine=engine)
-    running.servicer.hold = RequestHold(hold)
+    hold, running = _server_with_request_hold(engine, tmp_path, max_in_flight=2)
     query = (photo_folder / "coffee.jpg").read_bytes()
     try:
-        with SearchClient("127.0.0.1", running.port, timeout=120) as client, futures.ThreadPoolExecutor(6) as pool:
+        # retries=0: this test is about the server's refusal, not the client's retry policy
+        with SearchClient("127.0.0.1", running.port, timeout=120, retries=0) as client, futures.ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(client.search, query, top_k=1) for _ in range(6)]
             refused = []
             for call in futures.as_completed(calls):  # the admitted two wait on the hook: 4 come back
@@ -177,6 +188,37 @@ def test_health_answers_while_heavy_requests_hold_every_admitted_slot(engine, ph
     finally:
         (hold / "release").touch()
         running.server.stop(0).wait()  # not running.stop(): the engine is the session's
+
+
+def test_client_retries_busy_refusals_with_backoff_and_never_retries_writes(engine, photo_folder: Path, tmp_path: Path) -> None:
+    """SearchClient lets gRPC resend a Search refused with RESOURCE_EXHAUSTED: with one request
+    held in flight at --max-in-flight 1, a second Search is refused exactly 1 + retries times
+    (counted by the server) before the caller sees the refusal; with retries=0, once."""
+    from searcher.client import SearchClient
+    hold, running = _server_with_request_hold(engine, tmp_path, max_in_flight=1)
+    query = (photo_folder / "coffee.jpg").read_bytes()
+    try:
+        with SearchClient("127.0.0.1", running.port, timeout=120) as client, futures.ThreadPoolExecutor(1) as pool:
+            admitted = pool.submit(client.search, query, top_k=1)
+            for _ in range(600):  # wait until the first request is provably in flight
+                if (hold / "held").exists():
+                    break
+                time.sleep(0.05)
+            assert running.servicer.gate.in_flight == 1
+            for retries, attempts in ((2, 3), (0, 1)):
+                before = running.servicer.gate.refused
+                with SearchClient("127.0.0.1", running.port, timeout=120, retries=retries) as second, \
+                        pytest.raises(grpc.RpcError) as info:
+                    second.search(query, top_k=1)
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert running.servicer.gate.refused - before == attempts
+            (hold / "release").touch()
+            assert admitted.result(timeout=120).results
+    finally:
+        (hold / "release").touch()
+        running.server.stop(0).wait()
+    with pytest.raises(ValueError, match="retries"):
+        SearchClient("127.0.0.1", 1, retries=9)
 
 
 def test_max_in_flight_must_leave_threads_for_health_checks(tmp_path: Path) -> None:

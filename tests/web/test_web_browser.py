@@ -39,12 +39,16 @@ def page_url(web_index: Path, tmp_path: Path):
         assert web.stop(60) == 0, (tmp_path / "web.log").read_text()[-2000:]
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path):
+def _playwright_or_skip():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium) "
                     "or set DFF_CHROMIUM; .ci/run installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):
+    sync_api = _playwright_or_skip()
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
@@ -208,3 +212,72 @@ def test_search_with_a_box_in_a_real_browser(page_url: str, browser_page, tmp_pa
     assert "not an image" in page.locator("#error").inner_text()
     assert page.locator("#error").get_attribute("data-code") == "not-an-image"
     assert _card_names(page)[0] == wanted_name
+
+
+@pytest.fixture
+def phone_page(tmp_path: Path):
+    """A phone-sized page with a touch screen (390 x 844 CSS px, as an iPhone 12-15)."""
+    sync_api = _playwright_or_skip()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                          is_mobile=True, has_touch=True)
+            page = context.new_page()
+            page.set_default_timeout(SEARCH_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def _touch_drag(page, start: tuple[float, float], end: tuple[float, float], steps: int = 10) -> None:
+    """A one-finger drag through Chromium's own input pipeline (CDP touch events), so the page sees
+    the pointer events of a real touch screen (pointerType 'touch')."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
+    for step in range(1, steps + 1):
+        t = step / steps
+        point = {"x": start[0] + t * (end[0] - start[0]), "y": start[1] + t * (end[1] - start[1])}
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def test_phone_screen_and_touch_box(page_url: str, phone_page, tmp_path: Path) -> None:
+    """On a phone-sized touch screen the page is one column with no sideways scrolling, a box drawn
+    with a finger searches with that box, and a tap opens a result."""
+    page = phone_page
+    query_file = tmp_path / "coffee-and-cat.jpg"
+    composite_query().save(query_file, quality=90)
+    page.goto(page_url)
+    page.wait_for_selector("body[data-ready='1']")
+    page.set_input_files("#file-input", str(query_file))
+    _wait_for_results(page, "(whole image)")
+
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    query_panel = page.locator("#query-panel").bounding_box()
+    first_card = page.locator(".card").first.bounding_box()
+    assert query_panel["x"] >= 0 and query_panel["x"] + query_panel["width"] <= 390
+    assert first_card["y"] >= query_panel["y"] + query_panel["height"] - 1  # results below the query: one column
+
+    page.evaluate("() => { window.pointerTypes = new Set();"
+                  " document.getElementById('query-stage').addEventListener('pointerdown', e => window.pointerTypes.add(e.pointerType)); }")
+    page.locator("#query-img").scroll_into_view_if_needed()
+    img = page.locator("#query-img").bounding_box()
+    scale = img["width"] / 640
+    x0, y0, x1, y1 = CAT_BOX
+    _touch_drag(page, (img["x"] + (x0 + 4) * scale, img["y"] + (y0 + 3) * scale),
+                (img["x"] + (x1 - 4) * scale, img["y"] + (y1 - 3) * scale))
+    assert page.evaluate("() => [...window.pointerTypes]") == ["touch"]
+    _wait_for_results(page, "(query box)")
+    assert _card_names(page)[0] == "chelsea.jpg"
+    numbers = [float(v) for v in re.findall(r"\d+", page.locator("#box-readout").inner_text())[:4]]
+    # a finger on a 360 px wide image: one CSS pixel is ~1.8 image pixels
+    assert numbers[0] == pytest.approx(x0 + 4, abs=8) and numbers[2] == pytest.approx(x1 - 4, abs=8)
+    _shot(page, tmp_path, "web-phone.png")
+
+    page.locator(".card").first.locator(".thumb").tap()
+    page.wait_for_function("() => { const i = document.getElementById('viewer-img'); return i.complete && i.naturalWidth > 0; }")
+    assert not page.locator("#viewer").is_hidden()
+    viewer = page.locator("#viewer-img").bounding_box()
+    assert viewer["x"] >= 0 and viewer["x"] + viewer["width"] <= 390 + 1

@@ -41,7 +41,7 @@ class Heatmap(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps", "return_concepts", "rerank")
+    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps", "return_concepts", "expansion", "rerank")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class SearchRequest(_message.Message):
     LOCALIZE_FIELD_NUMBER: _ClassVar[int]
     RETURN_HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     RETURN_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     box: Box
@@ -57,8 +58,9 @@ class SearchRequest(_message.Message):
     localize: bool
     return_heatmaps: bool
     return_concepts: bool
+    expansion: str
     rerank: int
-    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ..., return_concepts: _Optional[bool] = ..., rerank: _Optional[int] = ...) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ..., return_concepts: _Optional[bool] = ..., expansion: _Optional[str] = ..., rerank: _Optional[int] = ...) -> None: ...
 
 class Concept(_message.Message):
     __slots__ = ("index", "heatmap", "kept", "weight")
