@@ -23,6 +23,10 @@ from searcher.engine import NO_FACTOR_ROWS_NOTE, InvalidQueryError
 SMALL_SIZE = 64
 QUERY_BOX = (100.0, 40.0, 420.0, 300.0)  # pixels of the 600x400 coffee photo
 OUTSIDE = ("brick", "colorwheel")  # queries not indexed
+GRAPH_K = 3
+# (re-rank depth, QE depth, expansion): all re-ranked, the top 3 only, then each expansion kind
+# from the re-ranked list (dff-eval's order: evaluation.encode.rank_pipeline)
+VARIANTS = ((99, 0, "average"), (3, 0, "average"), (99, 2, "average"), (99, 2, "alpha"), (4, 2, "diffusion"))
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +38,12 @@ def small_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("method", ["nmf-v", "nmf-vu"])
-def test_the_searchers_reranked_list_is_dff_evals_with_and_without_a_box_and_with_qe(
+def test_the_searchers_reranked_list_is_dff_evals_with_and_without_a_box_and_with_each_expansion(
     method: str, small_folder: Path, tmp_path: Path
 ) -> None:
+    from descriptors.diffusion import knn_graph
     from indexer import IndexConfig, build_index
+    from indexer.update import build_graph
     from searcher.engine import SearchEngine
 
     index_dir = tmp_path / "index"
@@ -45,6 +51,7 @@ def test_the_searchers_reranked_list_is_dff_evals_with_and_without_a_box_and_wit
     # store exactly the float16 rows and the test checks the kernel, the order and the QE order
     config = IndexConfig(descriptor=method, image_size=SMALL_SIZE, k=4, workers=0, rerank_dim=1280)
     build_index(small_folder, index_dir, config, progress=False)
+    build_graph(index_dir, GRAPH_K)  # diffusion's stored k-NN graph (issue 13 part B)
     engine = SearchEngine(index_dir, max_top_k=20)
     try:
         n = engine.count
@@ -52,20 +59,25 @@ def test_the_searchers_reranked_list_is_dff_evals_with_and_without_a_box_and_wit
         cache = ActivationCache(tmp_path / "cache", engine.backbone, SMALL_SIZE, dtype="float32")
         encoder = MethodEncoder(cache, [method], k=4, progress=False, row_dim=1280)
         database = encoder.database(database_requests)[method]
+        affinity = knn_graph(database, GRAPH_K).affinity()
         queries_and_boxes = [("coffee", None), ("coffee", QUERY_BOX)] + [(name, None) for name in OUTSIDE]
         for name, box in queries_and_boxes:
             query = small_folder / f"{name}.jpg" if name not in OUTSIDE else tmp_path / f"{name}.jpg"
             if not query.exists():
                 photo(name, max_side=None).save(query, quality=90)
             queries = encoder.queries([ImageRequest(query)], [box])[method]
-            for depth, qe in ((n, 0), (3, 0), (n, 2)):
+            for depth, qe, expansion in VARIANTS:
                 expected = rank_pipeline(
-                    queries, database, qe=qe, rerank=depth, kernel=MatchKernel(),
-                    query_rows=encoder.query_rows[method], database_rows=encoder.database_rows[method],
+                    queries, database, qe=qe, expansion=expansion, rerank=min(depth, n), kernel=MatchKernel(),
+                    query_rows=encoder.query_rows[method], database_rows=encoder.database_rows[method], affinity=affinity,
                 )[0]
-                outcome = engine.query(query.read_bytes(), box=box, top_k=n, query_expansion=qe, rerank=depth)
-                assert [h.id for h in outcome.hits] == expected.tolist(), f"{method} {name} box={box} rerank={depth} qe={qe}"
-                assert outcome.reranked == depth
+                outcome = engine.query(
+                    query.read_bytes(), box=box, top_k=n, query_expansion=qe, expansion=expansion, rerank=min(depth, n)
+                )
+                label = f"{method} {name} box={box} rerank={depth} qe={qe} {expansion}"
+                assert [h.id for h in outcome.hits] == expected.tolist(), label
+                assert outcome.reranked == min(depth, n)
+                depth = min(depth, n)
                 if not qe:  # the re-ranked scores are the kernel's (not cosines), on the rows dff-eval holds
                     rows = [encoder.database_rows[method][i] for i in expected[:depth]]
                     kernel = match_scores(encoder.query_rows[method][0], rows, MatchKernel())
