@@ -3,18 +3,21 @@
 Prints tables and writes `--json FILE` with:
 - `forward_ms` per backbone runtime (torch eager channels-last, onnxruntime, openvino f32), batch 1,
   and `forward_speedup` = torch / the best runtime (rounds interleave the runtimes);
-- `nmf_ms` {"new": numba-mu, "old": torch-sparse} per K (batch 8, per image), `post_ms`, and
+- `nmf_ms` {"new": numba-mu, "old": torch-sparse, "hals": numba-hals (an option)} per K (batch 8,
+  per image), `post_ms`, and
   `overhead_ratio` = (new NMF + post) / the best runtime's forward (`overhead_ratio_by_k`);
 - `indexing_speedup`: `dff-index build` images/s on the same 48 photos, new defaults vs
   `--runtime torch --nmf-solver torch-sparse` (interleaved child processes);
 - `loaded_slowdown` {"build", "search"}: with a torch matmul loop and a FAISS search loop running
   (benchmarks/background_load.py, each on every core, started and stopped here): `dff-index build`
   time with the default threads / with `--threads 1`, and one search's median latency against a
-  live `dff-serve` with the default threads / with `--threads 1` (both servers up at once).
+  live `dff-serve` with the default threads / with `--threads 1` (both servers up at once);
+- `throughput_ratio` (benchmarks/bench_indexer.py) and `load_search_qps_ratio` (benchmarks/
+  load_search.py: QPS / one bare forward's rate, per client count), each script run from here.
 Real photos: the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
     python benchmarks/bench_descriptors.py [--images 8] [--repeat 5] [--json out.json]
-    python benchmarks/bench_descriptors.py --skip indexing,loaded   # the in-process parts only
+    python benchmarks/bench_descriptors.py --skip indexing,loaded,others   # the in-process parts only
 """
 
 from __future__ import annotations
@@ -45,14 +48,14 @@ from descriptors.aggregate import aggregate_rows  # noqa: E402
 from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
 from descriptors.factorized import nmf_vu_rows  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
-from descriptors.nmf import factorize_activations, set_sparse_solver  # noqa: E402
+from descriptors.nmf import algorithm_of, factorize_activations, set_sparse_solver  # noqa: E402
 from descriptors.pipeline import DescriptorConfig  # noqa: E402
 from descriptors.runtimes import available_runtimes, use_runtime  # noqa: E402
 from descriptors.threads import setup_threads  # noqa: E402
 from descriptors.whitening import PCAWhitening  # noqa: E402
 
 DEFAULT_BATCH = 8  # the indexer's default NMF batch (the forward itself runs at batch 1 on CPU)
-NEW_SOLVER, OLD_SOLVER = "numba-mu", "torch-sparse"
+NEW_SOLVER, OLD_SOLVER, HALS_SOLVER = "numba-mu", "torch-sparse", "numba-hals"
 
 
 def shared_photo_files() -> list[Path]:
@@ -103,13 +106,14 @@ def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: lis
     group = (same_size * batch)[:batch]
     defaults = DescriptorConfig()
     settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
-    nmf_ms: dict[str, dict[str, float]] = {"new": {}, "old": {}}
+    nmf_ms: dict[str, dict[str, float]] = {"new": {}, "old": {}, "hals": {}}
     post_ms: dict[str, float] = {}
     whitening = None
     for k in ks:
-        for label, solver in (("new", NEW_SOLVER), ("old", OLD_SOLVER)):
+        for label, solver in (("new", NEW_SOLVER), ("old", OLD_SOLVER), ("hals", HALS_SOLVER)):
             set_sparse_solver(solver)
-            nmf_ms[label][f"k{k}"] = 1000 * timed(lambda k=k: factorize_activations(group, k, **settings), repeat) / batch
+            run = {**settings, "algorithm": algorithm_of(solver)}
+            nmf_ms[label][f"k{k}"] = 1000 * timed(lambda k=k, run=run: factorize_activations(group, k, **run), repeat) / batch
             rows_out.append((f"NMF K={k} batch {batch}, {solver}", nmf_ms[label][f"k{k}"]))
         set_sparse_solver(None)
         factors = factorize_activations(same_size, k, **settings)
@@ -221,6 +225,28 @@ def loaded_slowdown(work: Path, n: int, rounds: int, searches: int) -> dict:
     return out
 
 
+def other_benchmarks(work: Path, indexer_images: int, search_clients: str, search_seconds: float) -> dict:
+    """bench_indexer.py's throughput_ratio and load_search.py's QPS ratio (QPS / one bare forward's
+    rate, per client count), each run as its own script with its own --json, here in the same run."""
+    out: dict = {}
+    runs = {
+        "bench_indexer": ["--n", str(indexer_images), "--rss-sizes", "--rounds", "2"],
+        "load_search": ["--clients", search_clients, "--duration", str(search_seconds), "--faiss-vectors", "0",
+                        "--forward-seconds", "4"],
+    }
+    for name, extra in runs.items():
+        target = work / f"{name}.json"
+        command = [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *extra, "--json", str(target)]
+        result = subprocess.run(command, env=_child_env(), capture_output=True, text=True, check=False)
+        if result.returncode or not target.exists():
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        out[name] = json.loads(target.read_text())
+    qps = out["load_search"]["qps"]
+    out["throughput_ratio"] = out["bench_indexer"]["throughput_ratio"]
+    out["load_search_qps_ratio"] = {clients: value / out["load_search"]["forward_qps"] for clients, value in qps.items()}
+    return out
+
+
 class _nothing:
     def __enter__(self):
         return None
@@ -243,7 +269,10 @@ def main() -> None:
     parser.add_argument("--load-images", type=int, default=16, help="photos of the loaded_slowdown builds")
     parser.add_argument("--load-rounds", type=int, default=2)
     parser.add_argument("--searches", type=int, default=10, help="searches per server per round")
-    parser.add_argument("--skip", default="", help="comma-separated: forward,nmf,indexing,loaded")
+    parser.add_argument("--others-images", type=int, default=48, help="bench_indexer.py --n")
+    parser.add_argument("--others-clients", default="1,4,8", help="load_search.py --clients")
+    parser.add_argument("--others-seconds", type=float, default=20.0, help="load_search.py --duration")
+    parser.add_argument("--skip", default="", help="comma-separated: forward,nmf,indexing,loaded,others")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
@@ -301,10 +330,15 @@ def main() -> None:
             results["loaded"] = loaded
             results["loaded_slowdown"] = {"build": loaded["loaded"]["build_ratio"], "search": loaded["loaded"]["search_ratio"]}
             print(f"loaded_slowdown = {json.dumps(results['loaded_slowdown'])}")
+        if "others" not in skip:
+            print(f"\nbench_indexer.py (--n {args.others_images}) and load_search.py (--clients {args.others_clients})")
+            others = other_benchmarks(work, args.others_images, args.others_clients, args.others_seconds)
+            results["throughput_ratio"] = others["throughput_ratio"]
+            results["load_search_qps_ratio"] = others["load_search_qps_ratio"]
+            print(f"throughput_ratio = {others['throughput_ratio']:.3f}; load_search_qps_ratio = "
+                  f"{json.dumps(others['load_search_qps_ratio'])}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["note"] = ("bench_indexer.py throughput_ratio and load_search.py QPS ratio: run those scripts "
-                       "(they use the same defaults); see README's speed section for the latest values")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

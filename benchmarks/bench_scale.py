@@ -4,8 +4,12 @@
     python benchmarks/bench_scale.py --skip-ray --sizes 1M --json x.json  # only the 1M IVF build
 
 Keys: `ray_throughput_ratio` (Ray build images/s with 1 worker / local build images/s, same
-images, same run; the Ray cluster is started before the timing), `ray_scaling` (images/s at 1 and
-2 workers), `ray_local_images_per_s`, `sharded_equal` (a 2-shard Ray Serve app's top-k == the
+images, same run, in steady state: the images/s after each build's first committed shard, so
+start-up -- loading the backbone, and on Ray starting the worker -- is left out),
+`ray_throughput_ratio_end_to_end` (the same ratio over the whole `dff-index build` process, start-up
+included: what a user of `--images` photos sees), `ray_images` (how many), `ray_scaling`
+(steady images/s at 1 and 2 workers) and `ray_scaling_end_to_end`, `ray_first_shard_s`,
+`ray_local_images_per_s`, `sharded_equal` (a 2-shard Ray Serve app's top-k == the
 local engine's on an exact index, over several queries incl. a box and QE), and `ivf_build`:
 {"1M": {...}, "10M": {...}} with `train_s`, `add_s`, `merge_s`, `peak_rss_mb` (of the build
 process), `ms_per_query` (one query at a time, one thread, nprobe 16, exact re-ranking of 16 x k
@@ -136,6 +140,19 @@ def _run_child(step: str, folder: Path, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def large_factory(factory: str, n: int, train_n: int) -> tuple[str, int]:
+    """(factory, training sample) for `n` vectors: `auto` takes the nlist of `--faiss auto`
+    (re-ranking comes from the shards, so no RFlat); the sample has >= 40 vectors per list."""
+    import re
+
+    from indexer.config import ivf_nlist
+
+    if factory == "auto":
+        factory = f"IVF{ivf_nlist(n)},PQ64"
+    lists = re.match(r"IVF(\d+)", factory)
+    return factory, max(train_n, 40 * int(lists.group(1))) if lists else train_n
+
+
 def ivf_build(label: str, n: int, tmp: Path, factory: str, train_n: int) -> dict:
     folder = tmp / f"ivf-{label}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -158,43 +175,93 @@ def ivf_build(label: str, n: int, tmp: Path, factory: str, train_n: int) -> dict
 # Ray: build throughput and serving equality
 
 
-def _images(folder: Path, n: int) -> None:
+PARIS = REPO.parent / "shared" / "data" / "paris6k-subset" / "jpg"
+
+
+def _images(folder: Path, n: int) -> str:
+    """`n` photos in `folder`: links to the Paris subset's (1024 px) when present, else crops of
+    the sample photos; returns which."""
+    folder.mkdir(parents=True, exist_ok=True)
+    real = sorted(PARIS.glob("*.jpg"))[:n] if PARIS.is_dir() else []
+    if len(real) == n:
+        for path in real:
+            (folder / path.name).symlink_to(path)
+        return f"paris6k-subset, first {n} (1024 x 768)"
     from descriptors.sample_photos import sample_photo
 
     names = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera")
     bases = [sample_photo(name).resize((640, 480)) for name in names]
     rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         side = int(rng.integers(240, 480))
         x0, y0 = int(rng.integers(0, 640 - side + 1)), int(rng.integers(0, 480 - side + 1))
         bases[i % len(bases)].crop((x0, y0, x0 + side, y0 + side)).save(folder / f"img_{i:04d}.jpg", quality=90)
+    return f"{n} crops of the sample photos (240-480 px)"
 
 
-def ray_section(tmp: Path, n_images: int) -> dict:
-    from indexer import IndexConfig, build_index
+def _cli_build(folder: Path, out: Path, shard_size: int, env: dict, *ray: str) -> dict:
+    """One `dff-index build` in a fresh process, as a user runs it: its summary + the process's wall time."""
+    command = [sys.executable, "-m", "indexer.cli", "build", str(folder), "--out", str(out), "--overwrite",
+               "--threads", "1", "--shard-size", str(shard_size), "--quiet", "--json", *ray]
+    started = time.perf_counter()
+    # a session of its own, as Ray gives its workers (raylet runs in a new session): with Linux's
+    # autogroup scheduling each session gets an equal share of a busy machine, so a build in this
+    # script's session would share one share with the script while a Ray worker had a whole one
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, start_new_session=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    return summary | {"process_wall_s": wall, "end_to_end_images_per_s": summary["processed_this_run"] / wall}
+
+
+def ray_section(tmp: Path, n_images: int, shard_size: int) -> dict:
     from indexer.ray_cluster import connect
 
     folder = tmp / "images"
-    _images(folder, n_images)
-    connect("local", num_cpus=2, object_store_mb=300)  # started before any timing
-    base = IndexConfig(threads=1, shard_size=max(1, n_images // 8), overwrite=True)
-    rates: dict[str, float] = {}
-    for label, config in (
-        ("local", base),
-        ("ray_1", base.replace(ray_address="auto", ray_workers=1)),
-        ("ray_2", base.replace(ray_address="auto", ray_workers=2)),
-        ("local_again", base),  # the machine is shared: a second local run brackets the Ray runs
+    source = _images(folder, n_images)
+    # a private Ray (2 CPUs) started before any timing; the builds join it with `--ray auto`
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray = connect("local", num_cpus=2, object_store_mb=300)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "proto"), os.environ.get("PYTHONPATH", "")])}
+    # warm-up, untimed: the runtime's ONNX export, numba's cache and the page cache of the libraries
+    warm = tmp / "warm"
+    warm.mkdir()
+    for path in sorted(folder.iterdir())[:2]:
+        (warm / path.name).symlink_to(path.resolve())
+    _cli_build(warm, tmp / "index-warm", 1, env)
+    _cli_build(warm, tmp / "index-warm", 1, env, "--ray", "auto", "--workers", "1")
+    runs: dict[str, dict] = {}
+    for label, flags in (
+        ("local", ()),
+        ("ray_1", ("--ray", "auto", "--workers", "1", "--cpus-per-worker", "1")),
+        ("ray_2", ("--ray", "auto", "--workers", "2", "--cpus-per-worker", "1")),
+        ("local_again", ()),  # the machine is shared: a second local run brackets the Ray runs
     ):
-        summary = build_index(folder, tmp / f"index-{label}", config, progress=False)
-        rates[label] = summary.images_per_second
-        print(f"build {label}: {rates[label]:.2f} images/s", file=sys.stderr, flush=True)
-    local = (rates["local"] + rates["local_again"]) / 2
+        runs[label] = _cli_build(folder, tmp / f"index-{label}", shard_size, env, *flags)
+        r = runs[label]
+        print(f"build {label}: end to end {r['end_to_end_images_per_s']:.2f} images/s ({r['process_wall_s']:.1f} s), "
+              f"first shard after {r['first_shard_seconds']:.1f} s, then {r['steady_images_per_second']:.2f} images/s",
+              file=sys.stderr, flush=True)
+
+    def mean(key: str) -> float:
+        return (runs["local"][key] + runs["local_again"][key]) / 2
+
+    steady, e2e = "steady_images_per_second", "end_to_end_images_per_s"
     return {
-        "ray_local_images_per_s": local,
-        "ray_local_runs_images_per_s": [rates["local"], rates["local_again"]],
-        "ray_throughput_ratio": rates["ray_1"] / local,
-        "ray_scaling": {"1": rates["ray_1"], "2": rates["ray_2"]},
+        "ray_images": n_images,
+        "ray_images_source": source,
+        "ray_shard_size": shard_size,
+        # steady state: images/s after each build's first committed shard (start-up excluded)
+        "ray_throughput_ratio": runs["ray_1"][steady] / mean(steady),
+        # end to end: images / wall time of the whole `dff-index build` process, start-up included
+        "ray_throughput_ratio_end_to_end": runs["ray_1"][e2e] / mean(e2e),
+        "ray_local_images_per_s": {"steady": mean(steady), "end_to_end": mean(e2e)},
+        "ray_local_runs_images_per_s": {k: [runs["local"][k], runs["local_again"][k]] for k in (steady, e2e)},
+        "ray_scaling": {"1": runs["ray_1"][steady], "2": runs["ray_2"][steady]},
+        "ray_scaling_end_to_end": {"1": runs["ray_1"][e2e], "2": runs["ray_2"][e2e]},
+        "ray_first_shard_s": {label: r["first_shard_seconds"] for label, r in runs.items()},
         "sharded_equal": sharded_equal(tmp / "index-local", folder),
     }
 
@@ -231,14 +298,20 @@ def sharded_equal(index_dir: Path, folder: Path) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1M,10M", help="IVF build sizes (1M, 10M; empty: none)")
-    parser.add_argument("--factory", default="IVF1024,PQ64")
-    parser.add_argument("--train-n", type=int, default=65_536, help="IVF/PQ training sample")
+    parser.add_argument(
+        "--factory", default="auto",
+        help="FAISS factory of the large builds; auto: IVF{indexer.config.ivf_nlist(n)},PQ64 per size, as --faiss auto",
+    )
+    parser.add_argument(
+        "--train-n", type=int, default=65_536, help="IVF/PQ training sample (at least 40 per inverted list)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1,
         help="OpenMP threads of FAISS and torch (1: steady on a shared machine; 0: all cores)",
     )
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--images", type=int, default=48, help="images of the Ray build comparison")
+    parser.add_argument("--images", type=int, default=192, help="images of the Ray build comparison")
+    parser.add_argument("--shard-size", type=int, default=16, help="images per shard of the Ray build comparison")
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where the vectors go")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
@@ -257,10 +330,11 @@ def main() -> int:
     results: dict = {"machine": f"{os.cpu_count()} CPUs, shared with other jobs"}
     try:
         if not args.skip_ray:
-            results |= ray_section(tmp, args.images)
-        results["ivf_build"] = {
-            label: ivf_build(label, parse_size(label), tmp, args.factory, args.train_n) for label in filter(None, args.sizes.split(","))
-        }
+            results |= ray_section(tmp, args.images, args.shard_size)
+        results["ivf_build"] = {}
+        for label in filter(None, args.sizes.split(",")):
+            factory, train_n = large_factory(args.factory, parse_size(label), args.train_n)
+            results["ivf_build"][label] = ivf_build(label, parse_size(label), tmp, factory, train_n)
         if {"1M", "10M"} <= set(results["ivf_build"]):
             results["ivf_rss_ratio_10m_1m"] = results["ivf_build"]["10M"]["peak_rss_mb"] / results["ivf_build"]["1M"]["peak_rss_mb"]
     finally:

@@ -16,11 +16,18 @@ paths start from the same factors.
 
 Speed: on the CPU an item whose X is mostly zeros (ReLU activations are ~95% zeros) is factorized
 with a sparse solver; on CUDA the batch runs dense (``bmm``). Solvers are registered by name in
-``SOLVERS`` (same updates, same initial factors, same stopping rule; results agree up to float
-rounding): ``numba-mu`` (default for sparse CPU items when numba is installed: one compiled loop
-per image, images in parallel; descriptors/nmf_numba.py), ``torch-sparse`` (block-diagonal CSR
-products through torch, the fallback without numba: its time is per-operation dispatch, ~10 ops x
-100 iterations) and ``torch-dense`` (batched ``bmm``, any device).
+``SOLVERS``, each running one of two algorithms (``ALGORITHMS``; ``DescriptorConfig.nmf_algorithm``
+says which, and the index manifest records it):
+
+- ``"mu"``, the method's multiplicative updates: ``numba-mu`` (default for sparse CPU items when
+  numba is installed: one compiled loop per image, images on the compute threads;
+  descriptors/nmf_numba.py), ``torch-sparse`` (block-diagonal CSR products through torch, the
+  fallback without numba: its time is per-operation dispatch) and ``torch-dense`` (batched ``bmm``,
+  any device). Same updates, same initial factors, same stopping rule: results agree up to float
+  rounding.
+- ``"hals"`` (an option): ``numba-hals`` and ``torch-hals`` (batched ``bmm``, CUDA). Lower mean
+  error in 2-3x fewer iterations from the same start, but sparser heatmaps, which cost the V·U
+  descriptor mAP (docs/results.md, "Speed choices").
 Factor entries below 1e-30 are set to 0 (subnormal floats are very slow on CPUs), which assumes X
 in a normal float range (CNN activations are).
 """
@@ -38,11 +45,19 @@ from torch import Tensor
 
 from .crow import crow_channel_weights
 
-__all__ = ["SOLVERS", "NMFResult", "factorize_activations", "nmf", "set_sparse_solver", "sparse_solver"]
+__all__ = [
+    "ALGORITHMS", "SOLVERS", "NMFResult", "algorithm_of", "chosen_algorithm", "factorize_activations", "nmf",
+    "set_sparse_solver", "solvers_compiled", "sparse_solver", "warm_up",
+]
 
 _DENOMINATOR_FLOOR = 1e-7
 _CHECK_EVERY = 10
 _TINY = 1e-30
+# the error must fall by tol x the initial error over this many iterations to go on: on 12 real
+# maps (4 sample photos at 224 px + 8 Paris photos at 320 px; K = 4/8/16) 3 gave a lower mean
+# error than the multiplicative updates at every K in 2.2-2.6x fewer iterations, and at K = 4 no
+# map worse (1 and 2 stopped a few maps early at K = 4; 5 cost iterations for ~1e-4)
+HALS_WINDOW = 3
 # items with at most this share of non-zero entries use CSR products on the CPU
 SPARSE_DENSITY = 0.25
 
@@ -247,14 +262,26 @@ def _sparse_group(
 def _numba_group(
     Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``numba-mu``: the compiled multiplicative updates (CPU), numba threads = torch's of this thread."""
-    import numba
-
+    """``numba-mu``: the compiled multiplicative updates (CPU)."""
     from .nmf_numba import multiplicative_updates
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    U_n, V_n, iters, errors = multiplicative_updates(
-        Xs.detach().float().cpu().numpy(), U.float().cpu().numpy(), V.float().cpu().numpy(), max_iter, tol
+    return _run_numba(multiplicative_updates, Xs, U, V, max_iter, tol)
+
+
+def _numba_hals_group(
+    Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``numba-hals``: compiled HALS (CPU), descriptors/nmf_numba.py."""
+    from .nmf_numba import hals_updates
+
+    return _run_numba(hals_updates, Xs, U, V, max_iter, tol)
+
+
+def _run_numba(kernel, Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float):
+    """A numba kernel on float32 copies, items on torch's threads of this thread (the compute threads)."""
+    U_n, V_n, iters, errors = kernel(
+        Xs.detach().float().cpu().numpy(), U.float().cpu().numpy(), V.float().cpu().numpy(), max_iter, tol,
+        threads=torch.get_num_threads(),
     )
     dtype = Xs.dtype
     return (
@@ -271,30 +298,147 @@ def _dense_group(
     return U, V, iters.cpu(), _frobenius_error(Xs, U, V).double().cpu()
 
 
-# name -> solver(X (m, N, C), U (m, N, K), V (m, K, C), max_iter, tol) -> (U, V, iterations (m,),
-# ||X - UV||_F (m,) float64 on the CPU). Sparse solvers run on the CPU.
-SOLVERS = {"numba-mu": _numba_group, "torch-sparse": _sparse_group, "torch-dense": _dense_group}
-SPARSE_SOLVERS = ("numba-mu", "torch-sparse")
+def _hals_sweep_(F: Tensor, P: Tensor, G: Tensor, active: Tensor) -> None:
+    """Batched HALS pass over the K rows of ``F (B, K, m)`` in place (see nmf_numba._hals_sweep);
+    ``P (B, K, m)`` the data products, ``G (B, K, K)`` the other factor's Gram matrix."""
+    for a in range(F.shape[1]):
+        g = G[:, a, a]
+        # P[a] - sum_{b != a} G[b, a] F[b] = P[a] - (G[:, a] . F) + G[a, a] F[a]
+        residual = P[:, a] - torch.bmm(G[:, :, a].unsqueeze(1), F).squeeze(1) + g[:, None] * F[:, a]
+        row = _flush_tiny_(residual / torch.where(g > 0, g, torch.ones_like(g))[:, None])
+        keep = (g > 0) & active
+        F[:, a] = torch.where(keep[:, None], row, F[:, a])
+
+
+def _dense_hals_group(
+    Xs: Tensor, U: Tensor, V: Tensor, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch-hals``: HALS with batched ``bmm`` on the input's device (CUDA, or a CPU without
+    numba); converged items are frozen; the error is checked every iteration as in ``numba-hals``."""
+    B = Xs.shape[0]
+    Ut = U.transpose(1, 2).contiguous()  # (B, K, N): rows are the heatmaps
+    V = V.clone()
+    x_sq = Xs.double().square().sum(dim=(1, 2))
+
+    def error(XtU_t: Tensor, G_U: Tensor, G_V: Tensor) -> Tensor:
+        cross = (XtU_t.double() * V.double()).sum(dim=(1, 2))
+        return (x_sq - 2.0 * cross + (G_U.double() * G_V.double()).sum(dim=(1, 2))).clamp_min(0.0).sqrt()
+
+    G_V = torch.bmm(V, V.transpose(1, 2))
+    current = error(torch.bmm(Ut, Xs), torch.bmm(Ut, Ut.transpose(1, 2)), G_V)
+    safe_initial = torch.where(current > 0, current, torch.ones_like(current))
+    history = [current] * HALS_WINDOW  # the errors of the last HALS_WINDOW iterations, a ring
+    active = torch.ones(B, dtype=torch.bool, device=Xs.device)
+    iters = torch.zeros(B, dtype=torch.long, device=Xs.device)
+    for it in range(1, max_iter + 1):
+        _hals_sweep_(Ut, torch.bmm(V, Xs.transpose(1, 2)), G_V, active)
+        XtU_t = torch.bmm(Ut, Xs)
+        G_U = torch.bmm(Ut, Ut.transpose(1, 2))
+        _hals_sweep_(V, XtU_t, G_U, active)
+        G_V = torch.bmm(V, V.transpose(1, 2))
+        iters += active.long()
+        current = torch.where(active, error(XtU_t, G_U, G_V), current)
+        if tol > 0 and it < max_iter:
+            slot = it % HALS_WINDOW
+            if it >= HALS_WINDOW:
+                active = active & ((history[slot] - current) / safe_initial >= tol)
+                if not bool(active.any()):
+                    break
+            history[slot] = current
+    return Ut.transpose(1, 2).contiguous(), V, iters.cpu(), current.cpu()
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One NMF implementation: ``run(X (m, N, C), U (m, N, K), V (m, K, C), max_iter, tol) -> (U, V,
+    iterations (m,), ||X - UV||_F (m,) float64 on the CPU)``; ``algorithm`` the updates it runs
+    (solvers of one algorithm give the same factors up to float rounding); ``sparse``: a CPU
+    solver of sparse items (runs each item alone on its valid rows); ``needs`` a module."""
+
+    run: object
+    algorithm: str
+    sparse: bool
+    needs: str | None = None
+
+
+SOLVERS = {
+    "numba-hals": Solver(_numba_hals_group, "hals", sparse=True, needs="numba"),
+    "torch-hals": Solver(_dense_hals_group, "hals", sparse=False),
+    "numba-mu": Solver(_numba_group, "mu", sparse=True, needs="numba"),
+    "torch-sparse": Solver(_sparse_group, "mu", sparse=True),
+    "torch-dense": Solver(_dense_group, "mu", sparse=False),
+}
+ALGORITHMS = ("hals", "mu")
+# what a CPU item with sparse X gets, per algorithm, fastest first (benchmarks/bench_descriptors.py:
+# numba-mu was faster than torch-sparse at K = 4, 8 and 16, so there is no choice by K); dense
+# items and CUDA batches get the algorithm's torch solver
+_SPARSE_PREFERENCE = {"hals": ("numba-hals", "torch-hals"), "mu": ("numba-mu", "torch-sparse")}
+_DENSE_SOLVER = {"hals": "torch-hals", "mu": "torch-dense"}
+SPARSE_SOLVERS = tuple(name for name, solver in SOLVERS.items() if solver.sparse)
 _sparse_solver_choice: list[str] = []  # set_sparse_solver's choice; empty: automatic
 
 
+def _installed(name: str) -> bool:
+    needs = SOLVERS[name].needs
+    return needs is None or importlib.util.find_spec(needs) is not None
+
+
 def set_sparse_solver(name: str | None) -> None:
-    """Choose the solver of sparse CPU items for this process (None or "auto": automatic)."""
+    """Choose the solver of sparse CPU items for this process (None or "auto": automatic). It
+    applies to the factorizations of its algorithm (``SOLVERS[name].algorithm``)."""
     if name in (None, "auto"):
         _sparse_solver_choice.clear()
         return
     if name not in SOLVERS:
         raise ValueError(f"unknown NMF solver {name!r}; choose auto or one of {', '.join(SOLVERS)}")
-    if name == "numba-mu" and importlib.util.find_spec("numba") is None:
-        raise ValueError("NMF solver numba-mu needs numba: pip install numba (or dffsearch[runtimes])")
+    if not _installed(name):
+        raise ValueError(f"NMF solver {name} needs numba: pip install numba (or dffsearch[runtimes])")
     _sparse_solver_choice[:] = [name]
 
 
-def sparse_solver() -> str:
-    """The solver of sparse CPU items: the one set, else numba-mu when numba is installed."""
-    if _sparse_solver_choice:
+def sparse_solver(algorithm: str = "mu") -> str:
+    """The solver of sparse CPU items for ``algorithm``: the one set (when of that algorithm), else
+    the fastest installed."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown NMF algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if _sparse_solver_choice and SOLVERS[_sparse_solver_choice[0]].algorithm == algorithm:
         return _sparse_solver_choice[0]
-    return "numba-mu" if importlib.util.find_spec("numba") is not None else "torch-sparse"
+    return next(name for name in _SPARSE_PREFERENCE[algorithm] if _installed(name))
+
+
+def warm_up() -> list[str]:
+    """Compile (or load from numba's disk cache) the compiled solvers this process would use, on a
+    tiny problem; returns their names. A server calls it before it reports SERVING."""
+    names = [sparse_solver(algorithm) for algorithm in ALGORITHMS]
+    if any(SOLVERS[name].needs == "numba" for name in names):
+        from .nmf_numba import warm_up as compile_kernels
+
+        compile_kernels()
+    return names
+
+
+def solvers_compiled() -> bool:
+    """Whether the compiled solvers are ready in this process (True where none is in use)."""
+    if not any(SOLVERS[sparse_solver(a)].needs == "numba" for a in ALGORITHMS):
+        return True
+    import sys
+
+    module = sys.modules.get(f"{__package__}.nmf_numba")
+    return module is not None and module.compiled()
+
+
+def chosen_algorithm() -> str:
+    """The algorithm of the solver ``set_sparse_solver`` chose for this process (automatic: mu)."""
+    return algorithm_of(_sparse_solver_choice[0] if _sparse_solver_choice else None)
+
+
+def algorithm_of(solver: str | None, default: str = "mu") -> str:
+    """The algorithm a ``--nmf-solver`` choice runs (``auto``/None: ``default``)."""
+    if solver in (None, "auto"):
+        return default
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown NMF solver {solver!r}; choose auto or one of {', '.join(SOLVERS)}")
+    return SOLVERS[solver].algorithm
 
 
 def nmf(
@@ -306,6 +450,7 @@ def nmf(
     mask: Tensor | None = None,
     sparse: bool | None = None,
     solver: str | None = None,
+    algorithm: str = "mu",
 ) -> NMFResult:
     """Factorize ``X (B, N, C)`` (or ``(N, C)``, returned with B = 1) as ``U (B,N,K) @ V (B,K,C)``.
 
@@ -317,10 +462,15 @@ def nmf(
     most ``SPARSE_DENSITY`` of the item's entries are non-zero (CNN activations after ReLU are
     typically 90-95% zeros), otherwise batched dense ``bmm``; True/False force one path on every
     item. The sparse path's solver is `sparse_solver()`; ``solver`` (a name in ``SOLVERS``) forces
-    one solver on every item. All do the same arithmetic up to float rounding.
+    one solver on every item (and its algorithm). ``algorithm``: ``"mu"`` (Lee-Seung multiplicative
+    updates, the reference, stopping test every 10 iterations) or ``"hals"`` (``nmf_numba``: fewer
+    iterations to the same error, stopping test every iteration). Solvers of one algorithm do the
+    same arithmetic up to float rounding.
     """
     if solver is not None and solver not in SOLVERS:
         raise ValueError(f"nmf: unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"nmf: unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     if isinstance(X, Tensor) and X.dim() == 2:
         X = X.unsqueeze(0)
         if mask is not None and mask.dim() == 1:
@@ -345,17 +495,19 @@ def nmf(
     else:
         use_sparse = [bool(sparse)] * B
 
+    if solver is not None and SOLVERS[solver].algorithm != algorithm:
+        raise ValueError(f"nmf: solver {solver} runs the {SOLVERS[solver].algorithm} updates, not {algorithm}")
     if solver is None:
-        sparse_name = sparse_solver()
-        solver_of = [sparse_name if use_sparse[b] else "torch-dense" for b in range(B)]
+        sparse_name = sparse_solver(algorithm)
+        solver_of = [sparse_name if use_sparse[b] else _DENSE_SOLVER[algorithm] for b in range(B)]
     else:
         solver_of = [solver] * B
     item_iters = torch.zeros(B, dtype=torch.long)
     errors = torch.zeros(B, dtype=torch.float64)
     for name in dict.fromkeys(solver_of):
-        run = SOLVERS[name]
+        run = SOLVERS[name].run
         items = [b for b in range(B) if solver_of[b] == name and n_valid[b] > 0]
-        if name not in SPARSE_SOLVERS:  # dense: one masked batch (padded rows of U stay 0)
+        if not SOLVERS[name].sparse:  # dense: one masked batch (padded rows of U stay 0)
             groups, alone = ([items] if items else []), []
         else:  # full-size items together, padded ones alone on their valid rows
             groups = [[b for b in items if n_valid[b] == N]]
@@ -402,6 +554,7 @@ def factorize_activations(
     seed: int = 0,
     crow_weighting: bool = True,
     batching: str = "group",
+    algorithm: str = "mu",
 ) -> list[tuple[Tensor, Tensor]]:
     """NMF of each image's activations ``(C, h, w)``; returns per image ``(U (K, h, w), V (K, C))``.
 
@@ -410,6 +563,7 @@ def factorize_activations(
     docstring on seeds), so the choice is only about speed. All activations must share C, dtype and
     device. With ``crow_weighting`` the columns of X are multiplied by the image's CroW channel
     weights before factorizing (design step 2), so V lives in that weighted space.
+    ``algorithm``: ``nmf``'s (the product's: ``DescriptorConfig.nmf_algorithm``, ``"mu"``).
     """
     if batching not in ("group", "pad"):
         raise ValueError(f"factorize_activations: batching must be 'group' or 'pad', got {batching!r}")
@@ -435,7 +589,7 @@ def factorize_activations(
         for i, A in enumerate(acts):
             groups[(A.shape[1], A.shape[2])].append(i)
         for indices in groups.values():
-            res = nmf(torch.stack([rows[i] for i in indices]), k, max_iter, tol, seed)
+            res = nmf(torch.stack([rows[i] for i in indices]), k, max_iter, tol, seed, algorithm=algorithm)
             for j, i in enumerate(indices):
                 unpack(i, res.U[j], res.V[j])
     else:
@@ -445,7 +599,7 @@ def factorize_activations(
         for i, r in enumerate(rows):
             X[i, : r.shape[0]] = r
             mask[i, : r.shape[0]] = True
-        res = nmf(X, k, max_iter, tol, seed, mask=mask)
+        res = nmf(X, k, max_iter, tol, seed, mask=mask, algorithm=algorithm)
         for i in range(len(rows)):
             unpack(i, res.U[i], res.V[i])
     return [r for r in results if r is not None]

@@ -65,12 +65,13 @@ def _factorize(acts: Sequence[Tensor], config: DescriptorConfig) -> list[tuple[T
         tol=config.tol,
         seed=config.seed,
         crow_weighting=config.crow_weighting,
+        algorithm=config.nmf_algorithm,
     )
 
 
 def _nmf_settings(config: DescriptorConfig) -> tuple:
     """What decides the factors (nmf-v and nmf-vu with equal settings share them)."""
-    return (config.k, config.max_iter, config.tol, config.seed, config.crow_weighting)
+    return (config.k, config.max_iter, config.tol, config.seed, config.crow_weighting, config.nmf_algorithm)
 
 
 def _rows_from_factors(
@@ -121,6 +122,10 @@ class DescriptorConfig:
     tol: float = 1e-4
     seed: int = 0
     crow_weighting: bool = True
+    # the NMF's updates (descriptors.nmf.ALGORITHMS): "mu" (Lee-Seung multiplicative updates, the
+    # method's) or "hals" (the same error in 2-3x fewer iterations, but sparser heatmaps that cost
+    # V·U 6 points of landmark-LOO mAP: an option, see docs/results.md "Speed choices")
+    nmf_algorithm: str = "mu"
     # V·U Gaussian: sigma = gaussian_sigma_of_grid x the feature grid's shorter side (scale-free;
     # docs/results.md ablation: 0.5 beat the design's fixed kernel on every protocol). None: the
     # design's fixed gaussian_size x gaussian_size kernel of gaussian_variance (older indexes).
@@ -162,6 +167,12 @@ class DescriptorConfig:
             raise ValueError(f"DescriptorConfig.box_threshold must be in [0, 1], got {self.box_threshold!r}")
         if not (isinstance(self.gem_p, int | float) and math.isfinite(self.gem_p) and self.gem_p > 0):
             raise ValueError(f"DescriptorConfig.gem_p must be a finite number > 0, got {self.gem_p!r}")
+        from .nmf import ALGORITHMS
+
+        if self.nmf_algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"DescriptorConfig.nmf_algorithm must be one of {', '.join(ALGORITHMS)}, got {self.nmf_algorithm!r}"
+            )
         if not isinstance(self.crow_weighting, bool):
             raise ValueError(f"DescriptorConfig.crow_weighting must be a bool, got {self.crow_weighting!r}")
 

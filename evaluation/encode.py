@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from descriptors.aggregate import aggregate_rows, l2_normalize_rows
 from descriptors.encode import rows_by_method
+from descriptors.nmf import chosen_algorithm
 from descriptors.pipeline import NMF_METHODS, DescriptorConfig, local_descriptors_by_method
 from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
 from descriptors.rerank import RowCodec, row_features
@@ -40,7 +41,8 @@ class MethodEncoder:
     ) -> None:
         self.cache = cache
         self.methods = list(methods)
-        self.configs = {m: DescriptorConfig(method=m, k=k) for m in self.methods}
+        algorithm = chosen_algorithm()  # the algorithm of --nmf-solver (auto: the product's, mu)
+        self.configs = {m: DescriptorConfig(method=m, k=k, nmf_algorithm=algorithm) for m in self.methods}
         self.progress = progress
         self.whitenings: dict[str, PCAWhitening | None] = dict.fromkeys(self.methods)
         # re-ranking rows (descriptors.rerank), kept when row_dim is set (0: uncompressed):

@@ -39,8 +39,11 @@ from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, ma
 from .partial import PartialBuild
 from .stages import WorkItem
 from .storage import atomic_write, write_error
-from .summary import BuildSummary, SkippedFile
+from .summary import BuildSummary, ShardClock, SkippedFile
 from .whiten import whitening_for_build
+
+# catalog rows per transaction of stage 2 (a few MB of Python objects at most)
+CATALOG_CHUNK = 50_000
 
 
 def partial_dir_for(out: Path) -> Path:
@@ -57,8 +60,12 @@ def extract_to_partial(
     stores_rows: bool,
     progress: bool,
     desc: str,
+    clock: ShardClock | None = None,
 ) -> tuple[int, int, object]:
-    """Stage 1 over `items` into `partial`. Returns (images processed now, shards resumed, extractor)."""
+    """Stage 1 over `items` into `partial`. Returns (images processed now, shards resumed, extractor).
+
+    `clock` times each committed shard (the build's start-up and steady rate).
+    """
     # the plan is the settings; the files are checked shard by shard (partial.py: a changed or
     # new file redoes only its own shard)
     plan = {"source_root": str(folder), "settings": config.extraction_fingerprint() | {"stores_rows": stores_rows}}
@@ -70,18 +77,25 @@ def extract_to_partial(
         print(f"note: {partial.folder} belonged to a build with other settings; starting over")
     groups = [(g, group) for g, group in planned if g not in completed]
     todo = sum(len(group) for _, group in groups)
+
+    def commit(g: int, decoded: list, results: list) -> None:
+        partial.commit_shard(g, decoded, results, stores_rows)
+
+    writer = commit if clock is None else clock.wrap(commit)
     if todo and config.ray_address is not None:
         from .ray_build import run_extraction_on_ray
 
         # the same stage functions in an actor pool; the writer (commit_shard) stays in this process
         with progress_bar(len(items), len(items) - todo, progress, desc) as bar:
-            run_extraction_on_ray(
+            identity = run_extraction_on_ray(
                 groups,
-                lambda g, decoded, results: partial.commit_shard(g, decoded, results, stores_rows),
+                writer,
                 config,
                 stores_rows=stores_rows,
                 bar=bar,
             )
+        # stage 2 needs only the workers' extractor identity: no backbone in the driver
+        extractor = extractor or identity
     elif todo:
         if extractor is None:
             extractor = make_extractor(config)
@@ -89,7 +103,7 @@ def extract_to_partial(
             run_extraction(
                 groups,
                 extractor,
-                lambda g, decoded, results: partial.commit_shard(g, decoded, results, stores_rows),
+                writer,
                 config,
                 stores_rows=stores_rows,
                 max_pixels=config.max_pixels,
@@ -138,8 +152,10 @@ def build_index(
         raise NoImagesError(f"{folder}: no image files found (looked for .jpg .jpeg .png .webp, recursively)")
     items = [WorkItem(i, f, catalog_path(f, folder, out)) for i, f in enumerate(files)]
     stores_rows = config.stores_rows
+    clock = ShardClock(started)
     processed, resumed, extractor = extract_to_partial(
-        folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract"
+        folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract",
+        clock=clock,
     )
     try:
         if extractor is None:
@@ -153,6 +169,8 @@ def build_index(
     summary.seconds = time.perf_counter() - started
     summary.processed_this_run = processed
     summary.resumed_shards = resumed
+    summary.first_shard_seconds = clock.first_shard_seconds
+    summary.steady_images_per_second = clock.steady_images_per_second
     return summary
 
 
@@ -179,51 +197,47 @@ def _assemble(
 
     factor = _FactorRowsWriter(partial, whitening, config, staged, n_items) if config.rerank_dim > 0 else None
     summary = BuildSummary(index_dir=str(out))
-    catalog_rows: list[CatalogRow] = []
-    indexed_ids: list[int] = []
     now = time.time()
     vectors_path = staged / VECTORS_NAME
     vectors = None
     try:
-        for shard in partial.iter_shards():
-            if shard.vectors is not None:
-                shard_vectors = shard.vectors
-            else:
-                shard_vectors = _aggregate_shard(shard, whitening)
-            # a shard whose images all failed to decode has no vector width: size the file from
-            # the first shard that has one
-            if vectors is None and shard_vectors.shape[1] > 0:
-                vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n_items, shard_vectors.shape[1]))
-            if factor is not None:
-                factor.add_shard(shard)
-            for j, image_id in enumerate(shard.ids):
-                status = shard.statuses[j]
-                if status == STATUS_INDEXED:
-                    vectors[image_id] = shard_vectors[j]
-                    indexed_ids.append(int(image_id))
-                else:
-                    summary.skipped.append(
-                        SkippedFile(os.path.join(folder, shard.stored_paths[j]), status.split(":", 1)[1], shard.messages[j])
-                    )
-                catalog_rows.append(
-                    CatalogRow(
-                        int(image_id), shard.stored_paths[j], shard.sha256[j],
-                        int(shard.widths[j]) if shard.widths[j] >= 0 else None,
-                        int(shard.heights[j]) if shard.heights[j] >= 0 else None,
-                        status, now,
-                    )
+        # the catalog is written as the shards are read, CATALOG_CHUNK rows per transaction, so
+        # the driver's memory does not grow with the collection (staged/ is not the commit point:
+        # the rename below is, so several transactions are safe)
+        id_parts: list[np.ndarray] = []
+        with Catalog(staged / CATALOG_NAME) as catalog:
+            pending: list[CatalogRow] = []
+            for shard in partial.iter_shards():
+                shard_vectors = shard.vectors if shard.vectors is not None else _aggregate_shard(shard, whitening)
+                # a shard whose images all failed to decode has no vector width: size the file from
+                # the first shard that has one
+                if vectors is None and shard_vectors.shape[1] > 0:
+                    vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n_items, shard_vectors.shape[1]))
+                if factor is not None:
+                    factor.add_shard(shard)
+                indexed = np.array([s == STATUS_INDEXED for s in shard.statuses], dtype=bool)
+                if indexed.any():
+                    shard_ids = np.asarray(shard.ids, dtype=np.int64)[indexed]
+                    vectors[shard_ids] = shard_vectors[indexed]
+                    id_parts.append(shard_ids)
+                pending.extend(_catalog_rows(shard, now))
+                summary.skipped.extend(
+                    SkippedFile(os.path.join(folder, shard.stored_paths[j]), shard.statuses[j].split(":", 1)[1], shard.messages[j])
+                    for j in np.nonzero(~indexed)[0]
                 )
+                if len(pending) >= CATALOG_CHUNK:
+                    catalog.apply(insert=pending, generation=1)
+                    pending = []
+            catalog.apply(insert=pending, generation=1)
         assert vectors is not None
         vectors.flush()
         dim = int(vectors.shape[1])
-        ids = np.asarray(indexed_ids, dtype=np.int64)
+        ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
         factory, search_params = resolve_faiss_factory(config.faiss, len(ids), config.faiss_search_params, dim)
         index = build_faiss_index(vectors, ids, factory, train_max=config.faiss_train_max, seed=config.seed, device=config.device)
         write_faiss_index(index, staged / FAISS_NAME)
-        del vectors
+        del vectors, index
         factor_files = factor.finish() if factor is not None else {}
-        with Catalog(staged / CATALOG_NAME) as catalog:
-            catalog.apply(insert=catalog_rows, generation=1)
         counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
         manifest = make_manifest(
             config, extractor.backbone, config.descriptor_config(),
@@ -244,6 +258,18 @@ def _assemble(
     summary.factory = factory
     summary.dim = dim
     return summary
+
+
+def _catalog_rows(shard, now: float) -> list[CatalogRow]:
+    return [
+        CatalogRow(
+            int(image_id), shard.stored_paths[j], shard.sha256[j],
+            int(shard.widths[j]) if shard.widths[j] >= 0 else None,
+            int(shard.heights[j]) if shard.heights[j] >= 0 else None,
+            shard.statuses[j], now,
+        )
+        for j, image_id in enumerate(shard.ids)
+    ]
 
 
 def _shard_meta(partial: PartialBuild, index: int) -> tuple[int, set[str]]:

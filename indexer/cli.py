@@ -149,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from descriptors.threads import setup_threads
 
             threads = setup_threads(args.threads, verbose=args.verbose, prog=f"dff-index {args.command}")
-            args.threads = threads.compute  # decode threads (--workers None) follow it: IndexConfig.workers
+            if not getattr(args, "ray", None):
+                # decode threads (--workers None) follow it: IndexConfig.workers. Not with --ray: the
+                # workers run on other CPUs (other nodes); --threads 0 there means --cpus-per-worker
+                args.threads = threads.compute
         if args.command == "build":
             config = IndexConfig(
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,

@@ -56,6 +56,24 @@ def new_index(dim: int, factory: str):
     return faiss.IndexIDMap2(inner)
 
 
+def disable_polysemous_training(index) -> None:
+    """Turn off the polysemous training FAISS's factory enables for every PQ (IVF-PQ included).
+
+    It permutes the PQ centroids so that Hamming distances between codes approximate the real
+    ones; only a polysemous search (`polysemous_ht`) uses that, and we never set it: the codes'
+    ADC distances, hence our results, do not depend on it. Its simulated annealing cost more
+    than the k-means itself (docs/scaling.md), at every build.
+    """
+    import faiss
+
+    index = faiss.downcast_index(index)
+    for child in ("index", "base_index"):  # IDMap / PreTransform, Refine
+        if hasattr(index, child) and getattr(index, child) is not None:
+            disable_polysemous_training(getattr(index, child))
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False
+
+
 def _maybe_gpu(index, device: str):
     """A GPU clone of `index` when faiss-gpu is installed and a CUDA device was asked for."""
     import faiss
@@ -94,6 +112,7 @@ def build_faiss_index(
     n, dim = len(ids), vectors_by_id.shape[1]
     take_rows = _row_reader(vectors_by_id, stream)
     index = new_index(dim, factory)
+    disable_polysemous_training(index)
     if not index.is_trained:
         need = min_training_vectors(factory)
         if n < need:

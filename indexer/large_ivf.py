@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .faiss_index import disable_polysemous_training
+
 INDEX_NAME = "large.index"
 IVFDATA_NAME = "lists.ivfdata"
 
@@ -137,11 +139,8 @@ def train_index(shards: VectorShards, factory: str, train_n: int, seed: int = 0)
     import faiss
 
     index = faiss.index_factory(shards.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # raises for non-IVF factories
-    if hasattr(ivf, "do_polysemous_training"):
-        # the factory turns it on for IVF-PQ; it only serves Hamming filtering, which we do not use,
-        # and its simulated annealing took minutes (measured: most of a 20k-vector build)
-        ivf.do_polysemous_training = False
+    faiss.extract_index_ivf(index)  # raises for non-IVF factories
+    disable_polysemous_training(index)
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(shards.count, size=min(train_n, shards.count), replace=False))
     index.train(shards.rows(take))

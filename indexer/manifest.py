@@ -109,7 +109,7 @@ def write_manifest(index_dir: str | Path, manifest: dict) -> None:
 
 # Descriptor settings that manifests written before they existed do not record, with the value
 # that reproduces those indexes' vectors (not the current default).
-LEGACY_DESCRIPTOR_SETTINGS = {"gaussian_sigma_of_grid": None}
+LEGACY_DESCRIPTOR_SETTINGS = {"gaussian_sigma_of_grid": None, "nmf_algorithm": "mu"}
 
 
 def descriptor_config_from(manifest: dict):

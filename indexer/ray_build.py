@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,41 @@ from .ray_cluster import cluster_cpus, connect
 from .stages import WorkItem
 
 MAX_BLOCKS = 10_000
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """What the manifest records of the workers' backbone (`make_manifest` reads these fields)."""
+
+    name: str
+    layer: str
+    channels: int
+    stride: int
+    weights_sha256: str
+    runtime: str
+
+
+@dataclass(frozen=True)
+class ExtractorIdentity:
+    """The workers' extractor as stage 2 sees it (manifest, `--whiten-on INDEX` check).
+
+    Stage 2 in the driver needs only the extractor's identity, not the extractor: loading the
+    backbone and compiling its runtime in the driver after stage 1 cost ~13 s on the 2-core
+    machine, serially, on top of the workers' own start-up. It is also the workers' runtime, which
+    the manifest must record (a GPU worker's differs from a CPU driver's).
+    """
+
+    backbone: BackboneIdentity
+    image_size: int
+    config: Any  # descriptors.pipeline.DescriptorConfig
+
+    @classmethod
+    def of(cls, extractor) -> ExtractorIdentity:
+        b = extractor.backbone
+        backbone = BackboneIdentity(
+            b.name, b.layer, int(b.channels), int(b.stride), b.weights_sha256, getattr(b, "runtime", "torch")
+        )
+        return cls(backbone, int(extractor.image_size), extractor.config)
 
 
 class ShardExtractor:
@@ -43,6 +80,7 @@ class ShardExtractor:
             config = config.replace(device="cuda")
         self.config, self.stores_rows = config, stores_rows
         self.extractor = make_extractor(config)
+        self.identity = ExtractorIdentity.of(self.extractor)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .extraction import run_extraction
@@ -54,7 +92,8 @@ class ShardExtractor:
         done: list[bytes] = []
 
         def collect(group: int, decoded: list, results: list) -> None:
-            done.append(pickle.dumps((group, decoded, results), protocol=pickle.HIGHEST_PROTOCOL))
+            payload = (group, decoded, results, self.identity)
+            done.append(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
         run_extraction(
             groups, self.extractor, collect, self.config,
@@ -83,8 +122,11 @@ def run_extraction_on_ray(
     *,
     stores_rows: bool,
     bar=None,
-) -> None:
-    """Extract `groups` on the Ray cluster; `writer(group, decoded, results)` runs here per shard."""
+) -> ExtractorIdentity | None:
+    """Extract `groups` on the Ray cluster; `writer(group, decoded, results)` runs here per shard.
+
+    Returns the workers' `ExtractorIdentity` (None when `groups` is empty).
+    """
     connect(config.ray_address)
     import ray.data
     from ray.exceptions import RayError
@@ -103,10 +145,11 @@ def run_extraction_on_ray(
         fn_constructor_kwargs={"config": config, "stores_rows": stores_rows},
         batch_format="numpy",
     )
+    identity = None
     try:
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
             for payload in batch["shard"]:
-                group, decoded, results = pickle.loads(payload)
+                group, decoded, results, identity = pickle.loads(payload)
                 writer(group, decoded, results)
                 if bar is not None:
                     bar.update(len(decoded))
@@ -115,3 +158,4 @@ def run_extraction_on_ray(
         cause = getattr(exc, "cause", None) or exc
         message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         raise IndexerError(f"a Ray worker failed: {message}; the shards finished so far are kept") from exc
+    return identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,39 @@ class InputOutcome:
     message: str = ""
 
 
+class ShardClock:
+    """When each shard of stage 1 was committed: the start-up and the steady-state rate of a build.
+
+    A build's overall images/s includes its start-up (loading the backbone, compiling the
+    runtime; on Ray, starting the worker processes), which dominates a small collection; the
+    steady rate -- images committed after the first shard / seconds between the first and the
+    last commit -- is what a large collection runs at.
+    """
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.perf_counter() if started is None else started
+        self.commits: list[tuple[float, int]] = []  # (perf_counter, images in the shard)
+
+    def wrap(self, writer):
+        """`writer(group, decoded, results)`, timed per committed shard."""
+
+        def timed(group, decoded, results):
+            writer(group, decoded, results)
+            self.commits.append((time.perf_counter(), len(decoded)))
+
+        return timed
+
+    @property
+    def first_shard_seconds(self) -> float | None:
+        return self.commits[0][0] - self.started if self.commits else None
+
+    @property
+    def steady_images_per_second(self) -> float | None:
+        if len(self.commits) < 2 or self.commits[-1][0] <= self.commits[0][0]:
+            return None
+        return sum(n for _, n in self.commits[1:]) / (self.commits[-1][0] - self.commits[0][0])
+
+
 @dataclass
 class BuildSummary:
     index_dir: str
@@ -39,6 +73,10 @@ class BuildSummary:
     factory: str = ""
     dim: int = 0
     inputs: list[InputOutcome] = field(default_factory=list)  # add: one per input file, in input order
+    # build: seconds from the start to the first committed shard, and the images/s after it
+    # (ShardClock); None when fewer than 2 shards were extracted in this run
+    first_shard_seconds: float | None = None
+    steady_images_per_second: float | None = None
     commit: Any = field(default=None, repr=False)  # add: the generations.Commit written (None: nothing)
     _pending_duplicates: dict = field(default_factory=dict, repr=False)
 
@@ -92,7 +130,13 @@ class BuildSummary:
                 lines.append(f"  ... and {len(self.skipped) - max_listed} more")
         else:
             lines.append("skipped: 0")
-        lines.append(f"time: {self.seconds:.1f} s, {self.images_per_second:.2f} images/s")
+        timing = f"time: {self.seconds:.1f} s, {self.images_per_second:.2f} images/s"
+        if self.steady_images_per_second is not None:
+            timing += (
+                f" (first shard after {self.first_shard_seconds:.1f} s, "
+                f"then {self.steady_images_per_second:.2f} images/s)"
+            )
+        lines.append(timing)
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -104,6 +148,8 @@ class BuildSummary:
             "skipped_files": [vars(s) for s in self.skipped],
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
+            "first_shard_seconds": self.first_shard_seconds,
+            "steady_images_per_second": self.steady_images_per_second,
             "resumed_shards": self.resumed_shards,
             "processed_this_run": self.processed_this_run,
             "factory": self.factory,

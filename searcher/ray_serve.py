@@ -12,13 +12,20 @@ Deployments (one application, `dffsearch`):
   and the localization of results (`searcher.localize.Localizer`);
 - `IndexShard0..S-1`: shard s holds the vectors with `id % S == s` (`searcher.shards`).
 
-The application serves a snapshot: AddImages/RemoveImages answer UNIMPLEMENTED (add with
-`dff-index add`, then restart). Every node must see the index directory at the same path.
+The application follows the index directory: every `follow_s` seconds each shard reads the
+manifest's generation (the commit point of `dff-index add/remove/compact`) and, when it changed,
+reopens its part of the new generation and swaps it in; the ingress re-reads the manifest and
+the count as often. So an offline `dff-index add INDEX ...` becomes visible to the app within
+~`follow_s` seconds plus the time to reopen a shard. The app itself does not write:
+AddImages/RemoveImages answer UNIMPLEMENTED and name the command to use instead. Every node must
+see the index directory at the same path.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,9 @@ import numpy as np
 from .shards import merge_top_k, open_index_part, shard_of
 
 APP_NAME = "dffsearch"
+# how often the shards and the ingress look for a new generation of the index (seconds)
+FOLLOW_S = 2.0
+log = logging.getLogger("dffsearch.ray_serve")
 SERVICER_FUNCTIONS = [
     "dffsearch.v1.search_pb2_grpc.add_SearchServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
@@ -52,6 +62,7 @@ class RayServeConfig:
     token: str | None = None
     max_top_k: int = 100
     max_query_expansion: int = 50
+    follow_s: float = FOLLOW_S  # 0: serve the generation found at start-up (a snapshot)
     extra: dict = field(default_factory=dict)
 
     def encoder_scaling(self) -> dict:
@@ -127,9 +138,35 @@ class QueryEncoder:
         )
 
 
+def manifest_generation(index_dir: str) -> int:
+    import indexer
+
+    return int(indexer.read_manifest(index_dir)["generation"])
+
+
 class IndexShard:
-    def __init__(self, index_dir: str, shard: int, shards: int) -> None:
+    """Shard `shard` of `shards` of the index, reopened when the index moves to a new generation."""
+
+    def __init__(self, index_dir: str, shard: int, shards: int, follow_s: float = FOLLOW_S) -> None:
+        self.index_dir, self.shard, self.shards = index_dir, shard, shards
         self.index = open_index_part(index_dir, shard, shards)
+        if follow_s > 0:
+            threading.Thread(target=self._follow, args=(follow_s,), name="follow-generation", daemon=True).start()
+
+    def _follow(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            try:
+                if manifest_generation(self.index_dir) != self.index.generation:
+                    # built beside the old part, then swapped: searches in flight finish on the old
+                    # one (released when they drop it), new ones see the new generation whole
+                    self.index = open_index_part(self.index_dir, self.shard, self.shards)
+                    log.info("shard %d/%d: now at generation %d", self.shard, self.shards, self.index.generation)
+            except Exception:  # a half-visible commit, a compaction in progress: try again next time
+                log.warning("shard %d/%d: cannot follow the index yet", self.shard, self.shards, exc_info=True)
+
+    def generation(self) -> int:
+        return self.index.generation
 
     def count(self) -> int:
         return self.index.count
@@ -147,16 +184,18 @@ class IndexShard:
 class ShardedIndex:
     """The `.count / .search / .vectors / .paths` of an OpenIndex, answered by shard deployments."""
 
-    def __init__(self, handles: list) -> None:
-        self.handles = handles
-        self._count: int | None = None
+    def __init__(self, handles: list, follow_s: float = FOLLOW_S) -> None:
+        self.handles, self.follow_s = handles, follow_s
+        self._count: tuple[float, int] | None = None  # (when asked, count)
 
     @property
     def count(self) -> int:
-        # asked on first use, not in __init__: a replica's constructor must not block on handles
-        if self._count is None:
-            self._count = sum(p.result() for p in [h.count.remote() for h in self.handles])
-        return self._count
+        # asked on first use, not in __init__: a replica's constructor must not block on handles;
+        # then again every follow_s seconds (the shards follow the index's generation)
+        now = time.monotonic()
+        if self._count is None or (self.follow_s > 0 and now - self._count[0] >= self.follow_s):
+            self._count = (now, sum(p.result() for p in [h.count.remote() for h in self.handles]))
+        return self._count[1]
 
     def search(self, queries: np.ndarray, k: int):
         pending = [h.search.remote(queries, k) for h in self.handles]  # all shards at once
@@ -187,12 +226,16 @@ class ShardedIndex:
 class SearchIngress:
     """gRPC methods of `dffsearch.v1.SearchService` and `grpc.health.v1.Health` (by method name)."""
 
-    def __init__(self, index_dir: str, encoder, shards: list, token: str | None, max_top_k: int, max_qe: int) -> None:
+    def __init__(
+        self, index_dir: str, encoder, shards: list, token: str | None, max_top_k: int, max_qe: int,
+        follow_s: float = FOLLOW_S,
+    ) -> None:
         import indexer
 
         self.index_dir, self.encoder, self.max_top_k, self.max_qe = index_dir, encoder, max_top_k, max_qe
-        self.manifest = indexer.read_manifest(index_dir)
-        self.index = ShardedIndex(shards)
+        self.follow_s = follow_s
+        self._manifest = (time.monotonic(), indexer.read_manifest(index_dir))
+        self.index = ShardedIndex(shards, follow_s)
         from .uploads import UploadKeys
 
         self.keys = UploadKeys(Path(index_dir))
@@ -210,6 +253,16 @@ class SearchIngress:
             )
         except Exception:  # metrics are best effort; searching is not
             pass
+
+    @property
+    def manifest(self) -> dict:
+        """The index's manifest, re-read every follow_s seconds (GetIndexInfo, GetImage)."""
+        import indexer
+
+        now = time.monotonic()
+        if self.follow_s > 0 and now - self._manifest[0] >= self.follow_s:
+            self._manifest = (now, indexer.read_manifest(self.index_dir))
+        return self._manifest[1]
 
     def _fail(self, grpc_context, code, message: str):
         grpc_context.set_code(code)
@@ -298,10 +351,12 @@ class SearchIngress:
         from .stored_images import ImageNotFoundError, indexed_image_path, load_stored_image
 
         self._authorize(grpc_context)
-        if self.catalog is None:  # the snapshot's catalog, opened on first use (read-only)
-            self.catalog = Catalog(Path(self.index_dir) / CATALOG_NAME, readonly=True)
+        manifest = self.manifest
+        if self.catalog is None:  # opened on first use (read-only), at the manifest's generation
+            self.catalog = Catalog(Path(self.index_dir) / CATALOG_NAME, readonly=True, generation=int(manifest["generation"]))
+        self.catalog.set_generation(int(manifest["generation"]))
         try:
-            path = indexed_image_path(self.catalog, request.id, self.manifest["source_root"], self.index_dir)
+            path = indexed_image_path(self.catalog, request.id, manifest["source_root"], self.index_dir)
             image = load_stored_image(request.id, path, request.max_side, key=self.keys.key_for(path))
         except ImageNotFoundError as exc:
             self._fail(grpc_context, grpc.StatusCode.NOT_FOUND, str(exc))
@@ -314,9 +369,14 @@ class SearchIngress:
         import grpc
 
         self._authorize(grpc_context)
+        command = "dff-index add INDEX FILE..." if method == "AddImages" else "dff-index remove INDEX --ids ..."
+        then = (
+            f"the app follows the index and serves the new generation within ~{self.follow_s:g} s"
+            if self.follow_s > 0 else "then redeploy (this app serves a snapshot: follow_s=0)"
+        )
         self._fail(grpc_context, grpc.StatusCode.UNIMPLEMENTED,
-                   f"{method}: dff-serve --ray serves a snapshot of the index; change it with "
-                   "dff-index add/remove and restart dff-serve --ray")
+                   f"{method}: dff-serve --ray does not write the index; run `{command}` on {self.index_dir} "
+                   f"(on any node that sees it): {then}")
 
     def AddImages(self, request_iterator, grpc_context):
         self._read_only(grpc_context, "AddImages")
@@ -343,14 +403,16 @@ def build_app(config: RayServeConfig):
     ).bind(index_dir, config.device)
     shards = [
         serve.deployment(IndexShard, name=f"IndexShard{s}", ray_actor_options={"num_cpus": 0.1}).bind(
-            index_dir, s, config.shards
+            index_dir, s, config.shards, config.follow_s
         )
         for s in range(config.shards)
     ]
     ingress = serve.deployment(
         SearchIngress, name="SearchIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1}
     )
-    return ingress.bind(index_dir, encoder, shards, config.token, config.max_top_k, config.max_query_expansion)
+    return ingress.bind(
+        index_dir, encoder, shards, config.token, config.max_top_k, config.max_query_expansion, config.follow_s
+    )
 
 
 def _free_port() -> int:

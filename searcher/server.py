@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         config.index, info["count"], info["backbone"], info["image_size"], config.host, running.port,
         info["max_batch"], info["compute_slots"], info["rerank"], os.getpid(),
     )
+    log.info("warmed up before serving: %s", ", ".join(f"{k} {v:.0f} ms" for k, v in running.engine.warmup_ms.items()))
     print(f"dff-serve: listening on {config.host}:{running.port}", flush=True)
     while not stop.wait(1.0):
         pass

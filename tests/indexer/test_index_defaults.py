@@ -31,3 +31,16 @@ def test_a_manifest_without_the_newer_settings_reproduces_its_vectors():
     # a manifest that records the setting keeps it
     current = descriptor_config_from({"descriptor": dataclasses.asdict(DescriptorConfig())})
     assert current == DescriptorConfig()
+    # written before nmf_algorithm existed: multiplicative updates; HALS when recorded
+    del stored["nmf_algorithm"]
+    assert descriptor_config_from({"descriptor": stored}).nmf_algorithm == "mu"
+    hals = dataclasses.asdict(DescriptorConfig(nmf_algorithm="hals"))
+    assert descriptor_config_from({"descriptor": hals}).nmf_algorithm == "hals"
+
+
+def test_the_nmf_solver_choice_decides_the_recorded_algorithm():
+    assert IndexConfig().descriptor_config().nmf_algorithm == "mu"
+    assert IndexConfig(nmf_solver="numba-hals").descriptor_config().nmf_algorithm == "hals"
+    assert IndexConfig(nmf_solver="torch-sparse").descriptor_config().nmf_algorithm == "mu"
+    with pytest.raises(ValueError, match="nmf_algorithm must be one of"):
+        DescriptorConfig(nmf_algorithm="als")

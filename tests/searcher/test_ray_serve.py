@@ -1,15 +1,18 @@
 """`dff-serve --ray`: a real Ray Serve app (gRPC ingress, encoder, 2 index shards) answers like the
-local engine over the same exact (Flat) index, through the unchanged `SearchClient`."""
+local engine over the same exact (Flat) index, through the unchanged `SearchClient`, and follows
+the index directory when `dff-index add` commits a new generation to it (the last test)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from searcher_fixtures import jpeg_bytes, photo
+from searcher_fixtures import EXTRA_PHOTO, jpeg_bytes, photo
 
 
 def _free_port() -> int:
@@ -19,11 +22,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_app(ray_local, built_index: Path):
+def served_index(built_index: Path, tmp_path_factory) -> Path:
+    """A copy of the pristine index: the last test adds to it (the others compare with `engine`)."""
+    target = tmp_path_factory.mktemp("ray-served") / "index"
+    shutil.copytree(built_index, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def ray_app(ray_local, served_index: Path):
     from searcher.ray_serve import RayServeConfig, start_on_ray, stop_on_ray
 
     port = start_on_ray(
-        RayServeConfig(index=built_index, address="auto", port=_free_port(), shards=2, max_top_k=20, token="s3cret")
+        RayServeConfig(index=served_index, address="auto", port=_free_port(), shards=2, max_top_k=20, token="s3cret",
+                       follow_s=0.5)
     )
     yield port
     stop_on_ray()
@@ -67,6 +79,7 @@ def test_ray_app_info_errors_and_auth(ray_app, ray_client, engine):
     with pytest.raises(grpc.RpcError) as read_only:
         ray_client.remove_images(ids=[0])
     assert read_only.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "dff-index remove" in read_only.value.details()
     with SearchClient("127.0.0.1", ray_app, token="wrong", timeout=60) as other, pytest.raises(grpc.RpcError) as denied:
         other.search(jpeg_bytes(photo("coffee")), top_k=3)
     assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -96,3 +109,22 @@ def test_ray_app_serves_the_page_images_and_concepts(ray_client, engine):
     assert [c.kept for c in response.query_concepts] == [c.kept for c in expected.concepts]
     kept = {c.index for c in response.query_concepts if c.kept}
     assert all(r.HasField("shared_concept") and r.shared_concept in kept for r in response.results)
+
+
+def test_ray_app_follows_an_offline_add(ray_client, served_index: Path, tmp_path: Path):
+    """`dff-index add` on the served directory (another process's commit) reaches every shard."""
+    from indexer import add_images
+
+    before = ray_client.info().count
+    new_file = tmp_path / f"{EXTRA_PHOTO}.jpg"
+    photo(EXTRA_PHOTO).save(new_file, quality=90)
+    added = add_images(served_index, [new_file], progress=False)
+    assert len(added.ids) == 1
+    query = jpeg_bytes(photo(EXTRA_PHOTO))
+    deadline = time.monotonic() + 120  # the shards look every 0.5 s; reopening one takes a moment
+    while ray_client.info().count != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_client.info().count == before + 1
+    top = ray_client.search(query, top_k=1).results[0]
+    assert top.id == added.ids[0] and top.path.endswith(f"{EXTRA_PHOTO}.jpg")
+    assert ray_client.get_image(added.ids[0], max_side=32).id == added.ids[0]
