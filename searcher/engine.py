@@ -219,7 +219,7 @@ class SearchEngine:
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        warm_up_nmf()
+        warm_up_nmf(self.extractor.config.nmf_algorithm)  # the index's algorithm (manifest)
         timings["nmf_compile"] = 1000 * (time.perf_counter() - start)
         size = self.extractor.image_size
         noise = np.random.default_rng(0).integers(0, 256, (size, size * 4 // 3, 3), dtype=np.uint8)
