@@ -406,25 +406,29 @@ def sparse_solver(algorithm: str = "mu") -> str:
     return next(name for name in _SPARSE_PREFERENCE[algorithm] if _installed(name))
 
 
-def warm_up() -> list[str]:
-    """Compile (or load from numba's disk cache) the compiled solvers this process would use, on a
-    tiny problem; returns their names. A server calls it before it reports SERVING."""
-    names = [sparse_solver(algorithm) for algorithm in ALGORITHMS]
-    if any(SOLVERS[name].needs == "numba" for name in names):
-        from .nmf_numba import warm_up as compile_kernels
+def warm_up(algorithm: str | None = None) -> str:
+    """Compile (or load from numba's disk cache) the solver of sparse CPU items for ``algorithm``
+    (None: the process's choice), on a tiny problem; returns its name. dff-serve calls it before it
+    reports SERVING, dff-index build beside the backbone's load."""
+    algorithm = algorithm or chosen_algorithm()
+    name = sparse_solver(algorithm)
+    if SOLVERS[name].needs == "numba":
+        from .nmf_numba import warm_up as compile_kernel
 
-        compile_kernels()
-    return names
+        compile_kernel(algorithm)
+    return name
 
 
-def solvers_compiled() -> bool:
-    """Whether the compiled solvers are ready in this process (True where none is in use)."""
-    if not any(SOLVERS[sparse_solver(a)].needs == "numba" for a in ALGORITHMS):
+def solvers_compiled(algorithm: str | None = None) -> bool:
+    """Whether the solver of ``algorithm`` (None: the process's choice) is ready in this process
+    (True for a solver that needs no compilation)."""
+    algorithm = algorithm or chosen_algorithm()
+    if SOLVERS[sparse_solver(algorithm)].needs != "numba":
         return True
     import sys
 
     module = sys.modules.get(f"{__package__}.nmf_numba")
-    return module is not None and module.compiled()
+    return module is not None and module.compiled(algorithm)
 
 
 def chosen_algorithm() -> str:
@@ -486,10 +490,9 @@ def nmf(
     U, V = _initial_factors(X, mask, k, seed)
     n_valid = mask.sum(dim=1).tolist()
     if sparse is None:
+        nonzeros = torch.count_nonzero(X.flatten(1), dim=1).tolist() if X.device.type == "cpu" else [0] * B
         use_sparse = [
-            X.device.type == "cpu"
-            and n_b > 0
-            and int(torch.count_nonzero(X[b])) <= SPARSE_DENSITY * n_b * X.shape[2]
+            X.device.type == "cpu" and n_b > 0 and nonzeros[b] <= SPARSE_DENSITY * n_b * X.shape[2]
             for b, n_b in enumerate(n_valid)
         ]
     else:

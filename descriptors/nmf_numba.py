@@ -379,17 +379,16 @@ def hals_updates(
     return U, V, iters, errors
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's disk cache) every kernel now, on a tiny problem: a server
-    calls this at start-up so that its first query does not pay for the compilation."""
+def warm_up(algorithm: str = "mu") -> None:
+    """Compile (or load from numba's disk cache) the kernel of ``algorithm`` ("mu" or "hals") now,
+    on a tiny problem: a server calls this at start-up so that its first query does not pay for it."""
     X = np.zeros((1, 3, 9), dtype=np.float32)
     X[0, 0, 1] = X[0, 2, 5] = 1.0
     U = np.full((1, 3, 2), 0.5, dtype=np.float32)
     V = np.full((1, 2, 9), 0.5, dtype=np.float32)
-    hals_updates(X, U, V, 2, 0.0)
-    multiplicative_updates(X, U, V, 2, 0.0)
+    (hals_updates if algorithm == "hals" else multiplicative_updates)(X, U, V, 2, 0.0)
 
 
-def compiled() -> bool:
-    """True when the kernels are compiled in this process (numba's per-signature dispatchers)."""
-    return bool(_hals_items.signatures) and bool(_mu_items.signatures)
+def compiled(algorithm: str = "mu") -> bool:
+    """True when the kernel of ``algorithm`` is compiled in this process (numba's dispatchers)."""
+    return bool((_hals_items if algorithm == "hals" else _mu_items).signatures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,11 +16,16 @@ def make_extractor(config: IndexConfig):
     """The `descriptors.pipeline.Extractor` a build with `config` uses."""
     from descriptors.backbones import load_backbone
     from descriptors.nmf import set_sparse_solver
+    from descriptors.nmf import warm_up as warm_up_nmf
     from descriptors.pipeline import Extractor
     from descriptors.threads import setup_threads
 
     setup_threads(config.threads)
     set_sparse_solver(config.nmf_solver)
+    # numba's import and kernel load (from its disk cache) took 5-19 s of a 4-photo build on the
+    # loaded 2-core machine: start it now, beside the backbone's load (timm, OpenVINO), instead of
+    # in the first batch's NMF; LLVM's linking runs outside the GIL
+    threading.Thread(target=warm_up_nmf, name="dff-nmf-warm-up", daemon=True).start()
     from descriptors.runtimes import use_runtime
 
     backbone = load_backbone(

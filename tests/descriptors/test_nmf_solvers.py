@@ -129,7 +129,8 @@ def test_default_solvers_and_a_choice_is_validated():
 
 
 def test_numba_kernels_warm_up_and_report_compiled():
-    from descriptors.nmf_numba import compiled, warm_up
+    from descriptors.nmf import solvers_compiled, warm_up
 
-    warm_up()
-    assert compiled()
+    for algorithm in ("mu", "hals"):
+        assert warm_up(algorithm) == f"numba-{algorithm}"
+        assert solvers_compiled(algorithm)
