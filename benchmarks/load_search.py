@@ -13,6 +13,14 @@ the real query descriptors, against the measured query time.
 
 --json FILE writes {"errors": n, "forward_qps": x, "forward_ms": x, "qps": {"1": x, ...},
 "p50_ms": {...}, "p99_ms": {...}}.
+
+--rerank-compare N also times one client re-ranking the first N results by the stored factor
+rows against re-ranking off, in --rounds alternating rounds of --duration / --rounds seconds each
+(a busy machine drifts: alternating spreads the drift over both), and adds to the JSON
+"rerank_latency_ratio" (median p50 with N / median p50 with 0; target <= 1.3), "rerank_p50_ms"
+{"0": x, "N": x}, "rerank_stage_ms" (the server's rerank stage) and "rerank_bytes_per_image"
+(the factor rows on disk per indexed image; a --target server's index is not read: null). The
+index needs >= N images for the comparison to mean N (--images).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STAGES = ("queue", "decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
+STAGES = ("queue", "decode", "forward", "nmf", "descriptor", "faiss", "rerank", "expansion", "localization")
 
 
 def collection(count: int, folder: Path) -> list[Path]:
@@ -175,6 +183,20 @@ def run_clients(
     }
 
 
+def rerank_compare(target: str, token, images: list[bytes], args, request: dict) -> dict:
+    """Median over alternating rounds of one client's p50 with re-ranking depth N and with 0."""
+    off, on, stage = [], [], []
+    rounds = max(1, args.rounds)
+    for _ in range(rounds):
+        for depth, out in ((0, off), (args.rerank_compare, on)):
+            row = run_clients(target, token, images, 1, args.duration / rounds, 1.0, request | {"rerank": depth})
+            out.append(row["p50"])
+            if depth:
+                stage.append(row["stages"].get("rerank", float("nan")))
+    p50_off, p50_on = statistics.median(off), statistics.median(on)
+    return {"p50_off": p50_off, "p50_on": p50_on, "ratio": p50_on / p50_off, "stage_ms": statistics.median(stage)}
+
+
 def faiss_share(index_dir: Path, n_vectors: int, query_ms: float, images: list[bytes]) -> list[dict]:
     """Exact inner-product search (one thread, as dff-serve runs it) on n random unit vectors of
     the index's dimension and of 256 (a whitened index), timed with the real query descriptors
@@ -240,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--qe", type=int, default=0)
     parser.add_argument("--localize", action="store_true")
+    parser.add_argument(
+        "--rerank-compare", type=int, default=0, metavar="N",
+        help="also time 1 client re-ranking the first N results against re-ranking off (alternating rounds)",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of --rerank-compare")
     parser.add_argument("--forward-seconds", type=float, default=10.0)
     parser.add_argument("--faiss-vectors", type=int, default=100_000, help="0 skips the FAISS share")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra dff-serve flag (repeatable)")
@@ -291,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         request = {"top_k": args.top_k, "query_expansion": args.qe, "localize": args.localize}
         rows = [run_clients(target, token, images, c, args.duration, args.warmup, request) for c in counts]
+        compare = rerank_compare(target, token, images, args, request) if args.rerank_compare else None
         after = {
             t: bare_forward(info.backbone, images, info.image_size, args.forward_seconds / 2, t)
             for t in thread_counts
@@ -332,6 +360,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"FAISS exact search (1 thread), {share['vectors']:,} vectors x {share['dim']}: "
                 f"{share['search_ms']:.2f} ms = {100 * share['share']:.1f}% of the {one['p50']:.0f} ms query"
             )
+    rerank_bytes = None
+    if compare is not None:
+        if args.target is None:
+            from indexer import index_info
+
+            rerank_bytes = index_info(index).get("factor_rows_on_disk", {}).get("bytes_per_image")
+        reranked = min(args.rerank_compare, info.count)
+        print(
+            f"re-ranking the first {args.rerank_compare} ({reranked} in this {info.count}-image index), 1 client, "
+            f"median p50 of {args.rounds} alternating rounds: off {compare['p50_off']:.1f} ms, on "
+            f"{compare['p50_on']:.1f} ms (its rerank stage {compare['stage_ms']:.2f} ms): ratio {compare['ratio']:.3f} "
+            f"(target <= 1.3); factor rows {rerank_bytes} bytes per image"
+        )
     if args.json:
         payload = {
             "errors": sum(r["errors"] for r in rows),
@@ -341,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": {str(r["clients"]): r["p50"] for r in rows},
             "p99_ms": {str(r["clients"]): r["p99"] for r in rows},
         }
+        if compare is not None:
+            payload["rerank_latency_ratio"] = compare["ratio"]
+            payload["rerank_p50_ms"] = {"0": compare["p50_off"], str(args.rerank_compare): compare["p50_on"]}
+            payload["rerank_stage_ms"] = compare["stage_ms"]
+            payload["rerank_bytes_per_image"] = rerank_bytes
         args.json.write_text(json.dumps(payload, indent=1))
     return 0
 

@@ -25,7 +25,12 @@ import numpy as np
 from .aggregate import l2_normalize_rows
 from .whitening import PCAWhitening
 
-__all__ = ["MatchKernel", "RowCodec", "match_scores", "rerank_top", "row_features", "self_similarity"]
+__all__ = ["DEFAULT_DEPTH", "MatchKernel", "RowCodec", "match_scores", "rerank_top", "row_features", "self_similarity"]
+
+# How many first-stage results are re-ranked when nobody says: `dff-serve --rerank`'s default and
+# `dff-eval --rerank`'s, one number so that dff-eval scores what the product serves. 0 (off) until
+# the quality measurements (docs/results.md) choose a depth.
+DEFAULT_DEPTH = 0
 
 
 @dataclass(frozen=True)

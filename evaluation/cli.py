@@ -76,7 +76,7 @@ def _common(parser: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
 
 def _ranking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rerank", type=_int_list, default=(0,),
+        "--rerank", type=_int_list, default=EvalConfig.rerank,
         help="re-rank the top N by the factor-row match kernel (0: off); a list (0,100) measures each",
     )
     parser.add_argument("--rerank-dim", type=int, default=256, help="rows compressed to this dimension, float16 (0: uncompressed), as the index stores them")
@@ -132,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         at=getattr(args, "at", 30),
         k=args.k[0],
         ks=args.k if len(args.k) > 1 else (),
-        rerank=getattr(args, "rerank", (0,)),
+        rerank=getattr(args, "rerank", EvalConfig.rerank),
         rerank_dim=getattr(args, "rerank_dim", 256),
         expansion=getattr(args, "expansion", ("average",)),
         runtime=args.runtime,

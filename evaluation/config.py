@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from descriptors.pipeline import METHODS
+from descriptors.rerank import DEFAULT_DEPTH
 
 ALL_METHODS = tuple(METHODS)  # mac spoc gem rmac crow nmf-v nmf-vu
 
@@ -35,8 +36,8 @@ class EvalConfig:
     # and published numbers stay comparable; another runtime gets its own activation cache
     runtime: str = "torch"
     # re-ranking depths (descriptors.rerank; 0: off) and the rows' compressed dimension (0: none).
-    # Off by default: dff-serve does not re-rank yet, and dff-eval scores what the product serves.
-    rerank: tuple[int, ...] = (0,)
+    # The default is dff-serve's (descriptors.rerank.DEFAULT_DEPTH): dff-eval scores what the product serves.
+    rerank: tuple[int, ...] = (DEFAULT_DEPTH,)
     rerank_dim: int = 256
     # query expansions measured for every QE size > 0 (evaluation.encode.EXPANSIONS)
     expansion: tuple[str, ...] = ("average",)

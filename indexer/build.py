@@ -24,12 +24,21 @@ from .catalog import STATUS_INDEXED, Catalog, CatalogRow
 from .config import IndexConfig, resolve_faiss_factory
 from .errors import IndexerError, IndexExistsError, IndexWriteError, NoImagesError
 from .extraction import make_extractor, progress_bar, run_extraction
+from .factor_rows import (
+    FACTOR_CODEC_NAME,
+    OFFSETS,
+    ROWS,
+    codec_writer,
+    encode_rows,
+    fit_codec,
+    manifest_entry,
+)
 from .faiss_index import build_faiss_index, write_faiss_index
 from .files import catalog_path, iter_image_files, stat_key
 from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, make_manifest, write_manifest
 from .partial import PartialBuild
 from .stages import WorkItem
-from .storage import write_error
+from .storage import atomic_write, write_error
 from .summary import BuildSummary, ShardClock, SkippedFile
 from .whiten import whitening_for_build
 
@@ -142,7 +151,7 @@ def build_index(
     if not files:
         raise NoImagesError(f"{folder}: no image files found (looked for .jpg .jpeg .png .webp, recursively)")
     items = [WorkItem(i, f, catalog_path(f, folder, out)) for i, f in enumerate(files)]
-    stores_rows = config.whiten_dim > 0
+    stores_rows = config.stores_rows
     clock = ShardClock(started)
     processed, resumed, extractor = extract_to_partial(
         folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract",
@@ -186,6 +195,7 @@ def _assemble(
     if whitening is not None:
         whitening.save(staged / WHITENING_NAME)
 
+    factor = _FactorRowsWriter(partial, whitening, config, staged, n_items) if config.rerank_dim > 0 else None
     summary = BuildSummary(index_dir=str(out))
     now = time.time()
     vectors_path = staged / VECTORS_NAME
@@ -203,6 +213,8 @@ def _assemble(
                 # the first shard that has one
                 if vectors is None and shard_vectors.shape[1] > 0:
                     vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(n_items, shard_vectors.shape[1]))
+                if factor is not None:
+                    factor.add_shard(shard)
                 indexed = np.array([s == STATUS_INDEXED for s in shard.statuses], dtype=bool)
                 if indexed.any():
                     shard_ids = np.asarray(shard.ids, dtype=np.int64)[indexed]
@@ -225,12 +237,16 @@ def _assemble(
         index = build_faiss_index(vectors, ids, factory, train_max=config.faiss_train_max, seed=config.seed, device=config.device)
         write_faiss_index(index, staged / FAISS_NAME)
         del vectors, index
+        factor_files = factor.finish() if factor is not None else {}
         counts = {"files": n_items, "indexed": len(ids), "skipped": summary.skipped_reasons}
         manifest = make_manifest(
             config, extractor.backbone, config.descriptor_config(),
             source_root=str(folder), dim=dim, factory=factory, search_params=search_params,
             whitening_info=whitening_info, counts=counts, next_id=n_items,
         )
+        if factor is not None:
+            manifest["segments"][0]["files"].update(factor_files)
+            manifest["factor_rows"] = manifest_entry(factor.codec, factor.fit_rows)
         write_manifest(staged, manifest)
     except OSError as exc:
         raise write_error(staged, exc) from exc
@@ -260,6 +276,51 @@ def _shard_meta(partial: PartialBuild, index: int) -> tuple[int, set[str]]:
     with np.load(partial.shard_path(index), allow_pickle=False) as data:
         statuses = [str(s) for s in data["statuses"]]
     return sum(s == STATUS_INDEXED for s in statuses), {s.split(":", 1)[1] for s in statuses if s != STATUS_INDEXED}
+
+
+class _FactorRowsWriter:
+    """The build's re-ranking rows (`indexer/factor_rows.py`): the codec fitted on a seeded sample
+    of the collection's rows, then every indexed image's rows encoded into the base segment's
+    `factor_rows.npy` (row = offsets[id]) and `factor_rows_offsets.npy`, shard by shard."""
+
+    def __init__(self, partial: PartialBuild, whitening, config: IndexConfig, staged: Path, n_items: int) -> None:
+        from descriptors.rerank import row_features
+
+        from .factor_rows import CODEC_TRAIN_ROWS
+        from .whiten import sample_rows
+
+        sample = sample_rows(partial, CODEC_TRAIN_ROWS, config.seed)
+        self.codec = fit_codec(row_features(sample, whitening), config.rerank_dim)
+        self.fit_rows = len(sample)
+        self.whitening, self.staged = whitening, staged
+        atomic_write(staged / FACTOR_CODEC_NAME, codec_writer(self.codec), suffix=".npy")
+        counts = np.zeros(n_items, np.int64)
+        for index in partial.completed():
+            with np.load(partial.shard_path(index), allow_pickle=False) as data:
+                indexed = data["statuses"] == STATUS_INDEXED
+                counts[data["ids"][indexed]] = data["row_counts"][indexed]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.rows = np.lib.format.open_memmap(
+            staged / f"{ROWS}.npy", mode="w+", dtype=np.float16, shape=(int(self.offsets[-1]), self.codec.dim)
+        )
+
+    def add_shard(self, shard) -> None:
+        for image_id, rows in zip(shard.ids, shard.rows_of(), strict=True):
+            if rows is not None and len(rows):
+                start, stop = self.offsets[image_id], self.offsets[image_id + 1]
+                self.rows[start:stop] = encode_rows(rows, self.whitening, self.codec)
+
+    def finish(self) -> dict[str, str]:
+        self.rows.flush()
+        del self.rows
+        offsets = self.offsets
+
+        def write(temp: str) -> None:
+            with open(temp, "wb") as handle:
+                np.save(handle, offsets, allow_pickle=False)
+
+        atomic_write(self.staged / f"{OFFSETS}.npy", write, suffix=".npy")
+        return {ROWS: f"{ROWS}.npy", OFFSETS: f"{OFFSETS}.npy"}
 
 
 def _aggregate_shard(shard, whitening) -> np.ndarray:

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-iter", type=int, default=IndexConfig.max_iter)
     build.add_argument("--image-size", type=int, default=None, help="smaller side in pixels (default: the backbone's, 320 for efficientnet-lite0)")
     build.add_argument("--whiten-dim", type=int, default=IndexConfig.whiten_dim, help="PCA-whitening dim (0: off)")
+    build.add_argument(
+        "--rerank-dim", type=int, default=IndexConfig.rerank_dim,
+        help="store each image's factor rows for re-ranking (dff-serve --rerank), projected to this "
+        "dimension, float16: K x dim x 2 + 8 bytes per image (0: none)",
+    )
     build.add_argument("--whiten-on", default=None, help="fit the whitening on this folder or index dir")
     build.add_argument("--faiss", default=IndexConfig.faiss, help='FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ64", ...) or auto')
     build.add_argument("--faiss-search-params", default=None, help='e.g. "nprobe=32" or "efSearch=128"')
@@ -152,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = IndexConfig(
                 backbone=args.backbone, weights=args.weights, reflection_padding=args.reflection_padding,
                 descriptor=args.descriptor, k=args.k, max_iter=args.max_iter, image_size=args.image_size,
-                whiten_dim=args.whiten_dim, whiten_on=args.whiten_on, faiss=args.faiss,
+                whiten_dim=args.whiten_dim, rerank_dim=args.rerank_dim, whiten_on=args.whiten_on, faiss=args.faiss,
                 faiss_search_params=args.faiss_search_params, batch_size=args.batch_size, threads=args.threads,
                 device=args.device, nmf_solver=args.nmf_solver, runtime=args.runtime, shard_size=args.shard_size, max_pixels=args.max_pixels, overwrite=args.overwrite,
                 ray_address=args.ray, cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,

@@ -1,7 +1,8 @@
 """`compact_index` (`dff-index compact INDEX`): fold segments and tombstones into a fresh checkpoint.
 
 One new generation: the vectors of every image visible now go into one dense segment
-(`vectors.<G>.npy`, row = id), the FAISS index with the segments added and the removed ids
+(`vectors.<G>.npy`, row = id; its re-ranking rows, when the index has them, into
+`factor_rows.<G>.npy` + `factor_rows_offsets.<G>.npy`, removed images with no rows), the FAISS index with the segments added and the removed ids
 physically gone (rebuilt from the kept vectors where the index type cannot remove) into
 `index.<G>.faiss`, and the manifest naming both is renamed into place, the commit point. Then
 the catalog forgets the rows removed before, and the files no manifest names are deleted. A
@@ -19,6 +20,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .config import FORMAT_VERSION
+from .factor_rows import OFFSETS, ROWS, dense_writers
 from .faiss_index import faiss_writer, remove_ids
 from .generations import begin_write, remove_unreferenced
 from .graph import graph_entry_after
@@ -51,6 +53,12 @@ def compact_index(index_dir: str | Path) -> dict:
             n_rows = int(manifest.get("next_id", 0))
             vectors_name, faiss_name = f"vectors.{generation:08d}.npy", f"index.{generation:08d}.faiss"
             atomic_write(index_dir / vectors_name, _dense_vectors_writer(index, n_rows), suffix=".npy")
+            files = {"vectors": vectors_name}
+            if index.has_factor_rows:
+                files[ROWS], files[OFFSETS] = f"{ROWS}.{generation:08d}.npy", f"{OFFSETS}.{generation:08d}.npy"
+                write_rows, write_offsets = dense_writers(index.factor_rows, n_rows, index.row_codec.dim)
+                atomic_write(index_dir / files[ROWS], write_rows, suffix=".npy")
+                atomic_write(index_dir / files[OFFSETS], write_offsets, suffix=".npy")
             faiss_index = index.faiss_index
             hidden = index.hidden_ids
             if len(hidden):
@@ -60,7 +68,7 @@ def compact_index(index_dir: str | Path) -> dict:
             atomic_write(index_dir / faiss_name, faiss_writer(faiss_index))
         new = dict(manifest, format_version=FORMAT_VERSION, generation=generation, updated_at=time.time())
         new["faiss"] = dict(manifest["faiss"], file=faiss_name, generation=generation)
-        new["segments"] = [{"generation": generation, "first_id": 0, "count": n_rows, "files": {"vectors": vectors_name}}]
+        new["segments"] = [{"generation": generation, "first_id": 0, "count": n_rows, "files": files}]
         new["tombstones"] = []
         if manifest.get("graph"):  # rebuilt: the lists that removals shortened are full again
             new["graph"] = graph_entry_after(

@@ -41,6 +41,10 @@ class IndexConfig:
     whiten_dim: int = 0
     whiten_on: str | None = None  # a folder of images or an index directory (its whitening.npz)
     whiten_max_rows: int = 200_000  # rows sampled (seeded) from the collection to fit the whitening
+    # re-ranking rows (indexer/factor_rows.py): each image's rows projected to this dimension,
+    # float16, stored beside its vector (K = 4: 2,056 bytes per image at 256); 0 = none (searches
+    # on the index then cannot re-rank). Stage 1 keeps the rows (as with whitening) to fit the codec.
+    rerank_dim: int = 256
     faiss: str = "auto"  # a FAISS factory string, or "auto"
     faiss_search_params: str | None = None  # e.g. "nprobe=32"; default: chosen with the factory
     faiss_train_max: int = 262_144  # vectors sampled to train IVF/PQ
@@ -83,6 +87,8 @@ class IndexConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.whiten_dim < 0:
             raise ValueError(f"whiten_dim must be >= 0 (0 = off), got {self.whiten_dim}")
+        if self.rerank_dim < 0:
+            raise ValueError(f"rerank_dim must be >= 0 (0 = no re-ranking rows), got {self.rerank_dim}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = chosen from the free CPUs), got {self.threads}")
         if self.workers is not None and self.workers < 0:
@@ -124,8 +130,13 @@ class IndexConfig:
             "shard_size": self.shard_size,
             "batch_size": self.batch_size,
             "max_pixels": self.max_pixels,
-            "stores_rows": self.whiten_dim > 0,
+            "stores_rows": self.stores_rows,
         }
+
+    @property
+    def stores_rows(self) -> bool:
+        """Stage 1 keeps each image's local rows (to fit the whitening or the re-ranking codec)."""
+        return self.whiten_dim > 0 or self.rerank_dim > 0
 
     def replace(self, **changes) -> IndexConfig:
         return dataclasses.replace(self, **changes)

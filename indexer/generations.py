@@ -15,10 +15,11 @@ A crash before step 4 leaves generation G exactly (the next writer cleans up); a
 generation G+1 exactly. `Commit` is what a generation changed, for a live reader to apply
 (`OpenIndex.apply`) without reopening.
 
-Other per-image arrays (e.g. per-image factor rows) ride along as more entries of a segment's
-`files` (`{"vectors": ..., "<name>": ...}`), row-aligned with the vectors; variable-length
-rows go as `<name>` (concatenated) + `<name>_offsets` (n+1 row offsets). Compaction must fold them
-the same way it folds the vectors. The diffusion k-NN graph (`indexer.graph`), when the index has
+Other per-image arrays ride along as more entries of a segment's `files` (`{"vectors": ...,
+"<name>": ...}`, `commit_generation(arrays=...)`), row-aligned with the vectors; variable-length
+rows go as `<name>` (concatenated) + `<name>_offsets` (n+1 row offsets): the re-ranking rows
+(`indexer/factor_rows.py`: `factor_rows`, `factor_rows_offsets`). Compaction folds them the same
+way it folds the vectors. The diffusion k-NN graph (`indexer.graph`), when the index has
 one, is updated by every commit here, its delta file written before the manifest that names it.
 """
 
@@ -49,6 +50,8 @@ class Commit:
     added_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     added_vectors: np.ndarray | None = None
     removed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # the added segment's other row-aligned arrays (e.g. `factor_rows`, `factor_rows_offsets`)
+    added_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def segment_name(generation: int, array: str) -> str:
@@ -57,6 +60,8 @@ def segment_name(generation: int, array: str) -> str:
 
 def referenced_files(manifest: dict) -> set[str]:
     names = {manifest["faiss"]["file"]}
+    if manifest.get("factor_rows", {}).get("codec"):
+        names.add(manifest["factor_rows"]["codec"])
     for segment in manifest["segments"]:
         names.update(segment["files"].values())
     names.update(t["file"] for t in manifest["tombstones"])
@@ -72,7 +77,7 @@ def _is_ours(relative: str) -> bool:
     if name.startswith(".") and ".tmp" in name:
         return True  # an atomic write's temp file a crash left behind
     return name in (FAISS_NAME, VECTORS_NAME) or (name.startswith("index.") and name.endswith(".faiss")) or (
-        name.startswith("vectors.") and name.endswith(".npy")
+        (name.startswith("vectors.") or name.startswith("factor_rows")) and name.endswith(".npy")
     )
 
 
@@ -126,12 +131,14 @@ def commit_generation(
     next_id: int | None = None,
     rebuild_graph_k: int | None = None,
     graph_depth: int | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Commit:
     """Write generation G+1: `vectors` (rows of the indexed rows of `insert`, in id order, ids
-    contiguous) as a new segment, the indexed ids of `remove` as a tombstone, the catalog, then the
-    manifest. Work and I/O are proportional to the batch, not to the index, except for the
-    diffusion graph when the index has one (`indexer.graph`: its delta is written in the same
-    commit, one exact search per added image) or `rebuild_graph_k` asks for a full build."""
+    contiguous) as a new segment, with `arrays` (the segment's other row-aligned files, by name),
+    the indexed ids of `remove` as a tombstone, the catalog, then the manifest. Work and I/O are
+    proportional to the batch, not to the index, except for the diffusion graph when the index has
+    one (`indexer.graph`: its delta is written in the same commit, one exact search per added
+    image) or `rebuild_graph_k` asks for a full build."""
     generation = int(manifest["generation"]) + 1
     insert = list(insert)
     remove = dict(remove or {})
@@ -144,10 +151,13 @@ def commit_generation(
         if np.any(np.diff(added_ids) != 1):
             raise ValueError("a segment's ids must be contiguous")
         (index_dir / SEGMENTS_DIR).mkdir(exist_ok=True)
-        name = segment_name(generation, "vectors")
-        atomic_write(index_dir / name, _npy_writer(np.asarray(vectors, np.float32)), suffix=".npy")
+        files = {"vectors": segment_name(generation, "vectors")}
+        atomic_write(index_dir / files["vectors"], _npy_writer(np.asarray(vectors, np.float32)), suffix=".npy")
+        for array_name, array in sorted((arrays or {}).items()):
+            files[array_name] = segment_name(generation, array_name)
+            atomic_write(index_dir / files[array_name], _npy_writer(array), suffix=".npy")
         new["segments"].append(
-            {"generation": generation, "first_id": int(added_ids[0]), "count": len(added_ids), "files": {"vectors": name}}
+            {"generation": generation, "first_id": int(added_ids[0]), "count": len(added_ids), "files": files}
         )
     removed_ids = np.array(sorted(i for i, r in remove.items() if r.indexed), np.int64)
     if len(removed_ids):
@@ -164,7 +174,8 @@ def commit_generation(
     new["counts"] = _counts_after(manifest["counts"], insert, remove.values())
     new["next_id"] = int(next_id if next_id is not None else manifest.get("next_id", 0))
     write_manifest(index_dir, new)  # the commit point
-    return Commit(generation, new, added_ids, None if vectors is None else np.asarray(vectors, np.float32), removed_ids)
+    added = None if vectors is None else np.asarray(vectors, np.float32)
+    return Commit(generation, new, added_ids, added, removed_ids, dict(arrays or {}) if len(added_ids) else {})
 
 
 def _counts_after(counts: dict, inserted: Iterable[CatalogRow], removed: Iterable[CatalogRow]) -> dict:

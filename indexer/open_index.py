@@ -6,7 +6,8 @@ supports it, otherwise the removed ids are hidden from every search by an ID sel
 go to FAISS (l2-normalized queries, inner product = cosine); ids map to paths through the
 catalog rows of this generation; `.vectors(ids)` reads the exact float32 vectors from the
 segments (memory-mapped), which query expansion needs even when the FAISS index is compressed
-(IVF-PQ). `.apply(commit)` moves a live view to the next generation in O(batch) (the caller
+(IVF-PQ); `.factor_rows(ids)` reads each image's stored re-ranking rows (`indexer/factor_rows.py`)
+from the same segments, none for a removed id. `.apply(commit)` moves a live view to the next generation in O(batch) (the caller
 keeps searches out while it runs: FAISS is not safe to add to during a search).
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import IndexFormatError
+from .factor_rows import SegmentRows, encode_rows, has_factor_rows, load_codec
 from .faiss_index import apply_search_params, excluding_search_params, read_faiss_index, read_faiss_ntotal
 from .files import resolve_catalog_path
 from .generations import Commit, faiss_count
@@ -40,6 +42,8 @@ def _check_complete(index_dir: Path, manifest: dict) -> None:
     names = [manifest["faiss"]["file"], CATALOG_NAME]
     names += [f for s in manifest["segments"] for f in s["files"].values()]
     names += [t["file"] for t in manifest["tombstones"]]
+    if has_factor_rows(manifest):
+        names.append(manifest["factor_rows"]["codec"])
     for name in names:
         if not (index_dir / name).is_file():
             raise IndexFormatError(
@@ -65,13 +69,17 @@ class OpenIndex:
         self.source_root = self.manifest["source_root"]
         self._first_ids: list[int] = []
         self._segments: list[np.ndarray] = []
+        self._segment_rows: list[SegmentRows | None] = []  # re-ranking rows, per segment
+        # re-ranking rows (indexer/factor_rows.py): absent in indexes built before them
+        self.row_codec = load_codec(self.index_dir, self.manifest) if has_factor_rows(self.manifest) else None
         self._hidden = np.zeros(0, np.int64)  # removed, still in FAISS, kept out of searches
         self._removed = np.zeros(0, np.int64)  # removed since the checkpoint (no vector any more)
         self._exclude = None
         since = int(self.manifest["faiss"]["generation"])
         for segment in self.manifest["segments"]:
             vectors = np.load(self.index_dir / segment["files"]["vectors"], mmap_mode="r")
-            self._add_segment(int(segment["first_id"]), vectors, replay=int(segment["generation"]) > since)
+            rows = SegmentRows.load(self.index_dir, segment["files"]) if self.row_codec is not None else None
+            self._add_segment(int(segment["first_id"]), vectors, replay=int(segment["generation"]) > since, rows=rows)
         removed = [np.load(self.index_dir / t["file"]) for t in self.manifest["tombstones"] if int(t["generation"]) > since]
         if removed:
             self._remove(np.concatenate(removed), in_place=True)
@@ -87,10 +95,11 @@ class OpenIndex:
         hidden = getattr(self, "_hidden", None)
         self._exclude = excluding_search_params(index, hidden) if hidden is not None and len(hidden) else None
 
-    def _add_segment(self, first_id: int, vectors: np.ndarray, replay: bool) -> None:
+    def _add_segment(self, first_id: int, vectors: np.ndarray, replay: bool, rows: SegmentRows | None = None) -> None:
         at = int(np.searchsorted(self._first_ids, first_id))
         self._first_ids.insert(at, first_id)
         self._segments.insert(at, vectors)
+        self._segment_rows.insert(at, rows)
         if replay and len(vectors):
             ids = np.arange(first_id, first_id + len(vectors), dtype=np.int64)
             self.faiss_index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
@@ -114,7 +123,10 @@ class OpenIndex:
             raise ValueError(f"generation {commit.generation} does not follow {self.generation}; reopen the index")
         if len(commit.added_ids):
             assert commit.added_vectors is not None
-            self._add_segment(int(commit.added_ids[0]), commit.added_vectors, replay=True)
+            rows = None
+            if self.row_codec is not None and "factor_rows" in commit.added_arrays:
+                rows = SegmentRows(commit.added_arrays["factor_rows"], commit.added_arrays["factor_rows_offsets"])
+            self._add_segment(int(commit.added_ids[0]), commit.added_vectors, replay=True, rows=rows)
         if len(commit.removed_ids):
             self._remove(commit.removed_ids, in_place=False)
         self.manifest = commit.manifest
@@ -188,6 +200,33 @@ class OpenIndex:
             for i in wanted
         ]
 
+    @property
+    def has_factor_rows(self) -> bool:
+        """Whether the index stores re-ranking rows (built with them: `--rerank-dim` > 0)."""
+        return self.row_codec is not None
+
+    def factor_rows(self, ids) -> list[np.ndarray]:
+        """Each id's stored re-ranking rows `(n_i, dim)` float32 (decoded float16); no rows for
+        -1, unknown and removed ids, or for an image added without rows (`add_vectors`)."""
+        wanted = np.asarray(ids, dtype=np.int64).ravel()
+        empty = np.zeros((0, self.row_codec.dim if self.row_codec is not None else 0), np.float32)
+        if self.row_codec is None or not self._segments:
+            return [empty for _ in wanted]
+        which = np.searchsorted(self._first_ids, wanted, side="right") - 1
+        hidden = np.isin(wanted, self._removed)
+        out = []
+        for image_id, seg, gone in zip(wanted.tolist(), which.tolist(), hidden.tolist(), strict=True):
+            rows = self._segment_rows[seg] if seg >= 0 and image_id >= 0 and not gone else None
+            out.append(empty if rows is None else rows.of(image_id - self._first_ids[seg]))
+        return out
+
+    def encode_query_rows(self, rows: np.ndarray) -> np.ndarray:
+        """A query's local rows in the stored rows' space (whitening, projection, float16 like the
+        stored ones), as float32."""
+        if self.row_codec is None:
+            raise ValueError(f"{self.index_dir} stores no re-ranking rows")
+        return encode_rows(rows, self.whitening, self.row_codec).astype(np.float32)
+
     def vectors(self, ids) -> np.ndarray:
         """Exact stored vectors (n, D) float32; zeros for -1 or unknown ids."""
         wanted = np.asarray(ids, dtype=np.int64).ravel()
@@ -231,7 +270,17 @@ def index_info(index_dir: str | Path) -> dict:
         for p in sorted([*index_dir.iterdir(), *_segment_files(index_dir)])
         if p.is_file() and not p.name.startswith(".")
     }
+    if has_factor_rows(info):
+        info["factor_rows_on_disk"] = _factor_rows_on_disk(info)
     return info
+
+
+def _factor_rows_on_disk(info: dict) -> dict:
+    """Bytes of re-ranking rows on disk (rows + offsets files, headers included; removed images'
+    rows until a compaction), in all and per indexed image."""
+    files = [f for s in info["segments"] for key, f in s["files"].items() if key.startswith("factor_rows")]
+    total = sum(info["files"].get(f, 0) for f in files)
+    return {"bytes": total, "bytes_per_image": round(total / max(1, int(info["live"]["catalog_indexed"])), 1)}
 
 
 def _segment_files(index_dir: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from .catalog import STATUS_INDEXED, Catalog, CatalogRow
 from .config import IndexConfig
 from .errors import NoImagesError
 from .extraction import progress_bar, run_extraction
+from .factor_rows import encode_rows, has_factor_rows, load_codec, pack
 from .files import catalog_path, expand_inputs, hash_file, resolve_catalog_path, stat_key
 from .generations import Commit, begin_write, commit_generation, remove_unreferenced
 from .graph import DEFAULT_GRAPH_K
@@ -124,19 +125,37 @@ def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id,
         from descriptors.whitening import PCAWhitening
 
         whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
-    vectors_by_item, decoded_all = _extract(items, extractor, whitening, manifest, runtime, progress)
-    accepted = []
+    vectors_by_item, decoded_all, rows_by_item = _extract(items, extractor, whitening, manifest, runtime, progress)
+    accepted, rows = [], []
     for d in decoded_all:
         if d.ok:
             accepted.append((d.item.path, d.item.stored_path, d.sha256, d.width, d.height, vectors_by_item.pop(d.item.id)))
+            rows.append(rows_by_item.pop(d.item.id))
         else:
             summary.skip(d.item.path, str(d.reason), d.message or "")
-    _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+    arrays = _factor_arrays(index_dir, manifest, rows, whitening)
+    _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary, arrays)
 
 
-def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary) -> None:
+def _factor_arrays(index_dir: Path, manifest: dict, rows: Sequence[np.ndarray | None] | None, whitening=None) -> dict:
+    """The new segment's re-ranking rows (`indexer/factor_rows.py`) from the accepted images' local
+    rows, encoded with the index's whitening and codec; {} when the index stores none or no rows
+    were given (`add_vectors` without rows: those images have none to re-rank with)."""
+    if not has_factor_rows(manifest) or rows is None or not len(rows):
+        return {}
+    if whitening is None and int(manifest["whitening"].get("dim", 0)) > 0:
+        from descriptors.whitening import PCAWhitening
+
+        whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
+    codec = load_codec(index_dir, manifest)
+    empty = np.zeros((0, codec.dim), np.float16)
+    return pack([empty if r is None or not len(r) else encode_rows(r, whitening, codec) for r in rows], codec.dim)
+
+
+def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary, arrays=None) -> None:
     """One generation with the `accepted` images ((path, stored path, sha256, width, height,
-    vector), in order; ids given in that order) replacing the entries of their paths."""
+    vector), in order; ids given in that order) replacing the entries of their paths; `arrays`:
+    the new segment's other row-aligned arrays (re-ranking rows), one entry per accepted image."""
     now = time.time()
     new_rows: list[CatalogRow] = []
     for path, stored, sha, width, height, _vector in accepted:
@@ -151,6 +170,7 @@ def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, n
         vectors=np.stack([a[-1] for a in accepted]).astype(np.float32) if accepted else None,
         remove=replaced,
         next_id=next_id + len(new_rows),
+        arrays=arrays or None,
     )
     summary.commit = commit
     summary.indexed = len(new_rows)
@@ -162,15 +182,18 @@ def add_vectors(
     index_dir: str | Path,
     images: Sequence[tuple[str | Path, str, int, int]],
     vectors: np.ndarray,
+    rows: Sequence[np.ndarray] | None = None,
 ) -> BuildSummary:
     """Add images whose global descriptors were computed elsewhere (a Ray job, another machine):
     `images` = (path, sha256, width, height) per row of `vectors` (n, dim). The same duplicate,
-    replacement, id and commit rules as `add_images` (which is extraction + this), no extraction."""
+    replacement, id and commit rules as `add_images` (which is extraction + this), no extraction.
+    `rows`: each image's local rows (`Extractor.local_rows`), stored as its re-ranking rows when
+    the index keeps them; without them these images have no rows and score 0 when re-ranked."""
     started = time.perf_counter()
     index_dir = Path(os.path.abspath(index_dir))
     vectors = np.atleast_2d(np.asarray(vectors, np.float32))
-    if len(images) != len(vectors):
-        raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
+    if len(images) != len(vectors) or (rows is not None and len(rows) != len(vectors)):
+        raise ValueError(f"{len(images)} images, {len(vectors)} vectors, {'no' if rows is None else len(rows)} rows")
     summary = BuildSummary(index_dir=str(index_dir))
     with exclusive_lock(index_dir), Catalog(index_dir / CATALOG_NAME) as catalog:
         manifest = begin_write(index_dir, catalog)
@@ -187,8 +210,10 @@ def add_vectors(
             for (path, sha, width, height), vector, stored in zip(images, vectors, stored_paths, strict=True)
             if stored is not None
         ]
+        kept_rows = None if rows is None else [r for r, stored in zip(rows, stored_paths, strict=True) if stored is not None]
         if accepted:
-            _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary)
+            arrays = _factor_arrays(index_dir, manifest, kept_rows)
+            _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, next_id, summary, arrays)
         else:
             summary.total_indexed = int(manifest["counts"]["indexed"])
         summary.order_inputs([Path(p) for p, _, _, _ in images])
@@ -240,7 +265,8 @@ def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtim
             stores_rows=True, max_pixels=int(manifest.get("max_pixels", runtime.max_pixels)), bar=bar,
         )
     vectors = {d.item.id: aggregate_rows(rows, whitening) for d, rows in collected if d.ok}
-    return vectors, [d for d, _ in collected]
+    rows_by_item = {d.item.id: rows for d, rows in collected if d.ok}
+    return vectors, [d for d, _ in collected], rows_by_item
 
 
 def remove_images(

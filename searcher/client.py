@@ -1,6 +1,6 @@
 """`SearchClient` (Python) and `dff-query` (shell) for the dffsearch gRPC service.
 
-    dff-query IMAGE [--box x0,y0,x1,y1] [--top-k 10] [--qe 5] [--localize] [--json] [--show out.png]
+    dff-query IMAGE [--box x0,y0,x1,y1] [--top-k 10] [--qe 5] [--rerank 100] [--localize] [--json] [--show out.png]
               [--host 127.0.0.1] [--port 50051] [--token-file F] [--tls-ca CA] [--timeout S]
 
 Prints a ranked table (or JSON: {"results": [{rank, id, path, key, score, box, image_missing}],
@@ -125,12 +125,17 @@ class SearchClient:
         timeout: float | None = None,
         return_concepts: bool = False,
         expansion: str = "",
+        rerank: int | None = None,
     ) -> search_pb2.SearchResponse:
+        """`rerank`: re-rank the first N results by the stored factor rows (None: the server's
+        default, 0: off); `response.reranked` says how many were, `response.notes` why not."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         request = search_pb2.SearchRequest(
             image=data, top_k=top_k, query_expansion=query_expansion, localize=localize,
             return_heatmaps=return_heatmaps, return_concepts=return_concepts, expansion=expansion,
         )
+        if rerank is not None:  # absent: the server's default depth
+            request.rerank = int(rerank)
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
             request.box.CopyFrom(search_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
@@ -262,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--expansion", choices=EXPANSIONS, default="average",
         help="with --qe: average QE, alpha-QE, or diffusion on the index's k-NN graph (needs `dff-index graph`)",
     )
+    parser.add_argument(
+        "--rerank", type=_count(0), default=None, metavar="N",
+        help="re-rank the first N results by the NMF factor rows stored in the index (0 = off; default: the server's)",
+    )
     parser.add_argument("--localize", action="store_true", help="predict a box in each result")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -315,16 +324,21 @@ def main(argv: list[str] | None = None) -> int:
             response = client.search(
                 args.image, box=args.box, top_k=args.top_k, query_expansion=args.qe, localize=args.localize,
                 expansion=args.expansion,
-                return_heatmaps=args.show is not None and args.localize,
+                return_heatmaps=args.show is not None and args.localize, rerank=args.rerank,
             )
         except grpc.RpcError as exc:
             print(f"dff-query: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     if args.json:
         stages = {s.stage: round(s.milliseconds, 3) for s in response.stages}
-        print(json.dumps({"results": result_dicts(response), "stages_ms": stages}, indent=1))
+        print(json.dumps({
+            "results": result_dicts(response), "stages_ms": stages, "reranked": response.reranked,
+            "notes": list(response.notes),
+        }, indent=1))
     else:
         print(format_table(response))
+        for note in response.notes:
+            print(f"dff-query: note: {note}", file=sys.stderr)
     if args.show is not None:
         from .show import draw_results
 

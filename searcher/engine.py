@@ -1,4 +1,4 @@
-"""The search engine: query image -> descriptor -> FAISS -> query expansion -> localization.
+"""The search engine: query image -> descriptor -> FAISS -> re-ranking -> query expansion -> localization.
 
 No gRPC in here: the servicer, the tests, the benchmarks and the evaluation harness all call
 `SearchEngine` directly. Errors are exceptions with a message a person can act on
@@ -35,6 +35,7 @@ from descriptors.atomic_files import atomic_write_bytes
 from descriptors.encode import backbone_input, decode_options
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
 from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
+from descriptors.rerank import DEFAULT_DEPTH, MatchKernel, rerank_top
 from indexer.graph import GraphAffinity
 
 from .batching import ForwardBatcher
@@ -44,7 +45,7 @@ from .localize import Concept, LocalizationResult, Localizer
 from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
-STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "expansion", "localization")
+STAGES = ("decode", "forward", "nmf", "descriptor", "faiss", "rerank", "expansion", "localization")
 _FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 Box = tuple[float, float, float, float]
@@ -74,6 +75,10 @@ class EngineConfig:
     device: str = "cpu"
     max_top_k: int = 100
     max_query_expansion: int = 50
+    # re-ranking by the stored factor rows (descriptors.rerank, indexer/factor_rows.py): the depth
+    # of a request that does not say (dff-serve --rerank; 0: off), and the most a request may ask
+    rerank: int = DEFAULT_DEPTH
+    max_rerank: int = 1000
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 16
     # dynamic batching of concurrent forwards: <= 1 means off (the right choice on a CPU)
@@ -120,7 +125,14 @@ class SearchOutcome:
     query_heatmap: np.ndarray | None = None
     concepts: list[Concept] = field(default_factory=list)  # with_concepts: the joint NMF's factors
     query_vector: np.ndarray | None = None  # (D,) the query's descriptor, before any expansion
+    reranked: int = 0  # how many first-stage results the match kernel re-ranked (0: none)
+    notes: list[str] = field(default_factory=list)  # what the search could not do as asked, and why
 
+
+NO_FACTOR_ROWS_NOTE = (
+    "not re-ranked: this index stores no factor rows (built before them or with --rerank-dim 0); "
+    "rebuild it with dff-index build to re-rank"
+)
 
 # per-input outcomes of AddImages
 ADDED, DUPLICATE, SKIPPED = "added", "duplicate", "skipped"
@@ -244,8 +256,9 @@ class SearchEngine:
         top_k: int = 10,
         query_expansion: int = 0,
         localize: bool = False,
+        rerank: int | None = None,
     ) -> list[SearchHit]:
-        return self.query(image, box, top_k, query_expansion, localize).hits
+        return self.query(image, box, top_k, query_expansion, localize, rerank=rerank).hits
 
     def query(
         self,
@@ -259,11 +272,16 @@ class SearchEngine:
         with_concepts: bool = False,
         deadline: float | None = None,
         expansion: str = "",
+        rerank: int | None = None,
     ) -> SearchOutcome:
         """Full search with per-stage timings. `deadline` is a `time.monotonic()` instant.
-        `expansion`: average (default, also ""), alpha or diffusion (descriptors.query_expansion)."""
+        `expansion`: average (default, also ""), alpha or diffusion (descriptors.query_expansion).
+        `rerank`: re-rank the first-stage top N by the match kernel of the query's rows (a box
+        query: the factors the box kept) with each result's stored rows (None: the configured
+        depth; 0: off); an index without stored rows is searched without, with a note."""
         self._check_numbers(top_k, query_expansion, localize)
         expansion = self._check_expansion(expansion)
+        depth = self._rerank_depth(rerank)
         clock = StageClock(deadline)
         with clock.stage("decode"):
             # a JPEG decodes at the scale the backbone needs (descriptors.encode.decode_options)
@@ -282,10 +300,15 @@ class SearchEngine:
             descriptor = np.asarray(
                 self.extractor.global_descriptor(rows, self._index.whitening), dtype=np.float32
             )
+        notes = []
         with self._index_guard.read():
             index = self._index  # FAISS ids and catalog paths from one and the same generation
+            if depth and not index.has_factor_rows:
+                notes.append(NO_FACTOR_ROWS_NOTE)
+                depth = 0
             scores, ids = self._rank(
-                index, descriptor, int(top_k), int(query_expansion), clock, expansion=expansion, graph=self._graph
+                index, descriptor, int(top_k), int(query_expansion), clock, expansion=expansion, graph=self._graph,
+                rows=rows if depth else None, rerank=depth,
             )
             keep = ids >= 0
             scores, ids = scores[keep], ids[keep]
@@ -301,7 +324,8 @@ class SearchEngine:
             for rank, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
         outcome = SearchOutcome(
-            hits=hits, query_factors=int(rows.shape[0]), query_size=full_size(img), query_vector=descriptor
+            hits=hits, query_factors=int(rows.shape[0]), query_size=full_size(img), query_vector=descriptor,
+            reranked=min(depth, int(index.count)), notes=notes,
         )
         if localize and hits:
             result = self._backbone_pool.run(
@@ -332,6 +356,8 @@ class SearchEngine:
             "method": str(getattr(self.extractor.config, "method", manifest.get("method", ""))),
             "dimension": int(manifest.get("dim", 0)),
             "max_top_k": self.config.max_top_k,
+            "rerank": self.config.rerank if index.has_factor_rows else 0,
+            "max_rerank": self.config.max_rerank,
             "device": str(self.backbone.device),
             "max_batch": self._batcher.max_batch,
             "compute_slots": self.compute_slots,
@@ -523,6 +549,14 @@ class SearchEngine:
                 "results per request (dff-serve --max-localize); ask for fewer results",
             )
 
+    def _rerank_depth(self, rerank: int | None) -> int:
+        depth = self.config.rerank if rerank is None else rerank
+        if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or not 0 <= depth <= self.config.max_rerank:
+            raise InvalidQueryError(
+                "bad-rerank", f"rerank={rerank} is out of range; use 0 (off) to {self.config.max_rerank} (dff-serve --max-rerank)"
+            )
+        return int(depth)
+
     def _decode(self, image: bytes | str | Path, deadline: float | None, **options):
         """decode_image with the server's limits, at most `decode_slots` at once (bounded memory)."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -548,28 +582,54 @@ class SearchEngine:
         return self._decode(path, None, reduce_to=self.config.localization_size)
 
     @staticmethod
-    def _rank(index, query: np.ndarray, top_k: int, depth: int, clock: StageClock, expansion: str = "average", graph=None):
+    def _rerank(index, rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, depth: int, clock: StageClock):
+        """The first `depth` of (scores, ids) reordered by the match kernel of the query's `rows`
+        with each one's stored rows (`descriptors.rerank.rerank_top`, as dff-eval); their scores
+        become kernel scores (1: the same rows), the rest keep their place and cosine score.
+        Returns (scores, ids, each one's first-stage cosine), the cosines for diffusion's seeds."""
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep]
+        if not depth or not len(ids):
+            return scores, ids, scores
+        head = ids[:depth]
+        with clock.stage("rerank"):
+            reordered, kernel_scores = rerank_top(head, index.encode_query_rows(rows), index.factor_rows(head), MatchKernel())
+        position = {int(i): at for at, i in enumerate(head)}
+        cosines = np.concatenate([scores[[position[int(i)] for i in reordered]], scores[depth:]])
+        return np.concatenate([kernel_scores, scores[depth:]]).astype(np.float32), np.concatenate([reordered, ids[depth:]]), cosines
+
+    @staticmethod
+    def _rank(
+        index, query: np.ndarray, top_k: int, depth: int, clock: StageClock, expansion: str = "average", graph=None,
+        rows: np.ndarray | None = None, rerank: int = 0,
+    ):
         # `index`: anything with .count, .search(queries, k) and .vectors(ids): an OpenIndex here,
-        # the fan-out over shard deployments in searcher/ray_serve.py
-        """FAISS search, with query expansion over the first `depth` neighbours when `depth` > 0
-        (descriptors.query_expansion / descriptors.diffusion, as dff-eval): `expansion` average or
-        alpha re-searches with the expanded query; diffusion walks the index's stored k-NN graph
-        (`graph`: an `indexer.graph.GraphAffinity`) from them and returns what it reaches, best
-        first, then the rest of the first stage. The first search asks for max(top_k, depth) so
-        that a short result list does not cut the expansion short."""
+        # the fan-out over shard deployments in searcher/ray_serve.py (+ .factor_rows(ids) and
+        # .encode_query_rows(rows) to re-rank)
+        """FAISS search, re-ranking and query expansion, in dff-eval's order (evaluation.encode.
+        rank_pipeline): the first `rerank` results (with the query's local `rows`) re-ranked by
+        the match kernel; then query expansion over the first `depth` of that list when `depth` > 0
+        (descriptors.query_expansion / descriptors.diffusion), whose ranking is not re-ranked again:
+        `expansion` average or alpha re-searches with the expanded query; diffusion walks the
+        index's stored k-NN graph (`graph`: an `indexer.graph.GraphAffinity`) from them and returns
+        what it reaches, best first, then the rest of the first stage. The first search asks for
+        max(top_k, depth, rerank) so that a short list cuts neither short."""
         count = max(1, int(index.count))
         k = min(top_k, count)
+        rerank = min(int(rerank), count) if rows is not None else 0
         with clock.stage("faiss"):
-            scores, ids = index.search(query[None, :], max(k, min(depth, count)))
-        scores, ids = scores[0], ids[0]
+            scores, ids = index.search(query[None, :], max(k, min(depth, count), rerank))
+        scores, ids, cosines = SearchEngine._rerank(index, rows, scores[0], ids[0], rerank, clock)
         if depth > 0:
             with clock.stage("expansion"):
                 top = [int(i) for i in ids[:depth] if i >= 0]
-                if top and expansion == "diffusion":
-                    scores, ids = SearchEngine._diffuse(index, query, scores, ids, depth, k, graph)
+                if top and expansion == "diffusion":  # seeds weighted by their cosine, as dff-eval
+                    scores, ids = SearchEngine._diffuse(index, query, cosines, ids, depth, k, graph)
                 elif top:
                     neighbours = np.asarray(index.vectors(top), dtype=np.float32)
                     expanded = expand_query(query, neighbours, depth, alpha=ALPHA_QE if expansion == "alpha" else 0.0)
+                    # not re-ranked again: a second re-ranking by the query's own rows undid the
+                    # expansion in dff-eval (CroW box queries, QE 5: 87.8 -> 79.5 Medium)
                     scores, ids = index.search(expanded[None, :].astype(np.float32), k)
                     scores, ids = scores[0], ids[0]
         return scores[:k], ids[:k]

@@ -314,6 +314,8 @@ class SearchIngress:
             for r, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
         outcome = SearchOutcome(hits=hits, query_factors=query.query_factors, query_size=query.size)
+        if request.HasField("rerank") and request.rerank:
+            outcome.notes.append("not re-ranked: dff-serve --ray does not re-rank by factor rows (yet)")
         outcome.stages_ms = {**query.stages_ms, **clock.ms}
         if request.localize and hits:
             started = time.perf_counter()

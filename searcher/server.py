@@ -28,9 +28,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from descriptors.images import DEFAULT_MAX_PIXELS
+from descriptors.rerank import DEFAULT_DEPTH
 
 from .auth import BearerTokenInterceptor, is_loopback, read_token_file
-from .engine import EngineConfig, SearchEngine
+from .engine import NO_FACTOR_ROWS_NOTE, EngineConfig, SearchEngine
 from .metrics import SearcherMetrics
 from .servicer import SearchServicer, ServiceLimits
 
@@ -53,6 +54,8 @@ class ServerConfig:
     tls_key: Path | None = None
     metrics_port: int | None = None
     max_top_k: int = 100
+    rerank: int = DEFAULT_DEPTH  # re-ranking depth of a search that does not say (0: off)
+    max_rerank: int = 1000
     max_message_mb: float = 32.0
     workers: int = 16
     # SearchService RPCs in flight at once; None: workers - max(2, workers // 4), which keeps
@@ -72,6 +75,10 @@ class ServerConfig:
     max_add_images: int = 1000  # images per AddImages call
     max_add_mb: float = 256.0  # image bytes per AddImages call
     verbose: bool = False  # print the thread settings chosen
+
+    def check_rerank(self) -> None:
+        if not 0 <= self.rerank <= self.max_rerank:
+            raise ValueError(f"--rerank {self.rerank}: use 0 (off) to --max-rerank ({self.max_rerank})")
 
     def resolved_max_in_flight(self) -> int:
         if self.max_in_flight is None:
@@ -131,6 +138,7 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
     from .memory import bound_malloc
 
     max_in_flight = config.resolved_max_in_flight()  # a bad value fails before the model loads
+    config.check_rerank()
     bound_malloc()  # large buffers back to the OS when freed (searcher/memory.py says why)
     setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
     token = read_token_file(config.token_file) if config.token_file else None
@@ -141,6 +149,8 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
                 index_dir=Path(config.index),
                 device=config.device,
                 max_top_k=config.max_top_k,
+                rerank=config.rerank,
+                max_rerank=config.max_rerank,
                 max_batch=config.resolved_max_batch(),
                 batch_timeout_ms=config.batch_timeout_ms,
                 compute_slots=config.compute_slots,
@@ -236,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     parser.add_argument("--max-top-k", type=int, default=100)
+    parser.add_argument(
+        "--rerank", type=int, default=DEFAULT_DEPTH, metavar="N",
+        help="re-rank the first N results by the NMF factor rows stored in the index (match kernel) "
+        f"when a search does not say; 0: off (default: {DEFAULT_DEPTH})",
+    )
+    parser.add_argument("--max-rerank", type=int, default=1000, help="the most a search may ask to re-rank")
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
     parser.add_argument(
@@ -328,7 +344,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         index=args.index, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
         batch_timeout_ms=args.batch_timeout_ms, token_file=args.token_file, tls_cert=args.tls_cert,
         tls_key=args.tls_key, metrics_port=args.metrics_port, max_top_k=args.max_top_k,
-        max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
+        rerank=args.rerank, max_rerank=args.max_rerank, max_message_mb=args.max_message_mb, workers=args.workers, torch_threads=args.torch_threads,
         compute_slots=args.compute_slots, grace_s=args.grace, pipelined=not args.no_pipeline,
         nmf_threads=args.nmf_threads or None, verbose=args.verbose, max_pixels=args.max_pixels,
         decode_slots=args.decode_slots, max_localize=args.max_localize, max_add_images=args.max_add_images,
@@ -373,10 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     info = running.engine.info()
     if not is_loopback(config.host) and config.token_file is None:
         log.warning("listening on %s without --token-file: AddImages/RemoveImages are refused", config.host)
+    if config.rerank and not info["rerank"]:
+        log.warning("--rerank %d: %s", config.rerank, NO_FACTOR_ROWS_NOTE)
     log.info(
-        "serving %s (%d images, %s, %s px) on %s:%d; batch %d, compute slots %d, pid %d",
+        "serving %s (%d images, %s, %s px) on %s:%d; batch %d, compute slots %d, re-rank %d, pid %d",
         config.index, info["count"], info["backbone"], info["image_size"], config.host, running.port,
-        info["max_batch"], info["compute_slots"], os.getpid(),
+        info["max_batch"], info["compute_slots"], info["rerank"], os.getpid(),
     )
     log.info("warmed up before serving: %s", ", ".join(f"{k} {v:.0f} ms" for k, v in running.engine.warmup_ms.items()))
     print(f"dff-serve: listening on {config.host}:{running.port}", flush=True)

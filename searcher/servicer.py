@@ -46,6 +46,8 @@ def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
         query_factors=outcome.query_factors,
         query_width=outcome.query_size[0],
         query_height=outcome.query_size[1],
+        reranked=outcome.reranked,
+        notes=outcome.notes,
     )
     for hit in outcome.hits:
         result = response.results.add(
@@ -284,6 +286,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 top_k=request.top_k,
                 query_expansion=request.query_expansion,
                 localize=request.localize,
+                # absent: the server's default depth (dff-serve --rerank); 0: off
+                rerank=request.rerank if request.HasField("rerank") else None,
                 with_heatmaps=request.return_heatmaps,
                 with_concepts=request.return_concepts,
                 deadline=deadline,
@@ -371,6 +375,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 image_size=info["image_size"],
                 dimension=info["dimension"],
                 max_top_k=info["max_top_k"],
+                rerank=info["rerank"],
+                max_rerank=info["max_rerank"],
                 manifest_json=json.dumps(info["manifest"], sort_keys=True, default=str),
                 index_dir=info["index_dir"],
             )

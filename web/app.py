@@ -5,7 +5,7 @@
     GET  /api/info                the index panel: images, backbone, descriptor, FAISS type, last update
     POST /api/queries             upload a query image (multipart field `file`) -> {query, width, height}
     GET  /api/queries/{query}     the bytes of a query (an upload "u-..." or an indexed image "id-N")
-    POST /api/search              {query, box?, top_k, qe, localize} -> ranked results, boxes, concepts
+    POST /api/search              {query, box?, top_k, qe, localize, rerank?} -> ranked results, boxes, concepts
     GET  /api/thumbs/{id}         a thumbnail of an indexed image (resized by dff-serve, cached here)
     GET  /api/images/{id}         the indexed image itself
 
@@ -37,6 +37,9 @@ class SearchRequest(BaseModel):
     box: list[float] | None = Field(default=None, min_length=4, max_length=4)
     top_k: int = Field(default=12, ge=1, le=1000)
     qe: int = Field(default=0, ge=0, le=1000)
+    # re-rank the first N by the factor rows stored in the index (the page's rr=; absent: the
+    # server's default, 0: off; above dff-serve's --max-rerank the server refuses with words)
+    rerank: int | None = Field(default=None, ge=0, le=100_000)
     localize: bool = True
 
 
@@ -109,7 +112,9 @@ def create_app(config: WebConfig, backend: SearchBackend | None = None) -> FastA
 
     @app.post("/api/search")
     def search(request: SearchRequest) -> dict:
-        return backend.search(request.query, request.box, request.top_k, request.qe, request.localize)
+        return backend.search(
+            request.query, request.box, request.top_k, request.qe, request.localize, rerank=request.rerank
+        )
 
     @app.get("/api/thumbs/{image_id}")
     def thumbnail(image_id: str, request: Request) -> Response:

@@ -125,12 +125,13 @@ class SearchBackend:
         top_k: int = 12,
         query_expansion: int = 0,
         localize: bool = True,
+        rerank: int | None = None,
     ) -> dict:
         query = self.query_image(query_id)
         started = time.perf_counter()
         response = self._call(
             self.client.search, query.data, box=box, top_k=top_k, query_expansion=query_expansion,
-            localize=localize, return_heatmaps=localize, return_concepts=localize,
+            localize=localize, return_heatmaps=localize, return_concepts=localize, rerank=rerank,
         )
         answer = search_json(response)
         answer["query"].update(id=query_id, box=box, width=query.width, height=query.height)

@@ -56,6 +56,8 @@ def search_json(response: search_pb2.SearchResponse) -> dict:
         },
         "results": results,
         "stages_ms": {s.stage: round(s.milliseconds, 1) for s in response.stages},
+        "reranked": response.reranked,
+        "notes": list(response.notes),
     }
 
 
@@ -73,6 +75,8 @@ def index_info_json(info: search_pb2.IndexInfo) -> dict:
         "image_size": info.image_size,
         "dimension": info.dimension,
         "max_top_k": info.max_top_k,
+        "rerank": info.rerank,
+        "max_rerank": info.max_rerank,
         "faiss": faiss.get("factory", ""),
         "whitening_dim": whitening.get("dim", 0),
         "updated_at": manifest.get("updated_at"),

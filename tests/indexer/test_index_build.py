@@ -38,7 +38,10 @@ def test_round_trip_every_image_finds_itself_first_with_cosine_one(photo_folder:
     out = tmp_path / "index"
     summary = build_index(photo_folder, out, tiny_config, progress=False)
     assert summary.indexed == 8 and not summary.skipped
-    assert sorted(p.name for p in out.iterdir()) == ["catalog.sqlite", "index.faiss", "manifest.json", "vectors.npy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "catalog.sqlite", "factor_codec.npy", "factor_rows.npy", "factor_rows_offsets.npy", "index.faiss",
+        "manifest.json", "vectors.npy",
+    ]
     assert not (tmp_path / "index.partial").exists()
     with open_index(out) as index:
         assert index.count == 8 and index.dim == 1280 and index.whitening is None

@@ -30,7 +30,8 @@ import json, sys
 import numpy as np
 from indexer.update import add_vectors
 spec = json.load(open(sys.argv[2]))
-add_vectors(sys.argv[1], [tuple(i) for i in spec["images"]], np.array(spec["vectors"], np.float32))
+rows = [np.array(r, np.float32) for r in spec["rows"]]
+add_vectors(sys.argv[1], [tuple(i) for i in spec["images"]], np.array(spec["vectors"], np.float32), rows=rows)
 """
 
 
@@ -43,13 +44,17 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def _state(index_dir: Path) -> dict:
-    """What a reader sees: rows, vectors, and FAISS agreeing with them (each finds itself)."""
+    """What a reader sees: rows, vectors, re-ranking rows (none for an id not indexed), and FAISS
+    agreeing with them (each finds itself)."""
     from indexer.open_index import open_index
 
     with open_index(index_dir) as index:
         rows = index.catalog.rows()
         indexed = np.array([r.id for r in rows if r.indexed], np.int64)
         vectors = index.vectors(indexed)
+        assert index.has_factor_rows
+        others = np.setdiff1d(np.arange(int(index.manifest["next_id"]) + 2), indexed)
+        assert all(len(r) == 0 for r in index.factor_rows(others)), "an image not indexed has re-ranking rows"
         assert index.count == len(indexed), "FAISS and the catalog disagree"
         if len(indexed):
             _, found = index.search(vectors, 1)
@@ -57,6 +62,7 @@ def _state(index_dir: Path) -> dict:
         state = {
             "rows": [(r.id, r.path, r.sha256, r.status) for r in rows],
             "vectors": vectors.round(5).tolist(),
+            "factor_rows": [r.tolist() for r in index.factor_rows(indexed)],
             "counts": index.manifest["counts"],
         }
         if index.manifest.get("graph"):  # the diffusion graph: read without error, same generation
@@ -108,10 +114,13 @@ def bases(tmp_path_factory) -> dict:
     dim = int(read_manifest(plain)["dim"])
     vectors = np.random.default_rng(0).standard_normal((len(added), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # their local rows (non-negative, like a ReLU layer's), 4 and 3 of them: stored as re-ranking rows
+    local_rows = [np.abs(np.random.default_rng(i).standard_normal((4 - i, dim))).astype(np.float32) for i in range(len(added))]
     spec = root / "add.json"
     spec.write_text(json.dumps({
         "images": [[str(p), hashlib.sha256(p.read_bytes()).hexdigest(), 96, 96] for p in added],
         "vectors": vectors.tolist(),
+        "rows": [r.tolist() for r in local_rows],
     }))
     from indexer.update import build_graph
 

@@ -47,7 +47,7 @@ def test_info_answers_from_manifest_catalog_and_faiss_header_without_loading_the
     monkeypatch.setattr(open_index_module, "read_faiss_index", no_full_read)
     info = index_info(out)
     assert info["live"] == expected_live
-    assert set(info) == set(manifest) | {"index_dir", "live", "files"}
+    assert set(info) == set(manifest) | {"index_dir", "live", "files", "factor_rows_on_disk"}
     assert {k: info[k] for k in manifest} == manifest
     assert info["index_dir"] == str(out)
     files = [p for p in [*out.iterdir(), *(out / "segments").iterdir()] if p.is_file() and not p.name.startswith(".")]

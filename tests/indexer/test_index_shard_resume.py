@@ -18,7 +18,7 @@ def _stage_one(folder: Path, out: Path, config, extractor) -> tuple[int, int]:
     partial = PartialBuild(partial_dir_for(out))
     files = list(iter_image_files(folder))
     items = [WorkItem(i, f, catalog_path(f, folder, out)) for i, f in enumerate(files)]
-    processed, resumed, _ = extract_to_partial(folder, items, partial, config, extractor, stores_rows=False, progress=False, desc="x")
+    processed, resumed, _ = extract_to_partial(folder, items, partial, config, extractor, stores_rows=config.stores_rows, progress=False, desc="x")
     return processed, resumed
 
 

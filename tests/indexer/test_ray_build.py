@@ -65,7 +65,7 @@ def test_ray_build_resumes_only_unfinished_shards(ray_local, folder_with_bad_fil
     items = [WorkItem(i, f, catalog_path(f, folder_with_bad_file, out)) for i, f in enumerate(files)]
     partial = PartialBuild(partial_dir_for(out))
     # the same plan as the full build, but the run "dies" after the first two shards: run them only
-    extract_to_partial(folder_with_bad_file, items, partial, config, None, stores_rows=False, progress=False, desc="x")
+    extract_to_partial(folder_with_bad_file, items, partial, config, None, stores_rows=config.stores_rows, progress=False, desc="x")
     journal = json.loads((partial.folder / "journal.json").read_text())
     for index in journal["completed"][2:]:
         partial.shard_path(index).unlink()  # shards never committed by the "killed" run

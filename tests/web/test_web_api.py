@@ -176,3 +176,18 @@ def test_a_removed_image_is_no_longer_served_even_from_the_cache(web_index: Path
             assert client.get("/api/thumbs/1").status_code == 200
     finally:
         running.stop(0)
+
+
+def test_search_takes_a_rerank_depth_and_says_how_many_were_reranked(web_client) -> None:
+    query = _upload(web_client, jpeg_bytes(composite_query()))["query"]
+    body = {"query": query, "box": list(CAT_BOX), "top_k": 5, "localize": False}
+    default, off, five = (
+        web_client.post("/api/search", json=body | extra).json() for extra in ({}, {"rerank": 0}, {"rerank": 5})
+    )
+    assert web_client.get("/api/info").json()["rerank"] == 0  # dff-serve's default: off until measured
+    assert (default["reranked"], off["reranked"], five["reranked"]) == (0, 0, 5) and not five["notes"]
+    assert default["results"] == off["results"] and _names(five)[0] == "chelsea"
+    assert [r["score"] for r in five["results"]] != [r["score"] for r in off["results"]]  # kernel vs cosine
+    refused = web_client.post("/api/search", json=body | {"rerank": 5000})  # above dff-serve's --max-rerank
+    assert refused.status_code == 400 and "rerank" in refused.json()["error"]["message"]
+    assert web_client.post("/api/search", json=body | {"rerank": -1}).status_code == 400

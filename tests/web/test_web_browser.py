@@ -145,6 +145,12 @@ def test_search_with_a_box_in_a_real_browser(page_url: str, browser_page, tmp_pa
     page.wait_for_function("() => document.querySelector('#why-result canvas.shared-concept').width > 0")
     _shot(page, tmp_path, "web-why.png", element="#query-panel")
 
+    # re-ranking the top 5 by the stored factor rows (rr=5), said in the status line; then off (0)
+    page.fill("#rerank", "5")
+    page.locator("#rerank").dispatch_event("change")
+    page.wait_for_function("() => location.search.includes('rr=5')")
+    _wait_for_results(page, "top 5 re-ranked by factors")
+    assert _card_names(page)[0] == "chelsea.jpg"
     # re-ranking off (0): searched again, kept in the URL
     page.fill("#rerank", "0")
     page.locator("#rerank").dispatch_event("change")

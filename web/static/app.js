@@ -268,7 +268,9 @@ function setupInputs() {
 function statusLine(answer) {
   const n = answer.results.length;
   return `${n} result${n === 1 ? "" : "s"} in ${Math.round(answer.elapsed_ms)} ms` +
-         (answer.query.box ? " (query box)" : " (whole image)");
+         (answer.query.box ? " (query box)" : " (whole image)") +
+         (answer.reranked ? `, top ${answer.reranked} re-ranked by factors` : "") +
+         (answer.notes && answer.notes.length ? ` — ${answer.notes.join("; ")}` : "");
 }
 
 async function search(push, updateUrl = true) {

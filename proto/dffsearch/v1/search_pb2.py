@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x66\x66search/v1/search.proto\x12\x0c\x64\x66\x66search.v1\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"8\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\xca\x01\n\rSearchRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12#\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x11.dffsearch.v1.BoxH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x17\n\x0fquery_expansion\x18\x04 \x01(\r\x12\x10\n\x08localize\x18\x05 \x01(\x08\x12\x17\n\x0freturn_heatmaps\x18\x06 \x01(\x08\x12\x17\n\x0freturn_concepts\x18\x07 \x01(\x08\x12\x11\n\texpansion\x18\x08 \x01(\tB\x06\n\x04_box\"^\n\x07\x43oncept\x12\r\n\x05index\x18\x01 \x01(\r\x12&\n\x07heatmap\x18\x02 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\x0c\n\x04kept\x18\x03 \x01(\x08\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"\xc4\x02\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12#\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x11.dffsearch.v1.BoxH\x00\x88\x01\x01\x12\x15\n\rimage_missing\x18\x07 \x01(\x08\x12&\n\x07heatmap\x18\x08 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\r\n\x05width\x18\t \x01(\r\x12\x0e\n\x06height\x18\n \x01(\r\x12\x1b\n\x0eshared_concept\x18\x0b \x01(\rH\x01\x88\x01\x01\x12\x35\n\x16shared_concept_heatmap\x18\x0c \x01(\x0b\x32\x15.dffsearch.v1.HeatmapB\x06\n\x04_boxB\x11\n\x0f_shared_concept\"3\n\x0cStageLatency\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0cmilliseconds\x18\x02 \x01(\x01\"\x88\x02\n\x0eSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.dffsearch.v1.SearchResult\x12*\n\x06stages\x18\x02 \x03(\x0b\x32\x1a.dffsearch.v1.StageLatency\x12\x15\n\rquery_factors\x18\x03 \x01(\r\x12,\n\rquery_heatmap\x18\x04 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\x13\n\x0bquery_width\x18\x05 \x01(\r\x12\x14\n\x0cquery_height\x18\x06 \x01(\r\x12-\n\x0equery_concepts\x18\x07 \x03(\x0b\x32\x15.dffsearch.v1.Concept\"C\n\x0f\x41\x64\x64ImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0cskip_invalid\x18\x03 \x01(\x08\"\x92\x01\n\nAddedImage\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.dffsearch.v1.AddOutcome\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"_\n\x11\x41\x64\x64ImagesResponse\x12\'\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x18.dffsearch.v1.AddedImage\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"1\n\x13RemoveImagesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\r\n\x05paths\x18\x02 \x03(\t\"J\n\x14RemoveImagesResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"\x15\n\x13GetIndexInfoRequest\"\xa0\x01\n\tIndexInfo\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\x11\n\tmax_top_k\x18\x06 \x01(\r\x12\x15\n\rmanifest_json\x18\x07 \x01(\t\x12\x11\n\tindex_dir\x18\x08 \x01(\t\"/\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08max_side\x18\x02 \x01(\r\"u\n\tImageData\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0b\n\x03key\x18\x07 \x01(\t*P\n\nAddOutcome\x12\x1b\n\x17\x41\x44\x44_OUTCOME_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0b\n\x07SKIPPED\x10\x03\x32\x8a\x03\n\rSearchService\x12\x43\n\x06Search\x12\x1b.dffsearch.v1.SearchRequest\x1a\x1c.dffsearch.v1.SearchResponse\x12M\n\tAddImages\x12\x1d.dffsearch.v1.AddImageRequest\x1a\x1f.dffsearch.v1.AddImagesResponse(\x01\x12U\n\x0cRemoveImages\x12!.dffsearch.v1.RemoveImagesRequest\x1a\".dffsearch.v1.RemoveImagesResponse\x12J\n\x0cGetIndexInfo\x12!.dffsearch.v1.GetIndexInfoRequest\x1a\x17.dffsearch.v1.IndexInfo\x12\x42\n\x08GetImage\x12\x1d.dffsearch.v1.GetImageRequest\x1a\x17.dffsearch.v1.ImageDatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x66\x66search/v1/search.proto\x12\x0c\x64\x66\x66search.v1\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"8\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\xea\x01\n\rSearchRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12#\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x11.dffsearch.v1.BoxH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x17\n\x0fquery_expansion\x18\x04 \x01(\r\x12\x10\n\x08localize\x18\x05 \x01(\x08\x12\x17\n\x0freturn_heatmaps\x18\x06 \x01(\x08\x12\x17\n\x0freturn_concepts\x18\x07 \x01(\x08\x12\x11\n\texpansion\x18\x08 \x01(\t\x12\x13\n\x06rerank\x18\t \x01(\rH\x01\x88\x01\x01\x42\x06\n\x04_boxB\t\n\x07_rerank\"^\n\x07\x43oncept\x12\r\n\x05index\x18\x01 \x01(\r\x12&\n\x07heatmap\x18\x02 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\x0c\n\x04kept\x18\x03 \x01(\x08\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"\xc4\x02\n\x0cSearchResult\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12#\n\x03\x62ox\x18\x06 \x01(\x0b\x32\x11.dffsearch.v1.BoxH\x00\x88\x01\x01\x12\x15\n\rimage_missing\x18\x07 \x01(\x08\x12&\n\x07heatmap\x18\x08 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\r\n\x05width\x18\t \x01(\r\x12\x0e\n\x06height\x18\n \x01(\r\x12\x1b\n\x0eshared_concept\x18\x0b \x01(\rH\x01\x88\x01\x01\x12\x35\n\x16shared_concept_heatmap\x18\x0c \x01(\x0b\x32\x15.dffsearch.v1.HeatmapB\x06\n\x04_boxB\x11\n\x0f_shared_concept\"3\n\x0cStageLatency\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0cmilliseconds\x18\x02 \x01(\x01\"\xa9\x02\n\x0eSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.dffsearch.v1.SearchResult\x12*\n\x06stages\x18\x02 \x03(\x0b\x32\x1a.dffsearch.v1.StageLatency\x12\x15\n\rquery_factors\x18\x03 \x01(\r\x12,\n\rquery_heatmap\x18\x04 \x01(\x0b\x32\x15.dffsearch.v1.Heatmap\x12\x13\n\x0bquery_width\x18\x05 \x01(\r\x12\x14\n\x0cquery_height\x18\x06 \x01(\r\x12-\n\x0equery_concepts\x18\x07 \x03(\x0b\x32\x15.dffsearch.v1.Concept\x12\x10\n\x08reranked\x18\x08 \x01(\r\x12\r\n\x05notes\x18\t \x03(\t\"C\n\x0f\x41\x64\x64ImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0cskip_invalid\x18\x03 \x01(\x08\"\x92\x01\n\nAddedImage\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12)\n\x07outcome\x18\x05 \x01(\x0e\x32\x18.dffsearch.v1.AddOutcome\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"_\n\x11\x41\x64\x64ImagesResponse\x12\'\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x18.dffsearch.v1.AddedImage\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"1\n\x13RemoveImagesRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\r\n\x05paths\x18\x02 \x03(\t\"J\n\x14RemoveImagesResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\ngeneration\x18\x03 \x01(\x04\"\x15\n\x13GetIndexInfoRequest\"\xc4\x01\n\tIndexInfo\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\x11\n\tmax_top_k\x18\x06 \x01(\r\x12\x15\n\rmanifest_json\x18\x07 \x01(\t\x12\x11\n\tindex_dir\x18\x08 \x01(\t\x12\x0e\n\x06rerank\x18\t \x01(\r\x12\x12\n\nmax_rerank\x18\n \x01(\r\"/\n\x0fGetImageRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08max_side\x18\x02 \x01(\r\"u\n\tImageData\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0b\n\x03key\x18\x07 \x01(\t*P\n\nAddOutcome\x12\x1b\n\x17\x41\x44\x44_OUTCOME_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0b\n\x07SKIPPED\x10\x03\x32\x8a\x03\n\rSearchService\x12\x43\n\x06Search\x12\x1b.dffsearch.v1.SearchRequest\x1a\x1c.dffsearch.v1.SearchResponse\x12M\n\tAddImages\x12\x1d.dffsearch.v1.AddImageRequest\x1a\x1f.dffsearch.v1.AddImagesResponse(\x01\x12U\n\x0cRemoveImages\x12!.dffsearch.v1.RemoveImagesRequest\x1a\".dffsearch.v1.RemoveImagesResponse\x12J\n\x0cGetIndexInfo\x12!.dffsearch.v1.GetIndexInfoRequest\x1a\x17.dffsearch.v1.IndexInfo\x12\x42\n\x08GetImage\x12\x1d.dffsearch.v1.GetImageRequest\x1a\x17.dffsearch.v1.ImageDatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dffsearch.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADDOUTCOME']._serialized_start=1900
-  _globals['_ADDOUTCOME']._serialized_end=1980
+  _globals['_ADDOUTCOME']._serialized_start=2001
+  _globals['_ADDOUTCOME']._serialized_end=2081
   _globals['_BOX']._serialized_start=43
   _globals['_BOX']._serialized_end=96
   _globals['_HEATMAP']._serialized_start=98
   _globals['_HEATMAP']._serialized_end=154
   _globals['_SEARCHREQUEST']._serialized_start=157
-  _globals['_SEARCHREQUEST']._serialized_end=359
-  _globals['_CONCEPT']._serialized_start=361
-  _globals['_CONCEPT']._serialized_end=455
-  _globals['_SEARCHRESULT']._serialized_start=458
-  _globals['_SEARCHRESULT']._serialized_end=782
-  _globals['_STAGELATENCY']._serialized_start=784
-  _globals['_STAGELATENCY']._serialized_end=835
-  _globals['_SEARCHRESPONSE']._serialized_start=838
-  _globals['_SEARCHRESPONSE']._serialized_end=1102
-  _globals['_ADDIMAGEREQUEST']._serialized_start=1104
-  _globals['_ADDIMAGEREQUEST']._serialized_end=1171
-  _globals['_ADDEDIMAGE']._serialized_start=1174
-  _globals['_ADDEDIMAGE']._serialized_end=1320
-  _globals['_ADDIMAGESRESPONSE']._serialized_start=1322
-  _globals['_ADDIMAGESRESPONSE']._serialized_end=1417
-  _globals['_REMOVEIMAGESREQUEST']._serialized_start=1419
-  _globals['_REMOVEIMAGESREQUEST']._serialized_end=1468
-  _globals['_REMOVEIMAGESRESPONSE']._serialized_start=1470
-  _globals['_REMOVEIMAGESRESPONSE']._serialized_end=1544
-  _globals['_GETINDEXINFOREQUEST']._serialized_start=1546
-  _globals['_GETINDEXINFOREQUEST']._serialized_end=1567
-  _globals['_INDEXINFO']._serialized_start=1570
-  _globals['_INDEXINFO']._serialized_end=1730
-  _globals['_GETIMAGEREQUEST']._serialized_start=1732
-  _globals['_GETIMAGEREQUEST']._serialized_end=1779
-  _globals['_IMAGEDATA']._serialized_start=1781
-  _globals['_IMAGEDATA']._serialized_end=1898
-  _globals['_SEARCHSERVICE']._serialized_start=1983
-  _globals['_SEARCHSERVICE']._serialized_end=2377
+  _globals['_SEARCHREQUEST']._serialized_end=391
+  _globals['_CONCEPT']._serialized_start=393
+  _globals['_CONCEPT']._serialized_end=487
+  _globals['_SEARCHRESULT']._serialized_start=490
+  _globals['_SEARCHRESULT']._serialized_end=814
+  _globals['_STAGELATENCY']._serialized_start=816
+  _globals['_STAGELATENCY']._serialized_end=867
+  _globals['_SEARCHRESPONSE']._serialized_start=870
+  _globals['_SEARCHRESPONSE']._serialized_end=1167
+  _globals['_ADDIMAGEREQUEST']._serialized_start=1169
+  _globals['_ADDIMAGEREQUEST']._serialized_end=1236
+  _globals['_ADDEDIMAGE']._serialized_start=1239
+  _globals['_ADDEDIMAGE']._serialized_end=1385
+  _globals['_ADDIMAGESRESPONSE']._serialized_start=1387
+  _globals['_ADDIMAGESRESPONSE']._serialized_end=1482
+  _globals['_REMOVEIMAGESREQUEST']._serialized_start=1484
+  _globals['_REMOVEIMAGESREQUEST']._serialized_end=1533
+  _globals['_REMOVEIMAGESRESPONSE']._serialized_start=1535
+  _globals['_REMOVEIMAGESRESPONSE']._serialized_end=1609
+  _globals['_GETINDEXINFOREQUEST']._serialized_start=1611
+  _globals['_GETINDEXINFOREQUEST']._serialized_end=1632
+  _globals['_INDEXINFO']._serialized_start=1635
+  _globals['_INDEXINFO']._serialized_end=1831
+  _globals['_GETIMAGEREQUEST']._serialized_start=1833
+  _globals['_GETIMAGEREQUEST']._serialized_end=1880
+  _globals['_IMAGEDATA']._serialized_start=1882
+  _globals['_IMAGEDATA']._serialized_end=1999
+  _globals['_SEARCHSERVICE']._serialized_start=2084
+  _globals['_SEARCHSERVICE']._serialized_end=2478
 # @@protoc_insertion_point(module_scope)

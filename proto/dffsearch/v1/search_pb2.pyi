@@ -41,7 +41,7 @@ class Heatmap(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps", "return_concepts", "expansion")
+    __slots__ = ("image", "box", "top_k", "query_expansion", "localize", "return_heatmaps", "return_concepts", "expansion", "rerank")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class SearchRequest(_message.Message):
     RETURN_HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     RETURN_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     box: Box
     top_k: int
@@ -58,7 +59,8 @@ class SearchRequest(_message.Message):
     return_heatmaps: bool
     return_concepts: bool
     expansion: str
-    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ..., return_concepts: _Optional[bool] = ..., expansion: _Optional[str] = ...) -> None: ...
+    rerank: int
+    def __init__(self, image: _Optional[bytes] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., top_k: _Optional[int] = ..., query_expansion: _Optional[int] = ..., localize: _Optional[bool] = ..., return_heatmaps: _Optional[bool] = ..., return_concepts: _Optional[bool] = ..., expansion: _Optional[str] = ..., rerank: _Optional[int] = ...) -> None: ...
 
 class Concept(_message.Message):
     __slots__ = ("index", "heatmap", "kept", "weight")
@@ -109,7 +111,7 @@ class StageLatency(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "stages", "query_factors", "query_heatmap", "query_width", "query_height", "query_concepts")
+    __slots__ = ("results", "stages", "query_factors", "query_heatmap", "query_width", "query_height", "query_concepts", "reranked", "notes")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     QUERY_FACTORS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,8 @@ class SearchResponse(_message.Message):
     QUERY_WIDTH_FIELD_NUMBER: _ClassVar[int]
     QUERY_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     QUERY_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    RERANKED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     stages: _containers.RepeatedCompositeFieldContainer[StageLatency]
     query_factors: int
@@ -124,7 +128,9 @@ class SearchResponse(_message.Message):
     query_width: int
     query_height: int
     query_concepts: _containers.RepeatedCompositeFieldContainer[Concept]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ..., query_concepts: _Optional[_Iterable[_Union[Concept, _Mapping]]] = ...) -> None: ...
+    reranked: int
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageLatency, _Mapping]]] = ..., query_factors: _Optional[int] = ..., query_heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., query_width: _Optional[int] = ..., query_height: _Optional[int] = ..., query_concepts: _Optional[_Iterable[_Union[Concept, _Mapping]]] = ..., reranked: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddImageRequest(_message.Message):
     __slots__ = ("image", "key", "skip_invalid")
@@ -187,7 +193,7 @@ class GetIndexInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("count", "backbone", "method", "image_size", "dimension", "max_top_k", "manifest_json", "index_dir")
+    __slots__ = ("count", "backbone", "method", "image_size", "dimension", "max_top_k", "manifest_json", "index_dir", "rerank", "max_rerank")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +202,8 @@ class IndexInfo(_message.Message):
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     INDEX_DIR_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    MAX_RERANK_FIELD_NUMBER: _ClassVar[int]
     count: int
     backbone: str
     method: str
@@ -204,7 +212,9 @@ class IndexInfo(_message.Message):
     max_top_k: int
     manifest_json: str
     index_dir: str
-    def __init__(self, count: _Optional[int] = ..., backbone: _Optional[str] = ..., method: _Optional[str] = ..., image_size: _Optional[int] = ..., dimension: _Optional[int] = ..., max_top_k: _Optional[int] = ..., manifest_json: _Optional[str] = ..., index_dir: _Optional[str] = ...) -> None: ...
+    rerank: int
+    max_rerank: int
+    def __init__(self, count: _Optional[int] = ..., backbone: _Optional[str] = ..., method: _Optional[str] = ..., image_size: _Optional[int] = ..., dimension: _Optional[int] = ..., max_top_k: _Optional[int] = ..., manifest_json: _Optional[str] = ..., index_dir: _Optional[str] = ..., rerank: _Optional[int] = ..., max_rerank: _Optional[int] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("id", "max_side")
