@@ -5,8 +5,8 @@
 
 Keys: `ray_throughput_ratio` (Ray build images/s with 1 worker / local build images/s, same
 images, same run, in steady state: the images/s after each build's first committed shard, so
-start-up -- loading the backbone, and on Ray starting the worker -- is left out; biased up on
-Ray by the shards the worker finishes while its first result is in flight: use many shards),
+start-up -- loading the backbone, and on Ray starting the worker -- is left out; on Ray the
+workers' own finishing times, since their results reach the driver in bursts),
 `ray_throughput_ratio_end_to_end` (the same ratio over the whole `dff-index build` process, start-up
 included: what a user of `--images` photos sees), `ray_images` (how many), `ray_scaling`
 (steady images/s at 1 and 2 workers) and `ray_scaling_end_to_end`, `ray_first_shard_s`,

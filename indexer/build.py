@@ -82,6 +82,12 @@ def extract_to_partial(
         partial.commit_shard(g, decoded, results, stores_rows)
 
     writer = commit if clock is None else clock.wrap(commit)
+
+    def commit_from_ray(g: int, decoded: list, results: list, finished_at: float) -> None:
+        commit(g, decoded, results)
+        if clock is not None:
+            clock.record(len(decoded), finished_at)  # when the worker finished it, not when it arrived
+
     if todo and config.ray_address is not None:
         from .ray_build import run_extraction_on_ray
 
@@ -89,7 +95,7 @@ def extract_to_partial(
         with progress_bar(len(items), len(items) - todo, progress, desc) as bar:
             identity = run_extraction_on_ray(
                 groups,
-                writer,
+                commit_from_ray,
                 config,
                 stores_rows=stores_rows,
                 bar=bar,
@@ -152,7 +158,7 @@ def build_index(
         raise NoImagesError(f"{folder}: no image files found (looked for .jpg .jpeg .png .webp, recursively)")
     items = [WorkItem(i, f, catalog_path(f, folder, out)) for i, f in enumerate(files)]
     stores_rows = config.stores_rows
-    clock = ShardClock(started)
+    clock = ShardClock(time.time() - (time.perf_counter() - started))
     processed, resumed, extractor = extract_to_partial(
         folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract",
         clock=clock,

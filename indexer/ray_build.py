@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,7 @@ class ShardExtractor:
         done: list[bytes] = []
 
         def collect(group: int, decoded: list, results: list) -> None:
-            payload = (group, decoded, results, self.identity)
+            payload = (group, decoded, results, self.identity, time.time())
             done.append(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
         run_extraction(
@@ -117,13 +118,14 @@ def worker_count(config: IndexConfig, n_groups: int) -> int:
 
 def run_extraction_on_ray(
     groups: Sequence[tuple[int, Sequence[WorkItem]]],
-    writer: Callable[[int, list, list], None],
+    writer: Callable[[int, list, list, float], None],
     config: IndexConfig,
     *,
     stores_rows: bool,
     bar=None,
 ) -> ExtractorIdentity | None:
-    """Extract `groups` on the Ray cluster; `writer(group, decoded, results)` runs here per shard.
+    """Extract `groups` on the Ray cluster; `writer(group, decoded, results, finished_at)` runs here
+    per shard (`finished_at`: the worker's `time.time()` when it finished the shard).
 
     Returns the workers' `ExtractorIdentity` (None when `groups` is empty).
     """
@@ -149,8 +151,8 @@ def run_extraction_on_ray(
     try:
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
             for payload in batch["shard"]:
-                group, decoded, results, identity = pickle.loads(payload)
-                writer(group, decoded, results)
+                group, decoded, results, identity, finished_at = pickle.loads(payload)
+                writer(group, decoded, results, finished_at)
                 if bar is not None:
                     bar.update(len(decoded))
     except RayError as exc:

@@ -28,36 +28,43 @@ class InputOutcome:
 
 
 class ShardClock:
-    """When each shard of stage 1 was committed: the start-up and the steady-state rate of a build.
+    """When each shard of stage 1 was finished: the start-up and the steady-state rate of a build.
 
     A build's overall images/s includes its start-up (loading the backbone, compiling the
     runtime; on Ray, starting the worker processes), which dominates a small collection; the
-    steady rate -- images committed after the first shard / seconds between the first and the
-    last commit -- is what a large collection runs at.
+    steady rate -- images finished after the first shard / seconds between the first and the
+    last -- is what a large collection runs at. Times are wall-clock (`time.time()`): a Ray
+    worker stamps when it finished a shard, since its results reach the driver in bursts (Ray
+    Data's output queue), and the driver's commit times would credit the work done while the
+    first result was in flight to too short a window.
     """
 
     def __init__(self, started: float | None = None) -> None:
-        self.started = time.perf_counter() if started is None else started
-        self.commits: list[tuple[float, int]] = []  # (perf_counter, images in the shard)
+        self.started = time.time() if started is None else started
+        self.commits: list[tuple[float, int]] = []  # (time.time() the shard was finished, its images)
+
+    def record(self, images: int, finished_at: float | None = None) -> None:
+        self.commits.append((time.time() if finished_at is None else finished_at, images))
 
     def wrap(self, writer):
         """`writer(group, decoded, results)`, timed per committed shard."""
 
         def timed(group, decoded, results):
             writer(group, decoded, results)
-            self.commits.append((time.perf_counter(), len(decoded)))
+            self.record(len(decoded))
 
         return timed
 
     @property
     def first_shard_seconds(self) -> float | None:
-        return self.commits[0][0] - self.started if self.commits else None
+        return min(t for t, _ in self.commits) - self.started if self.commits else None
 
     @property
     def steady_images_per_second(self) -> float | None:
-        if len(self.commits) < 2 or self.commits[-1][0] <= self.commits[0][0]:
+        done = sorted(self.commits)  # several Ray workers finish in any order
+        if len(done) < 2 or done[-1][0] <= done[0][0]:
             return None
-        return sum(n for _, n in self.commits[1:]) / (self.commits[-1][0] - self.commits[0][0])
+        return sum(n for _, n in done[1:]) / (done[-1][0] - done[0][0])
 
 
 @dataclass

@@ -33,11 +33,12 @@ def test_catalog_written_in_chunks_holds_every_row(photo_folder: Path, tmp_path:
 
 def test_shard_clock_steady_rate_leaves_the_first_shard_out() -> None:
     clock = ShardClock(started=100.0)
-    clock.commits = [(130.0, 16), (132.0, 16), (134.0, 8)]
+    for images, finished_at in ((16, 132.0), (16, 130.0), (8, 134.0)):  # two Ray workers: out of order
+        clock.record(images, finished_at)
     assert clock.first_shard_seconds == 30.0
     assert clock.steady_images_per_second == 24 / 4.0
     single = ShardClock(started=0.0)
-    single.commits = [(5.0, 16)]
+    single.record(16, 5.0)
     assert single.steady_images_per_second is None
 
 

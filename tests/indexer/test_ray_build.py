@@ -42,6 +42,8 @@ def test_ray_build_equals_local_build(ray_local, folder_with_bad_file, tmp_path,
     assert on_ray.indexed == local.indexed == 9
     assert on_ray.skipped_reasons == local.skipped_reasons == {"not-an-image": 1}
     assert on_ray.processed_this_run == 10 and on_ray.resumed_shards == 0
+    # the workers' finishing times: the first shard after the start, a steady rate after it
+    assert 0 < on_ray.first_shard_seconds < on_ray.seconds and on_ray.steady_images_per_second > 0
     ids_l, paths_l, vec_l, count_l, manifest_l = _by_id(tmp_path / "local")
     ids_r, paths_r, vec_r, count_r, manifest_r = _by_id(tmp_path / "ray")
     assert ids_r.tolist() == ids_l.tolist() and count_r == count_l == 9
