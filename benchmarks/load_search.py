@@ -210,7 +210,7 @@ def faiss_share(index_dir: Path, n_vectors: int, query_ms: float, images: list[b
     engine = SearchEngine(index_dir)
     queries = []
     for data in images[:8]:
-        tensor = engine.backbone.preprocess(engine._decode(data), engine.extractor.image_size)
+        tensor = engine.backbone.preprocess(engine._decode(data, None), engine.extractor.image_size)
         act = engine.backbone.extract([tensor])[0]
         rows = engine.extractor.rows_from_activations([act], [(1, 1)], None)[0]
         queries.append(engine.extractor.global_descriptor(rows, engine.index.whitening))
