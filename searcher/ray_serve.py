@@ -257,11 +257,9 @@ class SearchIngress:
     @property
     def manifest(self) -> dict:
         """The index's manifest, re-read every follow_s seconds (GetIndexInfo, GetImage)."""
-        import indexer
 
-        now = time.monotonic()
-        if self.follow_s > 0 and now - self._manifest[0] >= self.follow_s:
-            self._manifest = (now, indexer.read_manifest(self.index_dir))
+        if self.follow_s > 0 and time.monotonic() - self._manifest[0] >= self.follow_s:
+            return self._reread_manifest()
         return self._manifest[1]
 
     def _fail(self, grpc_context, code, message: str):
@@ -341,22 +339,38 @@ class SearchIngress:
             manifest_json=json.dumps(m, sort_keys=True, default=str), index_dir=str(self.index_dir),
         )
 
+    def _reread_manifest(self) -> dict:
+        import indexer
+
+        self._manifest = (time.monotonic(), indexer.read_manifest(self.index_dir))
+        return self._manifest[1]
+
+    def _stored_path(self, image_id: int, manifest: dict) -> str:
+        """The absolute path of an indexed image at the manifest's generation."""
+        from indexer.catalog import Catalog
+        from indexer.manifest import CATALOG_NAME
+
+        from .stored_images import indexed_image_path
+
+        if self.catalog is None:  # opened on first use (read-only), at the manifest's generation
+            self.catalog = Catalog(Path(self.index_dir) / CATALOG_NAME, readonly=True, generation=int(manifest["generation"]))
+        self.catalog.set_generation(int(manifest["generation"]))
+        return indexed_image_path(self.catalog, image_id, manifest["source_root"], self.index_dir)
+
     def GetImage(self, request, grpc_context):
         import grpc
         from dffsearch.v1 import search_pb2
 
-        from indexer.catalog import Catalog
-        from indexer.manifest import CATALOG_NAME
-
-        from .stored_images import ImageNotFoundError, indexed_image_path, load_stored_image
+        from .stored_images import ImageNotFoundError, load_stored_image
 
         self._authorize(grpc_context)
-        manifest = self.manifest
-        if self.catalog is None:  # opened on first use (read-only), at the manifest's generation
-            self.catalog = Catalog(Path(self.index_dir) / CATALOG_NAME, readonly=True, generation=int(manifest["generation"]))
-        self.catalog.set_generation(int(manifest["generation"]))
         try:
-            path = indexed_image_path(self.catalog, request.id, manifest["source_root"], self.index_dir)
+            try:
+                path = self._stored_path(request.id, self.manifest)
+            except ImageNotFoundError:
+                # the shards follow the index on their own clock: a search may already have returned
+                # an id of a generation newer than the manifest cached here, so look once more, fresh
+                path = self._stored_path(request.id, self._reread_manifest())
             image = load_stored_image(request.id, path, request.max_side, key=self.keys.key_for(path))
         except ImageNotFoundError as exc:
             self._fail(grpc_context, grpc.StatusCode.NOT_FOUND, str(exc))
