@@ -114,7 +114,7 @@ NMF_METHODS = frozenset({"nmf-v", "nmf-vu"})
 class DescriptorConfig:
     """Everything that decides a descriptor (the index manifest records it)."""
 
-    method: str = "nmf-vu"
+    method: str = "nmf-v"  # the product's default (indexer.config.IndexConfig.descriptor: why)
     # NMF rank: 4 as in the thesis's figures; the ablation (docs/results.md) found it best on
     # full-image queries, on par with 8 on box queries, at about half the NMF cost of 8
     k: int = 4

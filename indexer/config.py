@@ -21,7 +21,7 @@ AUTO_LARGE_SEARCH_PARAMS = "nprobe=16,k_factor_rf=16"
 AUTO_HNSW_SEARCH_PARAMS = "efSearch=64"
 
 # Descriptor settings the manifest records and a query-time extractor must reproduce.
-DESCRIPTOR_METHODS = ("nmf-vu", "nmf-v", "crow", "rmac", "mac", "gem", "spoc")
+DESCRIPTOR_METHODS = ("nmf-v", "nmf-vu", "crow", "rmac", "mac", "gem", "spoc")
 
 
 @dataclass
@@ -31,7 +31,10 @@ class IndexConfig:
     backbone: str = "efficientnet-lite0"
     weights: str | None = None  # a weights file for the backbone (default: the backbone's own)
     reflection_padding: bool = False
-    descriptor: str = "nmf-vu"
+    # NMF V: with re-ranking by its factor rows (dff-serve's default, --rerank 100) it beats NMF V·U,
+    # re-ranked or not, at the defaults on every protocol measured (docs/results.md, "Issue 13");
+    # V·U's rows are near copies of each other and gain nothing from re-ranking
+    descriptor: str = "nmf-v"
     k: int = 4
     max_iter: int = 100
     tol: float = 1e-4

@@ -4,13 +4,15 @@ Deployments (one application, `dffsearch`):
 
 - `SearchIngress` (gRPC, `dffsearch.v1.SearchService` + `grpc.health.v1.Health`): checks the
   bearer token, asks an encoder for the query vector, fans the FAISS search out to every shard,
-  merges the top-k (`searcher.shards.merge_top_k`), runs query expansion with the engine's
-  ranking (`SearchEngine._rank` over a `ShardedIndex`), looks the paths up, answers;
+  merges the top-k (`searcher.shards.merge_top_k`), re-ranks the first N by the factor rows and
+  runs query expansion with the engine's ranking (`SearchEngine._rank` over a `ShardedIndex`: the
+  same code as `dff-serve`), looks the paths up, answers;
 - `QueryEncoder` (replicated; fixed `--replicas` or autoscaling between `--min-replicas` and
   `--max-replicas`): decode -> backbone -> NMF -> descriptor with the index's extractor and
   whitening (`Extractor.local_rows` + `global_descriptor`, the encoding of `descriptors.encode`),
   and the localization of results (`searcher.localize.Localizer`);
-- `IndexShard0..S-1`: shard s holds the vectors with `id % S == s` (`searcher.shards`).
+- `IndexShard0..S-1`: shard s holds the vectors with `id % S == s` (`searcher.shards`), and
+  answers for their stored factor rows (re-ranking) and paths.
 
 The application follows the index directory: every `follow_s` seconds each shard reads the
 manifest's generation (the commit point of `dff-index add/remove/compact`) and, when it changed,
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from descriptors.rerank import DEFAULT_DEPTH
 
 from .shards import merge_top_k, open_index_part, shard_of
 
@@ -62,6 +66,8 @@ class RayServeConfig:
     token: str | None = None
     max_top_k: int = 100
     max_query_expansion: int = 50
+    rerank: int = DEFAULT_DEPTH  # re-ranking depth of a search that does not say (dff-serve --rerank; 0: off)
+    max_rerank: int = 1000
     follow_s: float = FOLLOW_S  # 0: serve the generation found at start-up (a snapshot)
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +82,7 @@ class RayServeConfig:
 @dataclass
 class EncodedQuery:
     descriptor: np.ndarray | None
+    rows: np.ndarray | None = None  # the query's local rows (a box query: the factors it kept), for re-ranking
     query_factors: int = 0
     size: tuple[int, int] = (0, 0)
     stages_ms: dict = field(default_factory=dict)
@@ -129,7 +136,7 @@ class QueryEncoder:
             "forward+nmf": 1000 * (encoded - decoded),
             "descriptor": 1000 * (time.perf_counter() - encoded),
         }
-        return EncodedQuery(descriptor, int(rows.shape[0]), full_size(img), stages)
+        return EncodedQuery(descriptor, np.asarray(rows, np.float32), int(rows.shape[0]), full_size(img), stages)
 
     def localize(self, image: bytes, box, paths: list[str], with_heatmaps: bool, with_concepts: bool = False):
         img, query_box = self._image(image, box)
@@ -180,9 +187,18 @@ class IndexShard:
     def paths(self, ids: list[int]) -> list[str | None]:
         return self.index.paths(ids)
 
+    def factor_rows(self, ids: list[int]) -> list[np.ndarray]:
+        """The stored re-ranking rows of ids this shard owns (`OpenIndex.factor_rows`)."""
+        return self.index.factor_rows(ids)
+
+    def encode_query_rows(self, rows: np.ndarray) -> np.ndarray:
+        """A query's rows in the stored rows' space (the index's whitening and codec, one per index)."""
+        return self.index.encode_query_rows(rows)
+
 
 class ShardedIndex:
-    """The `.count / .search / .vectors / .paths` of an OpenIndex, answered by shard deployments."""
+    """The `.count / .search / .vectors / .paths / .factor_rows / .encode_query_rows` of an
+    OpenIndex, answered by shard deployments: what `SearchEngine._rank` needs."""
 
     def __init__(self, handles: list, follow_s: float = FOLLOW_S) -> None:
         self.handles, self.follow_s = handles, follow_s
@@ -222,17 +238,25 @@ class ShardedIndex:
     def paths(self, ids) -> list[str | None]:
         return self._by_owner("paths", ids)
 
+    def factor_rows(self, ids) -> list[np.ndarray]:
+        return self._by_owner("factor_rows", ids)
+
+    def encode_query_rows(self, rows: np.ndarray) -> np.ndarray:
+        # every shard holds the index's codec and whitening: the first one answers
+        return self.handles[0].encode_query_rows.remote(rows).result()
+
 
 class SearchIngress:
     """gRPC methods of `dffsearch.v1.SearchService` and `grpc.health.v1.Health` (by method name)."""
 
     def __init__(
         self, index_dir: str, encoder, shards: list, token: str | None, max_top_k: int, max_qe: int,
-        follow_s: float = FOLLOW_S,
+        follow_s: float = FOLLOW_S, rerank: int = DEFAULT_DEPTH, max_rerank: int = 1000,
     ) -> None:
         import indexer
 
         self.index_dir, self.encoder, self.max_top_k, self.max_qe = index_dir, encoder, max_top_k, max_qe
+        self.rerank, self.max_rerank = rerank, max_rerank
         self.follow_s = follow_s
         self._manifest = (time.monotonic(), indexer.read_manifest(index_dir))
         self.index = ShardedIndex(shards, follow_s)
@@ -280,8 +304,10 @@ class SearchIngress:
     def Search(self, request, grpc_context):
         import grpc
 
+        from indexer.factor_rows import has_factor_rows
+
         from .concurrency import StageClock
-        from .engine import SearchEngine, SearchHit, SearchOutcome
+        from .engine import NO_FACTOR_ROWS_NOTE, SearchEngine, SearchHit, SearchOutcome
         from .servicer import search_response
 
         self._authorize(grpc_context)
@@ -296,6 +322,15 @@ class SearchIngress:
             self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
                        f"expansion={request.expansion!r}: the Ray Serve deployment serves average query expansion only; "
                        "use dff-serve for alpha and diffusion")
+        # absent: the deployment's default depth (dff-serve --rerank); 0: off
+        rerank = int(request.rerank) if request.HasField("rerank") else self.rerank
+        if not 0 <= rerank <= self.max_rerank:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"rerank={rerank} is out of range; use 0 (off) to {self.max_rerank} (dff-serve --max-rerank)")
+        notes = []
+        if rerank and not has_factor_rows(self.manifest):
+            notes.append(NO_FACTOR_ROWS_NOTE)
+            rerank = 0
         box = None
         if request.HasField("box"):
             box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1)
@@ -303,7 +338,9 @@ class SearchIngress:
         if query.error is not None:
             self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, query.error[1])
         clock = StageClock(None)
-        scores, ids = SearchEngine._rank(self.index, query.descriptor, top_k, depth, clock)
+        scores, ids = SearchEngine._rank(
+            self.index, query.descriptor, top_k, depth, clock, rows=query.rows if rerank else None, rerank=rerank
+        )
         keep = ids >= 0
         scores, ids = scores[keep], ids[keep]
         paths = self.index.paths(ids)
@@ -311,9 +348,10 @@ class SearchIngress:
             SearchHit(id=int(i), path=p or "", score=float(s), rank=r, key=self.keys.key_for(p))
             for r, (i, s, p) in enumerate(zip(ids, scores, paths, strict=True), start=1)
         ]
-        outcome = SearchOutcome(hits=hits, query_factors=query.query_factors, query_size=query.size)
-        if request.HasField("rerank") and request.rerank:
-            outcome.notes.append("not re-ranked: dff-serve --ray does not re-rank by factor rows (yet)")
+        outcome = SearchOutcome(
+            hits=hits, query_factors=query.query_factors, query_size=query.size,
+            reranked=min(rerank, int(self.index.count)), notes=notes,
+        )
         outcome.stages_ms = {**query.stages_ms, **clock.ms}
         if request.localize and hits:
             started = time.perf_counter()
@@ -331,11 +369,15 @@ class SearchIngress:
     def GetIndexInfo(self, request, grpc_context):
         from dffsearch.v1 import search_pb2
 
+        from indexer.factor_rows import has_factor_rows
+
         self._authorize(grpc_context)
         m = self.manifest
         return search_pb2.IndexInfo(
             count=self.index.count, backbone=m["backbone"]["name"], method=str(m.get("descriptor", {}).get("method", "")),
             image_size=int(m["image_size"]), dimension=int(m["dim"]), max_top_k=self.max_top_k,
+            # the default depth a search gets (0: the index stores no factor rows), as dff-serve says it
+            rerank=self.rerank if has_factor_rows(m) else 0, max_rerank=self.max_rerank,
             manifest_json=json.dumps(m, sort_keys=True, default=str), index_dir=str(self.index_dir),
         )
 
@@ -425,7 +467,8 @@ def build_app(config: RayServeConfig):
         SearchIngress, name="SearchIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1}
     )
     return ingress.bind(
-        index_dir, encoder, shards, config.token, config.max_top_k, config.max_query_expansion, config.follow_s
+        index_dir, encoder, shards, config.token, config.max_top_k, config.max_query_expansion, config.follow_s,
+        config.rerank, config.max_rerank,
     )
 
 
@@ -446,6 +489,15 @@ def start_on_ray(config: RayServeConfig) -> int:
 
     if config.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {config.shards}")
+    if not 0 <= config.rerank <= config.max_rerank:
+        raise ValueError(f"--rerank {config.rerank}: use 0 (off) to --max-rerank ({config.max_rerank})")
+    import indexer
+    from indexer.factor_rows import has_factor_rows
+
+    from .engine import NO_FACTOR_ROWS_NOTE
+
+    if config.rerank and not has_factor_rows(indexer.read_manifest(config.index)):  # once here, and in each search's notes
+        log.warning("re-ranking (--rerank %d) is skipped for every search: %s", config.rerank, NO_FACTOR_ROWS_NOTE)
     serve.start(
         http_options={"host": "127.0.0.1", "port": config.http_port or _free_port()},
         grpc_options={"port": config.port, "grpc_servicer_functions": SERVICER_FUNCTIONS},

@@ -321,6 +321,7 @@ def _serve_on_ray(args: argparse.Namespace, stop: threading.Event) -> int:
             encoder_cpus=args.encoder_cpus, encoder_gpus=args.encoder_gpus,
             device="cuda" if args.encoder_gpus > 0 and args.device == "cpu" else args.device,
             token=read_token_file(args.token_file) if args.token_file else None, max_top_k=args.max_top_k,
+            rerank=args.rerank, max_rerank=args.max_rerank,
         )
         if args.tls_cert or args.tls_key or args.metrics_port:
             log.warning("--ray: TLS and --metrics-port do not apply (see docs/scaling.md: Ray's proxy and metrics)")
@@ -389,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     info = running.engine.info()
     if not is_loopback(config.host) and config.token_file is None:
         log.warning("listening on %s without --token-file: AddImages/RemoveImages are refused", config.host)
-    if config.rerank and not info["rerank"]:
-        log.warning("--rerank %d: %s", config.rerank, NO_FACTOR_ROWS_NOTE)
+    if config.rerank and not info["rerank"]:  # said once here, and in each search's notes
+        log.warning("re-ranking (--rerank %d) is skipped for every search: %s", config.rerank, NO_FACTOR_ROWS_NOTE)
     log.info(
         "serving %s (%d images, %s, %s px) on %s:%d; batch %d, compute slots %d, re-rank %d, pid %d",
         config.index, info["count"], info["backbone"], info["image_size"], config.host, running.port,

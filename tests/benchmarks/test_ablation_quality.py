@@ -24,7 +24,8 @@ def test_ablation_defaults_reproduce_dff_eval(shared_data: Path, tmp_path: Path)
     rows = bench.rows(SIZE, [DescriptorConfig(method=m) for m in methods])
     ablation = {m: (bench.score(r), bench.score(r, qe=5)) for m, r in zip(methods, rows, strict=True)}
 
-    config = EvalConfig(methods=methods, qe=(0, 5), image_size=SIZE, cache_dir=cache, progress=False)
+    # the ablation scores the first stage: dff-eval without its default re-ranking (--rerank 0)
+    config = EvalConfig(methods=methods, qe=(0, 5), rerank=(0,), image_size=SIZE, cache_dir=cache, progress=False)
     runs = {
         "loo": run_instance("rparis6k", root, dataclasses.replace(config, protocol="landmark-loo")),
         "std": run_instance("rparis6k", root, dataclasses.replace(config, protocol="standard")),

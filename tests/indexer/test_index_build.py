@@ -57,7 +57,7 @@ def test_round_trip_every_image_finds_itself_first_with_cosine_one(photo_folder:
         np.testing.assert_allclose(np.linalg.norm(index.vectors([0, 3]), axis=1), 1.0, rtol=1e-5)
         assert index.paths([-1])[0] is None and not index.vectors([-1]).any()
         name, descriptor_config, size = index.extractor_config()
-        assert (name, descriptor_config.method, descriptor_config.k, size) == ("efficientnet-lite0", "nmf-vu", 4, 128)
+        assert (name, descriptor_config.method, descriptor_config.k, size) == ("efficientnet-lite0", "nmf-v", 4, 128)
 
 
 def test_bad_files_are_skipped_counted_and_listed_and_the_build_succeeds(photo_folder: Path, tmp_path: Path, tiny_config) -> None:
@@ -225,7 +225,7 @@ def test_add_with_another_descriptor_or_backbone_setting_is_refused_naming_it(ph
     manifest = open_index(out).manifest
     extractor = build_extractor(manifest)
     other = Extractor(extractor.backbone, DescriptorConfig(method="gem"), image_size=128)
-    with pytest.raises(ManifestMismatchError, match=r"descriptor='nmf-vu'.*descriptor='gem'"):
+    with pytest.raises(ManifestMismatchError, match=r"descriptor='nmf-v'.*descriptor='gem'"):
         add_images(out, [photo_folder / "coffee.jpg"], extractor=other, progress=False)
     bigger = Extractor(extractor.backbone, extractor.config, image_size=256)
     with pytest.raises(ManifestMismatchError, match="image_size=128"):

@@ -51,17 +51,25 @@ def ray_client(ray_app):
 
 
 @pytest.mark.parametrize(
-    "name, box, qe",
-    [("chelsea", None, 0), ("astronaut", (40, 20, 200, 220), 0), ("rocket", None, 3)],
-    ids=["plain", "box", "qe3"],
+    "name, box, qe, rerank",
+    [
+        ("chelsea", None, 0, None),  # absent: both sides' default depth (descriptors.rerank.DEFAULT_DEPTH)
+        ("astronaut", (40, 20, 200, 220), 0, 5),  # a box query re-ranks with the box's factors
+        ("rocket", None, 3, 4),  # re-ranked, then expanded
+        ("coffee", None, 0, 0),  # off: the first stage
+    ],
+    ids=["plain-default-rerank", "box-rerank5", "qe3-rerank4", "rerank-off"],
 )
-def test_sharded_ray_app_equals_the_local_engine(ray_client, engine, name, box, qe):
+def test_sharded_ray_app_equals_the_local_engine(ray_client, engine, name, box, qe, rerank):
+    """Shards own their ids' factor rows; the ingress re-ranks with the engine's own code."""
     image = jpeg_bytes(photo(name))
-    expected = engine.search(image, box=box, top_k=8, query_expansion=qe)
-    response = ray_client.search(image, box=box, top_k=8, query_expansion=qe)
-    assert [r.id for r in response.results] == [h.id for h in expected]
-    assert [r.path for r in response.results] == [h.path for h in expected]
-    np.testing.assert_allclose([r.score for r in response.results], [h.score for h in expected], atol=1e-5)
+    expected = engine.query(image, box=box, top_k=8, query_expansion=qe, rerank=rerank)
+    response = ray_client.search(image, box=box, top_k=8, query_expansion=qe, rerank=rerank)
+    assert response.reranked == expected.reranked and list(response.notes) == expected.notes == []
+    assert expected.reranked == (min(engine.count, engine.config.rerank) if rerank is None else rerank)
+    assert [r.id for r in response.results] == [h.id for h in expected.hits]
+    assert [r.path for r in response.results] == [h.path for h in expected.hits]
+    np.testing.assert_allclose([r.score for r in response.results], [h.score for h in expected.hits], atol=1e-5)
     assert response.results[0].rank == 1
 
 
@@ -70,12 +78,16 @@ def test_ray_app_info_errors_and_auth(ray_app, ray_client, engine):
 
     info = ray_client.info()
     assert info.count == engine.count and info.dimension == engine.info()["dimension"]
+    assert (info.rerank, info.max_rerank) == (engine.info()["rerank"], engine.info()["max_rerank"]) == (100, 1000)
     with pytest.raises(grpc.RpcError) as bad_image:
         ray_client.search(b"not an image", top_k=3)
     assert bad_image.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as bad_k:
         ray_client.search(jpeg_bytes(photo("coffee")), top_k=0)
     assert bad_k.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in bad_k.value.details()
+    with pytest.raises(grpc.RpcError) as bad_rerank:  # above the deployment's max_rerank (1000)
+        ray_client.search(jpeg_bytes(photo("coffee")), top_k=3, rerank=1001)
+    assert bad_rerank.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rerank" in bad_rerank.value.details()
     with pytest.raises(grpc.RpcError) as read_only:
         ray_client.remove_images(ids=[0])
     assert read_only.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -15,7 +15,7 @@ import pytest
 from searcher_fixtures import EXTRA_PHOTO, INDEXED_PHOTOS, jpeg_bytes, photo
 
 from descriptors.images import decode_image
-from descriptors.rerank import MatchKernel, match_scores
+from descriptors.rerank import DEFAULT_DEPTH, MatchKernel, match_scores
 from evaluation.cache import ActivationCache, ImageRequest
 from evaluation.encode import MethodEncoder, rank_pipeline
 from searcher.engine import NO_FACTOR_ROWS_NOTE, InvalidQueryError
@@ -88,7 +88,7 @@ def test_the_searchers_reranked_list_is_dff_evals_with_and_without_a_box_and_wit
 
 def test_box_queries_rerank_with_the_boxs_factors_only(engine, photo_folder: Path) -> None:
     index = engine.index
-    assert index.has_factor_rows and engine.config.rerank == 0  # the default: off until measured
+    assert index.has_factor_rows and engine.config.rerank == DEFAULT_DEPTH == 100  # the default: on, 100 (docs/results.md)
     data = (photo_folder / "chelsea.jpg").read_bytes()
     for box in (None, (60, 0, 230, 213)):
         outcome = engine.query(data, box=box, top_k=len(INDEXED_PHOTOS), rerank=len(INDEXED_PHOTOS))
@@ -133,8 +133,9 @@ def test_over_grpc_absent_is_the_servers_default_and_an_index_without_rows_says_
     old = tmp_path / "old"
     shutil.copytree(built_index, old)
     _without_factor_rows(old)
-    for index_dir, rows in ((built_index, True), (old, False)):
-        running = start_server(ServerConfig(index=index_dir, port=0, rerank=5))
+    # the old index at dff-serve's default depth (100): served, each answer saying why it is not re-ranked
+    for index_dir, rows, depth in ((built_index, True, {"rerank": 5}), (old, False, {})):
+        running = start_server(ServerConfig(index=index_dir, port=0, **depth))
         try:
             with SearchClient("127.0.0.1", running.port, timeout=60) as client:
                 assert client.info().rerank == (5 if rows else 0) and client.info().max_rerank == 1000

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from web_fixtures import CAT_BOX, COFFEE_BOX, INDEXED_PHOTOS, composite_query, jpeg_bytes
 
+from descriptors.rerank import DEFAULT_DEPTH
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,7 +29,7 @@ def _names(answer: dict) -> list[str]:
 def test_the_index_panel_says_what_the_index_is(web_client) -> None:
     info = web_client.get("/api/info").json()
     assert info["count"] == len(INDEXED_PHOTOS)
-    assert info["backbone"] == "efficientnet-lite0" and info["descriptor"] == "nmf-vu"
+    assert info["backbone"] == "efficientnet-lite0" and info["descriptor"] == "nmf-v"
     assert info["faiss"] and info["dimension"] > 0 and info["updated_at"] > 0
 
 
@@ -184,9 +186,11 @@ def test_search_takes_a_rerank_depth_and_says_how_many_were_reranked(web_client)
     default, off, five = (
         web_client.post("/api/search", json=body | extra).json() for extra in ({}, {"rerank": 0}, {"rerank": 5})
     )
-    assert web_client.get("/api/info").json()["rerank"] == 0  # dff-serve's default: off until measured
-    assert (default["reranked"], off["reranked"], five["reranked"]) == (0, 0, 5) and not five["notes"]
-    assert default["results"] == off["results"] and _names(five)[0] == "chelsea"
+    info = web_client.get("/api/info").json()
+    assert info["rerank"] == DEFAULT_DEPTH == 100  # dff-serve's default: on (docs/results.md, "Issue 13")
+    everything = min(DEFAULT_DEPTH, info["count"])
+    assert (default["reranked"], off["reranked"], five["reranked"]) == (everything, 0, 5)
+    assert not default["notes"] and not five["notes"] and _names(five)[0] == _names(default)[0] == "chelsea"
     assert [r["score"] for r in five["results"]] != [r["score"] for r in off["results"]]  # kernel vs cosine
     refused = web_client.post("/api/search", json=body | {"rerank": 5000})  # above dff-serve's --max-rerank
     assert refused.status_code == 400 and "rerank" in refused.json()["error"]["message"]

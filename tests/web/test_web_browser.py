@@ -164,6 +164,7 @@ def test_search_with_a_box_in_a_real_browser(page_url: str, browser_page, tmp_pa
     _wait_for_results(page, "(query box)")
     assert _card_names(page)[0] == "chelsea.jpg"
     assert page.locator("#rerank").input_value() == "0"
+    assert page.locator("#rerank").get_attribute("placeholder") == "auto: 100"  # dff-serve's default depth
 
     # a click on a result opens the full image with its box
     page.locator(".card").first.locator(".thumb").click()

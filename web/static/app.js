@@ -471,6 +471,8 @@ async function start() {
     state.topK = info.default_top_k || state.topK;
     $("top-k").value = state.topK;
   }
+  // an empty box: the server's default depth (dff-serve --rerank; 0 when its index stores no rows)
+  if (info && Number.isFinite(info.rerank)) $("rerank").placeholder = `auto: ${info.rerank}`;
   if (query && (await useQuery(query, state.box))) search(false, false);
   document.body.dataset.ready = "1";
 }
