@@ -86,9 +86,11 @@ def resolve_runtime(name: str | None, device: str | torch.device = "cpu") -> str
 
 
 def export_key(backbone) -> str:
-    """What determines the exported graph: backbone, layer, module structure (padding included),
-    weights sha256, opset, torch version (the exporter)."""
-    text = f"{backbone.name}|{backbone.layer}|{backbone.trunk!r}|{backbone.weights_sha256}|opset{OPSET}|{torch.__version__}"
+    """What determines the exported graph: backbone, layer (the truncation), reflection padding,
+    weights sha256, opset, torch version (the exporter). Not the module itself: a registry backbone
+    is built lazily (descriptors.backbones), and with its export cached it is never built."""
+    text = (f"{backbone.name}|{backbone.layer}|reflection_padding={backbone.reflection_padding}|"
+            f"{backbone.weights_sha256}|opset{OPSET}|{torch.__version__}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -222,6 +224,7 @@ def use_runtime(backbone, name: str | None = "auto"):
     """
     resolved = resolve_runtime(name, backbone.device)
     if resolved == "torch":
+        backbone.trunk  # noqa: B018  (built now, at load time, not in the first forward)
         backbone.compiled_trunk = None
     else:
         trunk = CompiledTrunk(resolved, RUNTIMES[resolved], exported_onnx(backbone))

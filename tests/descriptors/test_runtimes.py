@@ -52,7 +52,13 @@ def test_export_is_cached_per_weights(tmp_path, monkeypatch):
     first = exported_onnx(backbone)
     assert first.parent == tmp_path and first.suffix == ".onnx"
     stamp = first.stat().st_mtime_ns
-    assert exported_onnx(load_backbone("efficientnet-lite0")) == first and first.stat().st_mtime_ns == stamp
+    # with its export cached, a fresh backbone is never built (no timm import, no weights load)
+    fresh = load_backbone("efficientnet-lite0")
+    assert not fresh.trunk_built
+    assert exported_onnx(fresh) == first and first.stat().st_mtime_ns == stamp
+    assert not fresh.trunk_built
+    assert use_runtime(fresh, "torch").trunk_built  # torch runs the module: built at load time
+    assert export_key(load_backbone("efficientnet-lite0", reflection_padding=True)) != export_key(backbone)
     assert export_key(backbone) in first.name
     other_weights = load_backbone("efficientnet-lite0")
     other_weights.weights_sha256 = "0" * 64
