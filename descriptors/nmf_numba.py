@@ -11,10 +11,12 @@ Same algorithm, same order of updates, same initial factors, same convergence te
 entries below 1e-30 flushed to 0, every 10 iterations stop when the relative decrease of the
 error is below `tol`), so the factors agree with the torch solver's up to float rounding.
 
-Both kernels keep the factors k-major (U^T (k, n), V (k, C)) so that every update is element-wise
-over a contiguous row, and compute the sparse products X V^T and X^T U by gathering rows of a factor
-padded to a multiple of 8 columns (8 accumulators per block: one AVX register); the previous
-kernel's scalar K x K reductions per row were not vectorized and lost to torch at K = 16.
+Both kernels share one set-up (`_setup`) and keep the factors k-major (U^T (k, n), V (k, C)) so that
+every update is element-wise over a contiguous row, and compute the sparse products X V^T and X^T U
+by gathering rows of a factor padded to a multiple of 4 columns (8 accumulators per block of 8: one
+AVX register; a last block of 4, e.g. all of K = 4, in two sets of 4 over alternate entries: 1.6x
+faster at K = 4 than padding it to 8); the previous kernel's scalar K x K reductions per row were
+not vectorized and lost to torch at K = 16. No array is allocated inside the iterations.
 `fastmath` lets LLVM reorder the float32 sums (the inputs are finite and non-negative, checked by
 `descriptors.nmf`): results differ from torch's by rounding only and are bit-identical run to run.
 
@@ -112,9 +114,9 @@ def multiplicative_updates(
     return U, V, iters, errors
 
 
-# ---- HALS ------------------------------------------------------------------------------------
+# ---- the kernels -----------------------------------------------------------------------------
 
-_BLOCK = 8  # factor columns per gather block: 8 float32 = one AVX register
+_BLOCK = 8  # factor columns per gather block: 8 float32 = one AVX register (a last block may be 4)
 
 
 @njit(cache=True, nogil=True)
@@ -139,39 +141,68 @@ def _transpose_csr(indptr, indices, values, c):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _gather_product(indptr, indices, values, B, out):
-    """out (m, kp) = S B for S CSR (m, c) and B (c, kp), kp a multiple of 8: each output row is a
-    sum of B's rows scaled by S's entries, 8 columns at a time in 8 independent accumulators."""
+def _gather_product(indptr, indices, values, B, rows, out):
+    """out (k, m) = (S B)^T for S CSR (m, c) and B (c, kp), kp >= k a multiple of 4, through
+    `rows` (m, kp): each row of S B is a sum of B's rows scaled by S's entries, 8 columns at a time
+    in 8 independent accumulators (one AVX register), a last block of 4 columns two entries at a
+    time into two sets of 4 (measured at K = 4: a third faster than one set, whose adds wait on
+    each other); then the first k columns k-major (the layout of the updates)."""
     m = indptr.shape[0] - 1
+    kp = B.shape[1]
     for i in range(m):
-        for blk in range(0, B.shape[1], _BLOCK):
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                x = values[p]
-                a0 += x * B[j, blk]
-                a1 += x * B[j, blk + 1]
-                a2 += x * B[j, blk + 2]
-                a3 += x * B[j, blk + 3]
-                a4 += x * B[j, blk + 4]
-                a5 += x * B[j, blk + 5]
-                a6 += x * B[j, blk + 6]
-                a7 += x * B[j, blk + 7]
-            out[i, blk] = a0
-            out[i, blk + 1] = a1
-            out[i, blk + 2] = a2
-            out[i, blk + 3] = a3
-            out[i, blk + 4] = a4
-            out[i, blk + 5] = a5
-            out[i, blk + 6] = a6
-            out[i, blk + 7] = a7
+        for blk in range(0, kp, _BLOCK):
+            if blk + _BLOCK <= kp:
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    x = values[p]
+                    a0 += x * B[j, blk]
+                    a1 += x * B[j, blk + 1]
+                    a2 += x * B[j, blk + 2]
+                    a3 += x * B[j, blk + 3]
+                    a4 += x * B[j, blk + 4]
+                    a5 += x * B[j, blk + 5]
+                    a6 += x * B[j, blk + 6]
+                    a7 += x * B[j, blk + 7]
+                rows[i, blk + 4] = a4
+                rows[i, blk + 5] = a5
+                rows[i, blk + 6] = a6
+                rows[i, blk + 7] = a7
+            else:
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+                end = indptr[i + 1]
+                for p in range(indptr[i], end, 2):
+                    q = j = indices[p]
+                    x = values[p]
+                    y = np.float32(0.0)  # an odd last entry pairs with itself, weighted 0
+                    if p + 1 < end:
+                        q = indices[p + 1]
+                        y = values[p + 1]
+                    a0 += x * B[j, blk]
+                    b0 += y * B[q, blk]
+                    a1 += x * B[j, blk + 1]
+                    b1 += y * B[q, blk + 1]
+                    a2 += x * B[j, blk + 2]
+                    b2 += y * B[q, blk + 2]
+                    a3 += x * B[j, blk + 3]
+                    b3 += y * B[q, blk + 3]
+                a0 += b0
+                a1 += b1
+                a2 += b2
+                a3 += b3
+            rows[i, blk] = a0
+            rows[i, blk + 1] = a1
+            rows[i, blk + 2] = a2
+            rows[i, blk + 3] = a3
+    for a in range(out.shape[0]):
+        for i in range(m):
+            out[a, i] = rows[i, a]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _row_gram(F):
-    """F F^T (k, k) for F (k, m): dot products of contiguous rows."""
+def _row_gram(F, G):
+    """G (k, k) = F F^T for F (k, m): dot products of contiguous rows."""
     k, m = F.shape
-    G = np.empty((k, k), dtype=np.float32)
     for a in range(k):
         for b in range(a, k):
             s = np.float32(0.0)
@@ -179,7 +210,6 @@ def _row_gram(F):
                 s += F[a, t] * F[b, t]
             G[a, b] = s
             G[b, a] = s
-    return G
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -215,6 +245,12 @@ def _pair_sum(A, B):
     return s
 
 
+@njit(cache=True, nogil=True)
+def _error(x_sq, XtU_t, V, G_U, G_V):
+    """||X - U V||_F from the products: ||X||^2 - 2 <U^T X, V> + <U^T U, V V^T> (no X - U V)."""
+    return np.sqrt(max(x_sq - 2.0 * _pair_sum(XtU_t, V) + _pair_sum(G_U, G_V), 0.0))
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def _mu_rows(F, P, G, out):
     """Multiplicative update of all rows of F (k, m) at once (from the old F): out[a] = F[a] * P[a]
@@ -241,60 +277,73 @@ def _to_rows(F, rows):
 
 
 @njit(cache=True, nogil=True)
-def _multiplicative_updates(X, U0, V0, max_iter, tol):
-    """The Lee-Seung updates from U0 (n, k), V0 (k, c); returns (U, V, iterations, ||X - U V||_F).
-
-    U then V per iteration, every 10 iterations stop when the error fell by less than `tol` x the
-    initial error since the previous check (descriptors.nmf's rule). The factors live k-major
-    (U^T (k, n), V (k, c)) so that every update is element-wise over a contiguous row."""
+def _setup(X, U0, V0):
+    """What both kernels start from: X's CSR and its transpose's, ||X||^2, the factors k-major
+    (U^T (k, n), V (k, c)) with their gather layouts (m, kp) padded with zeros, the product
+    buffers X V^T and X^T U (row-major padded, and k-major), the Gram matrices U^T U, V V^T, and X^T U of U0 done."""
     n, c = X.shape
     k = U0.shape[1]
-    kp = ((k + _BLOCK - 1) // _BLOCK) * _BLOCK
+    kp = ((k + 3) // 4) * 4
     indptr, indices, values = _csr(X)
     t_ptr, t_indices, t_values = _transpose_csr(indptr, indices, values, c)
     x_sq = 0.0
     for p in range(values.shape[0]):
         x_sq += np.float64(values[p]) * np.float64(values[p])
-    U_rows = np.zeros((n, kp), dtype=np.float32)
-    Vt_rows = np.zeros((c, kp), dtype=np.float32)
     Ut = np.ascontiguousarray(U0.T)
     V = V0.copy()
-    Ut_next = np.empty_like(Ut)
-    V_next = np.empty_like(V)
-    XVt = np.empty((n, kp), dtype=np.float32)
-    XtU = np.empty((c, kp), dtype=np.float32)
+    U_rows = np.zeros((n, kp), dtype=np.float32)
+    Vt_rows = np.zeros((c, kp), dtype=np.float32)
     _to_rows(Ut, U_rows)
     _to_rows(V, Vt_rows)
-    _gather_product(t_ptr, t_indices, t_values, U_rows, XtU)
-    G_U = _row_gram(Ut)
-    G_V = _row_gram(V)
-    XtU_t = np.ascontiguousarray(XtU[:, :k].T)
-    previous = np.sqrt(max(x_sq - 2.0 * _pair_sum(XtU_t, V) + _pair_sum(G_U, G_V), 0.0))
+    XVt_rows = np.empty((n, kp), dtype=np.float32)
+    XtU_rows = np.empty((c, kp), dtype=np.float32)
+    XVt = np.empty((k, n), dtype=np.float32)
+    XtU = np.empty((k, c), dtype=np.float32)
+    _gather_product(t_ptr, t_indices, t_values, U_rows, XtU_rows, XtU)
+    G_U = np.empty((k, k), dtype=np.float32)
+    G_V = np.empty((k, k), dtype=np.float32)
+    _row_gram(Ut, G_U)
+    _row_gram(V, G_V)
+    return (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
+            XVt, XtU, G_U, G_V)
+
+
+@njit(cache=True, nogil=True)
+def _multiplicative_updates(X, U0, V0, max_iter, tol):
+    """The Lee-Seung updates from U0 (n, k), V0 (k, c); returns (U, V, iterations, ||X - U V||_F).
+
+    U then V per iteration, every 10 iterations stop when the error fell by less than `tol` x the
+    initial error since the previous check (descriptors.nmf's rule). The factors live k-major
+    (U^T (k, n), V (k, c)) so that every update is element-wise over a contiguous row; no array
+    is allocated inside the loop."""
+    (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
+     XVt, XtU, G_U, G_V) = _setup(X, U0, V0)
+    Ut_next = np.empty_like(Ut)
+    V_next = np.empty_like(V)
+    previous = _error(x_sq, XtU, V, G_U, G_V)
     safe_initial = previous if previous > 0.0 else 1.0
     it = 0
     while it < max_iter:
         it += 1
         # U <- U * (X V^T) / (U V V^T)
-        _gather_product(indptr, indices, values, Vt_rows, XVt)
-        _mu_rows(Ut, np.ascontiguousarray(XVt[:, :k].T), G_V, Ut_next)
+        _gather_product(indptr, indices, values, Vt_rows, XVt_rows, XVt)
+        _mu_rows(Ut, XVt, G_V, Ut_next)
         Ut, Ut_next = Ut_next, Ut
         _to_rows(Ut, U_rows)
         # V <- V * (U^T X) / (U^T U V)
-        _gather_product(t_ptr, t_indices, t_values, U_rows, XtU)
-        XtU_t = np.ascontiguousarray(XtU[:, :k].T)
-        G_U = _row_gram(Ut)
-        _mu_rows(V, XtU_t, G_U, V_next)
+        _gather_product(t_ptr, t_indices, t_values, U_rows, XtU_rows, XtU)
+        _row_gram(Ut, G_U)
+        _mu_rows(V, XtU, G_U, V_next)
         V, V_next = V_next, V
         _to_rows(V, Vt_rows)
-        G_V = _row_gram(V)
+        _row_gram(V, G_V)
         if tol > 0 and it % _CHECK_EVERY == 0 and it < max_iter:
-            current = np.sqrt(max(x_sq - 2.0 * _pair_sum(XtU_t, V) + _pair_sum(G_U, G_V), 0.0))
+            current = _error(x_sq, XtU, V, G_U, G_V)
             converged = (previous - current) / safe_initial < tol
             previous = current
             if converged:
                 break
-    error = np.sqrt(max(x_sq - 2.0 * _pair_sum(XtU_t, V) + _pair_sum(G_U, G_V), 0.0))
-    return np.ascontiguousarray(Ut.T), V, it, error
+    return np.ascontiguousarray(Ut.T), V, it, _error(x_sq, XtU, V, G_U, G_V)
 
 
 @njit(cache=True, nogil=True)
@@ -304,51 +353,25 @@ def _hals(X, U0, V0, max_iter, tol, window):
     The error (from the products: ||X||^2 - 2 <X^T U, V^T> + <U^T U, V V^T>) is known after every
     iteration at no extra product, so the stopping test runs every iteration: stop when the last
     `window` iterations lowered the error by less than `tol` x the initial error."""
-    n, c = X.shape
-    k = U0.shape[1]
-    kp = ((k + _BLOCK - 1) // _BLOCK) * _BLOCK
-    indptr, indices, values = _csr(X)
-    t_ptr, t_indices, t_values = _transpose_csr(indptr, indices, values, c)
-    x_sq = 0.0
-    for p in range(values.shape[0]):
-        x_sq += np.float64(values[p]) * np.float64(values[p])
-    # row-major factors padded to kp columns (zeros) for the gathers; k-major copies for the sweeps
-    U_rows = np.zeros((n, kp), dtype=np.float32)
-    Vt_rows = np.zeros((c, kp), dtype=np.float32)
-    Ut = np.ascontiguousarray(U0.T)
-    V = V0.copy()
-    XVt = np.empty((n, kp), dtype=np.float32)
-    XtU = np.empty((c, kp), dtype=np.float32)
-    r = np.empty(max(n, c), dtype=np.float32)
-    for a in range(k):
-        for i in range(n):
-            U_rows[i, a] = Ut[a, i]
-        for j in range(c):
-            Vt_rows[j, a] = V[a, j]
-    _gather_product(t_ptr, t_indices, t_values, U_rows, XtU)
-    G_U = _row_gram(Ut)
-    G_V = _row_gram(V)
-    previous = np.sqrt(max(x_sq - 2.0 * _pair_sum(np.ascontiguousarray(XtU[:, :k].T), V) + _pair_sum(G_U, G_V), 0.0))
+    (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
+     XVt, XtU, G_U, G_V) = _setup(X, U0, V0)
+    r = np.empty(max(X.shape[0], X.shape[1]), dtype=np.float32)
+    previous = _error(x_sq, XtU, V, G_U, G_V)
     safe_initial = previous if previous > 0.0 else 1.0
     error = previous
     history = np.full(window, previous)  # the errors of the last `window` iterations, a ring
     it = 0
     while it < max_iter:
         it += 1
-        _gather_product(indptr, indices, values, Vt_rows, XVt)
-        _hals_sweep(Ut, np.ascontiguousarray(XVt[:, :k].T), G_V, r)
-        for a in range(k):
-            for i in range(n):
-                U_rows[i, a] = Ut[a, i]
-        _gather_product(t_ptr, t_indices, t_values, U_rows, XtU)
-        XtU_t = np.ascontiguousarray(XtU[:, :k].T)
-        G_U = _row_gram(Ut)
-        _hals_sweep(V, XtU_t, G_U, r)
-        for a in range(k):
-            for j in range(c):
-                Vt_rows[j, a] = V[a, j]
-        G_V = _row_gram(V)
-        error = np.sqrt(max(x_sq - 2.0 * _pair_sum(XtU_t, V) + _pair_sum(G_U, G_V), 0.0))
+        _gather_product(indptr, indices, values, Vt_rows, XVt_rows, XVt)
+        _hals_sweep(Ut, XVt, G_V, r)
+        _to_rows(Ut, U_rows)
+        _gather_product(t_ptr, t_indices, t_values, U_rows, XtU_rows, XtU)
+        _row_gram(Ut, G_U)
+        _hals_sweep(V, XtU, G_U, r)
+        _to_rows(V, Vt_rows)
+        _row_gram(V, G_V)
+        error = _error(x_sq, XtU, V, G_U, G_V)
         if tol > 0 and it < max_iter:
             slot = it % window
             if it >= window and (history[slot] - error) / safe_initial < tol:

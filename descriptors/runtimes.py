@@ -11,7 +11,13 @@ test_runtimes.py, real photos), so an index built with one runtime is searched w
   `$DFF_RUNTIME_CACHE` (default `~/.cache/dffsearch/runtimes`), written atomically.
 - ONNX Runtime: intra-op threads = the compute threads (descriptors.threads), no spinning.
 - OpenVINO: `INFERENCE_PRECISION_HINT=f32` (its CPU default picks bf16/f16 where the CPU has it:
-  max relative error 0.9 on these activations), `INFERENCE_NUM_THREADS` = the compute threads.
+  max relative error 0.9 on these activations), `INFERENCE_NUM_THREADS` = the compute threads,
+  no CPU pinning (pinned workers cannot leave a core another job keeps busy).
+- A session's thread count is fixed when it is created, but a server's compute threads follow the
+  load (descriptors.threads.follow_load): each forward runs on the session made for the calling
+  thread's compute threads *now*, rounded down to a power of two or all CPUs
+  (`session_threads`), so a server started on an idle machine drops to one thread when other
+  work arrives instead of oversubscribing the cores with the thread count it started with.
 - `RUNTIMES` registry name -> loader; `default_runtime(device)`: the fastest installed for the
   device, in the order measured here (OpenVINO, ONNX Runtime, torch); CUDA: torch.
 
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 
 from .atomic_files import atomic_write
+from .settings import RUNTIME_NAMES
 
 # fastest first, as measured on the CPU (benchmarks/bench_descriptors.py, efficientnet-lite0 320 px)
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
@@ -80,9 +87,11 @@ def resolve_runtime(name: str | None, device: str | torch.device = "cpu") -> str
 
 
 def export_key(backbone) -> str:
-    """What determines the exported graph: backbone, layer, module structure (padding included),
-    weights sha256, opset, torch version (the exporter)."""
-    text = f"{backbone.name}|{backbone.layer}|{backbone.trunk!r}|{backbone.weights_sha256}|opset{OPSET}|{torch.__version__}"
+    """What determines the exported graph: backbone, layer (the truncation), reflection padding,
+    weights sha256, opset, torch version (the exporter). Not the module itself: a registry backbone
+    is built lazily (descriptors.backbones), and with its export cached it is never built."""
+    text = (f"{backbone.name}|{backbone.layer}|reflection_padding={backbone.reflection_padding}|"
+            f"{backbone.weights_sha256}|opset{OPSET}|{torch.__version__}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -114,10 +123,22 @@ def exported_onnx(backbone) -> Path:
 
 
 def _compute_threads() -> int:
+    """The calling thread's compute threads (descriptors.threads sets torch's per thread)."""
     return max(1, torch.get_num_threads())
 
 
-@lru_cache(maxsize=8)
+def session_threads(compute: int, cpus: int | None = None) -> int:
+    """The session size for `compute` threads: all `cpus`, else the largest power of two <= compute.
+
+    Bounds the sessions a load-following server creates to ~log2(cpus) + 2."""
+    from .threads import available_cpus
+
+    cpus = cpus or available_cpus()
+    compute = max(1, min(compute, cpus))
+    return compute if compute == cpus else 1 << (compute.bit_length() - 1)
+
+
+@lru_cache(maxsize=16)
 def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """One session per (model, threads) in a process; `session.run` is thread-safe."""
     import onnxruntime as ort
@@ -133,7 +154,7 @@ def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.
     return lambda x: session.run(None, {"images": x})[0]
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """One compiled model per (model, threads) in a process, one infer request per calling thread
     (a request is not thread-safe; the searcher forwards from several compute threads)."""
@@ -149,6 +170,9 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
         "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
+        # its default on Linux pins each worker to a core: on a shared machine a pinned worker
+        # waits for the other job's time slice instead of moving to a free core
+        "ENABLE_CPU_PINNING": False,
     }
     compiled = core.compile_model(str(path), "CPU", config)  # from a path: a cached blob skips the read
     output = compiled.output(0)
@@ -164,15 +188,25 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
 
 
 class CompiledTrunk:
-    """`(B, 3, H, W)` float tensor -> `(B, C, h, w)` float32 tensor through a compiled runtime."""
+    """`(B, 3, H, W)` float tensor -> `(B, C, h, w)` float32 tensor through a compiled runtime,
+    on the session sized for the calling thread's compute threads (`session_threads`)."""
 
-    def __init__(self, name: str, run: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, name: str, loader: Callable[[Path, int], Callable[[np.ndarray], np.ndarray]], path: Path) -> None:
         self.name = name
-        self._run = run
+        self._loader = loader  # lru-cached per (path, threads): a lookup after the first call
+        self._path = path
+
+    def session(self, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """The run function for `threads` (default: the calling thread's), created on first use."""
+        return self._loader(self._path, session_threads(threads or _compute_threads()))
+
+    def prepare(self, threads: int) -> None:
+        """Create the session for `threads` now (a server: before the first request needs it)."""
+        self.session(threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(np.array(self._run(array), dtype=np.float32, copy=True))
+        return torch.from_numpy(np.array(self.session()(array), dtype=np.float32, copy=True))
 
 
 # name -> loader(onnx path, threads) -> run(images (B,3,H,W) float32) -> activations
@@ -181,19 +215,23 @@ RUNTIMES: dict[str, Callable[[Path, int], Callable[[np.ndarray], np.ndarray]] | 
     "onnxruntime": _onnxruntime_session,
     "openvino": _openvino_model,
 }
+# the names live in descriptors.settings (importable without torch); the registry must match them
+assert tuple(RUNTIMES) == RUNTIME_NAMES, "descriptors.settings.RUNTIME_NAMES is out of date"
 
 
 def use_runtime(backbone, name: str | None = "auto"):
     """Run `backbone`'s forward through runtime `name` (`auto`: the fastest installed); returns it.
 
-    Sets `backbone.runtime` to the runtime used. The compiled model takes the compute threads of
-    the calling thread at this moment (descriptors.threads sets them first).
+    Sets `backbone.runtime` to the runtime used. The session for the calling thread's compute
+    threads is created now; each forward then uses the one for its caller's threads at that time.
     """
     resolved = resolve_runtime(name, backbone.device)
     if resolved == "torch":
+        backbone.trunk  # noqa: B018  (built now, at load time, not in the first forward)
         backbone.compiled_trunk = None
     else:
-        loader = RUNTIMES[resolved]
-        backbone.compiled_trunk = CompiledTrunk(resolved, loader(exported_onnx(backbone), _compute_threads()))
+        trunk = CompiledTrunk(resolved, RUNTIMES[resolved], exported_onnx(backbone))
+        trunk.prepare(_compute_threads())  # compile now: a missing or broken runtime fails here
+        backbone.compiled_trunk = trunk
     backbone.runtime = resolved
     return backbone

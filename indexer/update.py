@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from .manifest import (
 )
 from .stages import WorkItem
 from .storage import exclusive_lock
-from .summary import BuildSummary
+from .summary import BuildSummary, IdRanges
 
 
 def _hash_inputs(files: list[Path], vouched: Mapping[str, str], summary: BuildSummary) -> list[tuple[Path, str, tuple[int, int]]]:
@@ -60,6 +60,7 @@ def add_images(
     progress: bool = True,
     config: IndexConfig | None = None,
     known_sha256: Mapping[str, str] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> BuildSummary:
     """Add image files (or folders, walked recursively) to an index; returns the new ids.
 
@@ -72,6 +73,8 @@ def add_images(
     `ManifestMismatchError` naming the setting). `known_sha256` maps a file path (as given) to the
     sha256 of its content, for a caller that has just written the file from bytes it hashed (the
     searcher's AddImages): the file is then not hashed again. The caller vouches for it.
+    `check` is called after each image is encoded; an exception it raises (the searcher: the
+    client's deadline passed) stops the add before anything is committed and propagates.
     """
     started = time.perf_counter()
     index_dir = Path(os.path.abspath(index_dir))
@@ -98,7 +101,7 @@ def add_images(
             if stored is not None:
                 items.append(WorkItem(len(items), path, stored, sha, hashed_key))  # provisional id: position
         if items:
-            _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary)
+            _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary, check)
         else:
             summary.total_indexed = int(manifest["counts"]["indexed"])
         summary.order_inputs(files)
@@ -109,7 +112,7 @@ def add_images(
     return summary
 
 
-def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary) -> None:
+def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id, extractor, runtime, progress, summary, check=None) -> None:
     if extractor is None or runtime.threads:  # a server's add keeps the server's settings
         from descriptors.threads import setup_threads
 
@@ -125,7 +128,7 @@ def _index_items(index_dir, manifest, catalog, items, replaced_by_path, next_id,
         from descriptors.whitening import PCAWhitening
 
         whitening = PCAWhitening.load(index_dir / WHITENING_NAME)
-    vectors_by_item, decoded_all, rows_by_item = _extract(items, extractor, whitening, manifest, runtime, progress)
+    vectors_by_item, decoded_all, rows_by_item = _extract(items, extractor, whitening, manifest, runtime, progress, check)
     accepted, rows = [], []
     for d in decoded_all:
         if d.ok:
@@ -174,7 +177,7 @@ def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, n
     )
     summary.commit = commit
     summary.indexed = len(new_rows)
-    summary.ids = [r.id for r in new_rows]
+    summary.ids = IdRanges.from_ids([r.id for r in new_rows])
     summary.total_indexed = int(commit.manifest["counts"]["indexed"])
 
 
@@ -251,7 +254,18 @@ def _accept_new_content(
     return stored_paths
 
 
-def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtime: IndexConfig, progress: bool):
+class _CheckedBar:
+    """A progress bar that also calls `check` per image (run_extraction advances it per image)."""
+
+    def __init__(self, bar, check: Callable[[], None]) -> None:
+        self.bar, self.check = bar, check
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.check()
+
+
+def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtime: IndexConfig, progress: bool, check=None):
     from descriptors.aggregate import aggregate_rows
 
     collected: list = []
@@ -262,7 +276,8 @@ def _extract(items: list[WorkItem], extractor, whitening, manifest: dict, runtim
     with progress_bar(len(items), 0, progress, "add") as bar:
         run_extraction(
             [(0, items)], extractor, writer, runtime,
-            stores_rows=True, max_pixels=int(manifest.get("max_pixels", runtime.max_pixels)), bar=bar,
+            stores_rows=True, max_pixels=int(manifest.get("max_pixels", runtime.max_pixels)),
+            bar=bar if check is None else _CheckedBar(bar, check),
         )
     vectors = {d.item.id: aggregate_rows(rows, whitening) for d, rows in collected if d.ok}
     rows_by_item = {d.item.id: rows for d, rows in collected if d.ok}

@@ -227,6 +227,12 @@ class SearchEngine:
         start = time.perf_counter()
         activations = self.backbone.extract([self.backbone.preprocess(image, size)])
         timings["forward"] = 1000 * (time.perf_counter() - start)
+        if self.backbone.compiled_trunk is not None:
+            # the one-thread session too: the load-following pool falls back to it when other
+            # work takes the CPUs, and compiling it then would cost that request seconds
+            start = time.perf_counter()
+            self.backbone.compiled_trunk.prepare(1)
+            timings["runtime_one_thread"] = 1000 * (time.perf_counter() - start)
         start = time.perf_counter()
         self.extractor.rows_from_activations(activations, [image.size], [None])
         timings["rows"] = 1000 * (time.perf_counter() - start)
@@ -383,21 +389,28 @@ class SearchEngine:
     # ------------------------------------------------------------------------------------------
     # write side (one writer at a time; readers never wait)
 
-    def add_images(self, items: Sequence[tuple[str, bytes]], skip_invalid: bool = False) -> list[AddedImage]:
+    def add_images(
+        self, items: Sequence[tuple[str, bytes]], skip_invalid: bool = False, deadline: float | None = None
+    ) -> list[AddedImage]:
         """Store uploads under INDEX_DIR/uploads/<sha256>.<ext>, index them as one new generation,
         apply it to the in-memory index. Returns one `AddedImage` per item, in order.
 
         Every item is decoded first: one bad image rejects the whole request and changes nothing,
         unless `skip_invalid`, where it comes back `skipped` with its reason. Content that is
         already indexed (same sha256) is not added again: its existing id comes back `duplicate`.
+        `deadline` (a `time.monotonic()` instant, the client's): checked per image while decoding
+        and encoding; when it passes, QueryDeadlineError and nothing is added (no commit, no
+        stored upload).
         """
+        clock = StageClock(deadline)
         if not items:
             raise InvalidQueryError("empty", "AddImages received no images; send at least one")
         prepared: list[tuple[str, bytes, str] | AddedImage] = []  # (key, bytes to store, extension)
         for position, (key, data) in enumerate(items):
+            self._check_add_deadline(clock, "decode")
             try:
                 # checked at the backbone's scale (a JPEG's whole stream is still read): bounded memory
-                img = self._decode(data, None, reduce_to=self.extractor.image_size)
+                img = self._decode(data, deadline, reduce_to=self.extractor.image_size)
             except InvalidQueryError as exc:
                 label = f"image {position}" + (f" (key {key!r})" if key else "")
                 if skip_invalid:
@@ -406,15 +419,26 @@ class SearchEngine:
                 raise InvalidQueryError(exc.reason, f"{label}: {exc}; nothing was added") from exc
             extension = _FORMAT_EXTENSIONS.get(_container_format(data))
             if extension is None:  # a format the indexer does not list (GIF, BMP, TIFF...): store PNG
-                img = self._decode(data, None)  # at full size: this is what gets stored
+                img = self._decode(data, deadline)  # at full size: this is what gets stored
                 buffer = io.BytesIO()
                 img.save(buffer, format="PNG")
                 data, extension = buffer.getvalue(), ".png"
             prepared.append((key, bytes(data), extension))
         with self._write_lock:
-            return self._write_pool.run(StageClock(None), "add", self._add_prepared, prepared)
+            self._check_add_deadline(clock, "add")  # waited for another writer
+            return self._write_pool.run(StageClock(None), "add", self._add_prepared, prepared, clock)
 
-    def _add_prepared(self, prepared: list) -> list[AddedImage]:
+    @staticmethod
+    def _check_add_deadline(clock: StageClock, stage: str) -> None:
+        try:
+            clock.check(stage)
+        except QueryDeadlineError as exc:
+            raise QueryDeadlineError(
+                f"deadline exceeded during AddImages ({stage}); nothing was added: allow more time "
+                "(a longer client timeout) or send fewer images per call"
+            ) from exc
+
+    def _add_prepared(self, prepared: list, clock: StageClock | None = None) -> list[AddedImage]:
         import indexer
 
         uploads = self._keys.folder
@@ -433,14 +457,22 @@ class SearchEngine:
         outcomes: dict[str, object] = {}
         if stored:
             files = sorted({str(path) for _, path, _, _ in stored.values()})
-            summary = indexer.add_images(
-                self.config.index_dir,
-                files,
-                extractor=self.extractor,
-                progress=False,
-                # the uploads were just written from bytes hashed above: no second hash
-                known_sha256={str(path): digest for _, path, digest, _ in stored.values()},
-            )
+            try:
+                summary = indexer.add_images(
+                    self.config.index_dir,
+                    files,
+                    extractor=self.extractor,
+                    progress=False,
+                    # the uploads were just written from bytes hashed above: no second hash
+                    known_sha256={str(path): digest for _, path, digest, _ in stored.values()},
+                    check=None if clock is None else (lambda: self._check_add_deadline(clock, "encode")),
+                )
+            except BaseException:
+                # nothing was committed: the files stored for this call are nobody's
+                for _key, path, _digest, created in stored.values():
+                    if created:
+                        path.unlink(missing_ok=True)
+                raise
             self._apply(summary.commit)
             outcomes = {o.path: o for o in summary.inputs}
         added: list[AddedImage] = []

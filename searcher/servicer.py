@@ -323,8 +323,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def AddImages(self, request_iterator, context):
         with _Call(self, "AddImages", context):
             items, skip_invalid = self._receive_uploads(request_iterator)
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
             try:
-                added = self.engine.add_images(items, skip_invalid=skip_invalid)
+                added = self.engine.add_images(items, skip_invalid=skip_invalid, deadline=deadline)
             except (InvalidQueryError, QueryDeadlineError):
                 raise
             except (SearchEngineError, IndexerError, OSError) as exc:  # disk full, index damaged, ...

@@ -15,8 +15,10 @@ from descriptors.runtimes import (
     exported_onnx,
     is_installed,
     resolve_runtime,
+    session_threads,
     use_runtime,
 )
+from descriptors.threads import available_cpus
 
 COMPILED = [name for name in ("onnxruntime", "openvino") if is_installed(name)]
 
@@ -50,7 +52,13 @@ def test_export_is_cached_per_weights(tmp_path, monkeypatch):
     first = exported_onnx(backbone)
     assert first.parent == tmp_path and first.suffix == ".onnx"
     stamp = first.stat().st_mtime_ns
-    assert exported_onnx(load_backbone("efficientnet-lite0")) == first and first.stat().st_mtime_ns == stamp
+    # with its export cached, a fresh backbone is never built (no timm import, no weights load)
+    fresh = load_backbone("efficientnet-lite0")
+    assert not fresh.trunk_built
+    assert exported_onnx(fresh) == first and first.stat().st_mtime_ns == stamp
+    assert not fresh.trunk_built
+    assert use_runtime(fresh, "torch").trunk_built  # torch runs the module: built at load time
+    assert export_key(load_backbone("efficientnet-lite0", reflection_padding=True)) != export_key(backbone)
     assert export_key(backbone) in first.name
     other_weights = load_backbone("efficientnet-lite0")
     other_weights.weights_sha256 = "0" * 64
@@ -68,3 +76,47 @@ def test_runtime_choice_and_its_errors():
         resolve_runtime("tensorrt")
     with pytest.raises(RuntimeUnavailableError, match="CPU only"):
         resolve_runtime("openvino", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("compute", "cpus", "expected"),
+    [(1, 16, 1), (3, 16, 2), (5, 16, 4), (15, 16, 8), (16, 16, 16), (11, 12, 8), (12, 12, 12), (0, 4, 1), (20, 4, 4)],
+)
+def test_session_threads_are_all_cpus_or_a_power_of_two(compute, cpus, expected):
+    assert session_threads(compute, cpus) == expected
+
+
+@pytest.mark.skipif(not COMPILED, reason="neither onnxruntime nor openvino is installed")
+def test_each_forward_uses_the_session_for_its_callers_threads_now(photos_and_reference):
+    """A load-following server changes a pool thread's compute threads between requests
+    (descriptors.threads.follow_load); the compiled forward must follow, not keep the count the
+    session was created with."""
+    import threading
+
+    images, reference = photos_and_reference
+    backbone = use_runtime(load_backbone("efficientnet-lite0"), COMPILED[0])
+    trunk = backbone.compiled_trunk
+    requested: list[int] = []
+    real_loader = RUNTIMES[COMPILED[0]]
+
+    def recording_loader(path, threads):
+        requested.append(threads)
+        return real_loader(path, threads)
+
+    trunk._loader = recording_loader
+    results = {}
+
+    def forward_with(threads: int) -> None:
+        torch.set_num_threads(threads)  # what follow_load does in a pool thread
+        results[threads] = backbone.extract(images[:1])[0]
+
+    cpus = available_cpus()
+    for threads in (1, cpus):
+        worker = threading.Thread(target=forward_with, args=(threads,))
+        worker.start()
+        worker.join()
+    assert requested == [1, cpus]
+    for got in results.values():
+        want = reference[0]
+        assert float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)) <= 1e-3
+    assert trunk.session(1) is trunk.session(1), "one session per thread count, created once"
