@@ -167,7 +167,8 @@ def test_whiten_on_an_incompatible_index_is_refused_even_when_every_shard_is_res
     photo_folder: Path, tmp_path: Path, tiny_config
 ) -> None:
     config = tiny_config.replace(whiten_dim=12)
-    build_index(photo_folder, tmp_path / "nmf-v", config.replace(descriptor="nmf-v"), progress=False)
+    # an index of another descriptor than the default (nmf-v) to whiten on
+    build_index(photo_folder, tmp_path / "nmf-vu", config.replace(descriptor="nmf-vu"), progress=False)
     other = tmp_path / "other"
     write_photos(other, names=("chelsea", "coffee"))
     # the first attempt extracts every shard, then fails on a --whiten-on that does not exist
@@ -175,7 +176,7 @@ def test_whiten_on_an_incompatible_index_is_refused_even_when_every_shard_is_res
         build_index(other, tmp_path / "b", config.replace(whiten_on=str(tmp_path / "missing")), progress=False)
     # the rerun resumes every shard (no extraction now) and must still compare the settings
     with pytest.raises(IndexerError, match="descriptor"):
-        build_index(other, tmp_path / "b", config.replace(whiten_on=str(tmp_path / "nmf-v")), progress=False)
+        build_index(other, tmp_path / "b", config.replace(whiten_on=str(tmp_path / "nmf-vu")), progress=False)
     assert not (tmp_path / "b").exists()
 
 
