@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .settings import RETRIEVAL_IMAGE_SIZES, image_size_or_default, retrieval_image_size  # noqa: F401  (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -229,30 +231,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def retrieval_image_size(name: str) -> int:
-    """The registry's default smaller image side for instance retrieval with backbone `name`
-    (no weights are loaded); `timm:NAME` / `torchvision:NAME`: 320 (descriptors.named_backbones)."""
-    from .named_backbones import NAMED_RETRIEVAL_IMAGE_SIZE, is_named
-
-    if is_named(name):
-        return NAMED_RETRIEVAL_IMAGE_SIZE
-    if name not in BACKBONES:
-        raise KeyError(
-            f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}, "
-            "or timm:NAME / torchvision:NAME"
-        )
-    return BACKBONES[name].retrieval_image_size
-
-
-def image_size_or_default(name: str, image_size: int | None) -> int:
-    """`image_size`, or backbone `name`'s `retrieval_image_size` when it is None (a config's
-    default); an unknown backbone is then a ValueError naming the known ones."""
-    if image_size is not None:
-        return image_size
-    try:
-        return retrieval_image_size(name)
-    except KeyError as error:
-        raise ValueError(error.args[0]) from None
+# the names and sizes live in descriptors.settings (importable without torch); they must match
+assert {name: spec.retrieval_image_size for name, spec in BACKBONES.items()} == RETRIEVAL_IMAGE_SIZES, (
+    "descriptors.settings.RETRIEVAL_IMAGE_SIZES is out of date"
+)
 
 
 def resize_for_backbone(img: Image.Image, image_size: int, max_side_ratio: float = 3.0) -> Image.Image:

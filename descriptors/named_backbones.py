@@ -30,11 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-LIBRARIES = ("timm", "torchvision")
+from .settings import NAMED_LIBRARIES, NAMED_RETRIEVAL_IMAGE_SIZE, is_named  # noqa: F401  (re-exported)
+
+LIBRARIES = NAMED_LIBRARIES
 RANDOM_WEIGHTS = "random"
 # the efficientnet-lite0 scale study (docs/results.md): 320 px, 1.43x its 224-px training size,
 # beat 224-512 for every method; a named backbone trained at 224 px starts from the same ratio
-NAMED_RETRIEVAL_IMAGE_SIZE = 320
 _SIGN_PRESERVING = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Dropout, nn.Dropout2d)
 _PROBE_SIZE = 128
 
@@ -55,12 +56,6 @@ class NamedBackbone:
     std: tuple[float, float, float]
     weights: str  # the weights' origin (file path, hub id, or "random")
     weights_sha256: str
-
-
-def is_named(name: str) -> bool:
-    """True for `timm:NAME` / `torchvision:NAME` (a library prefix and a non-empty name)."""
-    library, sep, model = name.partition(":")
-    return bool(sep) and library in LIBRARIES and bool(model)
 
 
 def split_name(name: str) -> tuple[str, str]:

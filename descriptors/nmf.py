@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from .crow import crow_channel_weights
+from .settings import ALGORITHMS, SOLVER_ALGORITHMS, algorithm_of
 
 __all__ = [
     "ALGORITHMS", "SOLVERS", "NMFResult", "algorithm_of", "chosen_algorithm", "factorize_activations", "nmf",
@@ -368,7 +369,10 @@ SOLVERS = {
     "torch-sparse": Solver(_sparse_group, "mu", sparse=True),
     "torch-dense": Solver(_dense_group, "mu", sparse=False),
 }
-ALGORITHMS = ("hals", "mu")
+# the names live in descriptors.settings (importable without torch); the registry must match them
+assert {name: solver.algorithm for name, solver in SOLVERS.items()} == SOLVER_ALGORITHMS, (
+    "descriptors.settings.SOLVER_ALGORITHMS is out of date"
+)
 # what a CPU item with sparse X gets, per algorithm, fastest first (benchmarks/bench_descriptors.py:
 # numba-mu was faster than torch-sparse at K = 4, 8 and 16, so there is no choice by K); dense
 # items and CUDA batches get the algorithm's torch solver
@@ -434,15 +438,6 @@ def solvers_compiled(algorithm: str | None = None) -> bool:
 def chosen_algorithm() -> str:
     """The algorithm of the solver ``set_sparse_solver`` chose for this process (automatic: mu)."""
     return algorithm_of(_sparse_solver_choice[0] if _sparse_solver_choice else None)
-
-
-def algorithm_of(solver: str | None, default: str = "mu") -> str:
-    """The algorithm a ``--nmf-solver`` choice runs (``auto``/None: ``default``)."""
-    if solver in (None, "auto"):
-        return default
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown NMF solver {solver!r}; choose auto or one of {', '.join(SOLVERS)}")
-    return SOLVERS[solver].algorithm
 
 
 def nmf(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,9 +19,10 @@ from torch import Tensor
 
 from .aggregate import aggregate_rows
 from .boxes import select_factors_in_grid_box
-from .factorized import gaussian_for_grid, nmf_v_rows, nmf_vu_rows
+from .factorized import nmf_v_rows, nmf_vu_rows
 from .nmf import factorize_activations
 from .pooling import crow, gem, mac, rmac_region_vectors, spoc
+from .settings import METHOD_NAMES, NMF_METHODS, DescriptorConfig
 from .whitening import PCAWhitening
 
 if TYPE_CHECKING:
@@ -107,84 +107,8 @@ METHODS: dict[str, MethodFn] = {
     "nmf-v": _nmf_method,
     "nmf-vu": _nmf_method,
 }
-NMF_METHODS = frozenset({"nmf-v", "nmf-vu"})
-
-
-@dataclass
-class DescriptorConfig:
-    """Everything that decides a descriptor (the index manifest records it)."""
-
-    method: str = "nmf-vu"
-    # NMF rank: 4 as in the thesis's figures; the ablation (docs/results.md) found it best on
-    # full-image queries, on par with 8 on box queries, at about half the NMF cost of 8
-    k: int = 4
-    max_iter: int = 100
-    tol: float = 1e-4
-    seed: int = 0
-    crow_weighting: bool = True
-    # the NMF's updates (descriptors.nmf.ALGORITHMS): "mu" (Lee-Seung multiplicative updates, the
-    # method's) or "hals" (the same error in 2-3x fewer iterations, but sparser heatmaps that cost
-    # V·U 6 points of landmark-LOO mAP: an option, see docs/results.md "Speed choices")
-    nmf_algorithm: str = "mu"
-    # V·U Gaussian: sigma = gaussian_sigma_of_grid x the feature grid's shorter side (scale-free;
-    # docs/results.md ablation: 0.5 beat the design's fixed kernel on every protocol). None: the
-    # design's fixed gaussian_size x gaussian_size kernel of gaussian_variance (older indexes).
-    gaussian_sigma_of_grid: float | None = 0.5
-    gaussian_size: int = 13
-    gaussian_variance: float = 2.0
-    box_threshold: float = 0.75
-    rmac_levels: int = 3
-    gem_p: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown descriptor method {self.method!r}; choose one of {', '.join(METHODS)}")
-        for name in ("k", "max_iter", "gaussian_size", "rmac_levels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DescriptorConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"DescriptorConfig.seed must be a non-negative int, got {self.seed!r}")
-        if self.gaussian_size % 2 == 0:
-            raise ValueError(f"DescriptorConfig.gaussian_size must be odd, got {self.gaussian_size}")
-        if not (isinstance(self.tol, int | float) and math.isfinite(self.tol) and self.tol >= 0):
-            raise ValueError(f"DescriptorConfig.tol must be a finite number >= 0, got {self.tol!r}")
-        if not (isinstance(self.gaussian_variance, int | float) and self.gaussian_variance > 0):
-            raise ValueError(
-                f"DescriptorConfig.gaussian_variance must be > 0, got {self.gaussian_variance!r}"
-            )
-        if self.gaussian_sigma_of_grid is not None and not (
-            isinstance(self.gaussian_sigma_of_grid, int | float)
-            and not isinstance(self.gaussian_sigma_of_grid, bool)
-            and math.isfinite(self.gaussian_sigma_of_grid)
-            and self.gaussian_sigma_of_grid > 0
-        ):
-            raise ValueError(
-                f"DescriptorConfig.gaussian_sigma_of_grid must be None or a finite number > 0, "
-                f"got {self.gaussian_sigma_of_grid!r}"
-            )
-        if not (isinstance(self.box_threshold, int | float) and 0.0 <= self.box_threshold <= 1.0):
-            raise ValueError(f"DescriptorConfig.box_threshold must be in [0, 1], got {self.box_threshold!r}")
-        if not (isinstance(self.gem_p, int | float) and math.isfinite(self.gem_p) and self.gem_p > 0):
-            raise ValueError(f"DescriptorConfig.gem_p must be a finite number > 0, got {self.gem_p!r}")
-        from .nmf import ALGORITHMS
-
-        if self.nmf_algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"DescriptorConfig.nmf_algorithm must be one of {', '.join(ALGORITHMS)}, got {self.nmf_algorithm!r}"
-            )
-        if not isinstance(self.crow_weighting, bool):
-            raise ValueError(f"DescriptorConfig.crow_weighting must be a bool, got {self.crow_weighting!r}")
-
-    @property
-    def uses_nmf(self) -> bool:
-        return self.method in NMF_METHODS
-
-    def vu_gaussian(self, grid_hw: tuple[int, int]) -> tuple[int, float]:
-        """``(size, variance)`` of the V·U Gaussian on a feature grid of ``grid_hw`` cells."""
-        if self.gaussian_sigma_of_grid is None:
-            return self.gaussian_size, float(self.gaussian_variance)
-        return gaussian_for_grid(grid_hw, self.gaussian_sigma_of_grid)
+# the names live in descriptors.settings (importable without torch); the registry must match them
+assert tuple(METHODS) == METHOD_NAMES, "descriptors.settings.METHOD_NAMES is out of date"
 
 
 def _prepare(acts: Sequence[Tensor]) -> list[Tensor]:

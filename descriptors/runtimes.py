@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .atomic_files import atomic_write
+from .settings import RUNTIME_NAMES
 
 # fastest first, as measured on the CPU (benchmarks/bench_descriptors.py, efficientnet-lite0 320 px)
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
@@ -214,6 +215,8 @@ RUNTIMES: dict[str, Callable[[Path, int], Callable[[np.ndarray], np.ndarray]] | 
     "onnxruntime": _onnxruntime_session,
     "openvino": _openvino_model,
 }
+# the names live in descriptors.settings (importable without torch); the registry must match them
+assert tuple(RUNTIMES) == RUNTIME_NAMES, "descriptors.settings.RUNTIME_NAMES is out of date"
 
 
 def use_runtime(backbone, name: str | None = "auto"):

@@ -252,6 +252,13 @@ def setup_threads(
     return settings
 
 
+def apply_process_threads() -> None:
+    """`setup_threads`' choice again, now loading torch and FAISS: for a process that deferred
+    them (`dff-index build --ray`'s driver imports torch only for stage 2, after its workers ran)."""
+    if _process_settings:
+        apply_threads(_process_settings[0], load_libraries=True)
+
+
 def current_compute_threads(settings: ThreadSettings) -> int:
     """For long-running programs: the compute threads now (re-measured load when automatic)."""
     if not settings.automatic:

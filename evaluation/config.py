@@ -71,7 +71,7 @@ class EvalConfig:
             raise ValueError(f"--image-size must be >= 32, got {self.image_sizes}")
         if self.at < 1:
             raise ValueError(f"--at must be >= 1, got {self.at}")
-        from descriptors.backbones import image_size_or_default
+        from descriptors.settings import image_size_or_default
 
         self.image_size = image_size_or_default(self.backbone, self.image_size)
         from descriptors.runtimes import resolve_runtime

@@ -39,7 +39,7 @@ from .manifest import CATALOG_NAME, FAISS_NAME, VECTORS_NAME, WHITENING_NAME, ma
 from .partial import PartialBuild
 from .stages import WorkItem
 from .storage import atomic_write, write_error
-from .summary import BuildSummary, ShardClock, SkippedFile
+from .summary import BuildSummary, IdRanges, ShardClock, SkippedFile
 from .whiten import whitening_for_build
 
 # catalog rows per transaction of stage 2 (a few MB of Python objects at most)
@@ -163,6 +163,10 @@ def build_index(
         folder, items, partial, config, extractor, stores_rows=stores_rows, progress=progress, desc="extract",
         clock=clock,
     )
+    if config.ray_address is not None:
+        from descriptors.threads import apply_process_threads
+
+        apply_process_threads()  # the thread settings the CLI deferred until torch is needed here
     try:
         if extractor is None:
             # every shard was resumed; the manifest and the --whiten-on check still need the
@@ -259,7 +263,7 @@ def _assemble(
     _move_into_place(staged, out, config.overwrite)
     partial.remove()
     summary.indexed = len(ids)
-    summary.ids = ids.tolist()
+    summary.ids = IdRanges.from_ids(ids)
     summary.total_indexed = len(ids)
     summary.factory = factory
     summary.dim = dim

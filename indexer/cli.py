@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from descriptors.nmf import SOLVERS as NMF_SOLVERS
+from descriptors.settings import SOLVER_ALGORITHMS as NMF_SOLVERS
 
 from .build import build_index
 from .compact import compact_index
@@ -148,7 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("build", "add"):
             from descriptors.threads import setup_threads
 
-            threads = setup_threads(args.threads, verbose=args.verbose, prog=f"dff-index {args.command}")
+            # --ray: the driver loads torch only for stage 2 (build_index applies the threads then),
+            # not for seconds of CPU while its workers start on the same machine
+            threads = setup_threads(
+                args.threads, verbose=args.verbose, prog=f"dff-index {args.command}",
+                load_libraries=not getattr(args, "ray", None),
+            )
             if not getattr(args, "ray", None):
                 # decode threads (--workers None) follow it: IndexConfig.workers. Not with --ray: the
                 # workers run on other CPUs (other nodes); --threads 0 there means --cpus-per-worker

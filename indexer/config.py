@@ -79,7 +79,7 @@ class IndexConfig:
             raise ValueError(
                 f"unknown descriptor {self.descriptor!r}; choose one of {', '.join(DESCRIPTOR_METHODS)}"
             )
-        from descriptors.backbones import image_size_or_default
+        from descriptors.settings import image_size_or_default
 
         self.image_size = image_size_or_default(self.backbone, self.image_size)
         for name in ("k", "image_size", "batch_size", "shard_size", "max_iter"):
@@ -98,20 +98,21 @@ class IndexConfig:
                 f"--workers must be >= 0, --cpus-per-worker > 0 and --gpus-per-worker >= 0; got "
                 f"{self.ray_workers}, {self.cpus_per_worker}, {self.gpus_per_worker}"
             )
-        from descriptors.nmf import SOLVERS
-        from descriptors.runtimes import RUNTIMES
+        # the registries' names without the registries: the driver of a Ray build never imports torch
+        from descriptors.settings import RUNTIME_NAMES, SOLVER_ALGORITHMS
 
-        if self.runtime not in ("auto", *RUNTIMES):
-            raise ValueError(f"unknown runtime {self.runtime!r}; choose auto or one of {', '.join(RUNTIMES)}")
-        if self.nmf_solver not in ("auto", *SOLVERS):
-            raise ValueError(f"unknown NMF solver {self.nmf_solver!r}; choose auto or one of {', '.join(SOLVERS)}")
+        if self.runtime not in ("auto", *RUNTIME_NAMES):
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose auto or one of {', '.join(RUNTIME_NAMES)}")
+        if self.nmf_solver not in ("auto", *SOLVER_ALGORITHMS):
+            raise ValueError(
+                f"unknown NMF solver {self.nmf_solver!r}; choose auto or one of {', '.join(SOLVER_ALGORITHMS)}"
+            )
         if self.whiten_on and not self.whiten_dim:
             raise ValueError("--whiten-on needs --whiten-dim D (D > 0)")
 
     def descriptor_config(self):
-        """The descriptors.pipeline.DescriptorConfig these settings describe."""
-        from descriptors.nmf import algorithm_of
-        from descriptors.pipeline import DescriptorConfig
+        """The descriptors.settings.DescriptorConfig these settings describe (no torch import)."""
+        from descriptors.settings import DescriptorConfig, algorithm_of
 
         return DescriptorConfig(
             method=self.descriptor, k=self.k, max_iter=self.max_iter, tol=self.tol, seed=self.seed,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .config import IndexConfig
-from .stages import WorkItem, make_reader, run_stages
+from .stages import WorkItem, iter_stages, make_reader
 
 
 def make_extractor(config: IndexConfig):
@@ -103,13 +104,28 @@ def run_extraction(
     finisher thread); `writer(group_index, decoded, results)` receives the rows (`stores_rows`)
     or the final vectors; `bar` (a tqdm) advances once per image.
     """
+    stream = iter_extraction(groups, extractor, config, stores_rows=stores_rows, max_pixels=max_pixels, bar=bar)
+    with contextlib.closing(stream):  # a failing writer stops the reader threads now, not at GC
+        for group_index, decoded, results in stream:
+            writer(group_index, decoded, results)
+
+
+def iter_extraction(
+    groups: Sequence[tuple[int, Sequence[WorkItem]]],
+    extractor,
+    config: IndexConfig,
+    *,
+    stores_rows: bool,
+    max_pixels: int,
+    bar=None,
+) -> Iterator[tuple[int, list, list]]:
+    """`run_extraction` as a generator of `(group_index, decoded, results)` (stages.iter_stages)."""
     prepare, forward, finish = extraction_callables(extractor, stores_rows)
     mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
-    run_stages(
+    yield from iter_stages(
         groups,
         make_reader(max_pixels, prepare, reduce_to=extractor.image_size),
         mapper,
-        writer,
         workers=decode_workers(config),
         batch_size=config.batch_size,
         on_item=None if bar is None else (lambda _: bar.update(1)),

@@ -113,7 +113,7 @@ LEGACY_DESCRIPTOR_SETTINGS = {"gaussian_sigma_of_grid": None, "nmf_algorithm": "
 
 
 def descriptor_config_from(manifest: dict):
-    from descriptors.pipeline import DescriptorConfig
+    from descriptors.settings import DescriptorConfig
 
     fields = set(DescriptorConfig.__dataclass_fields__)
     # settings added after an index was built take the value that reproduces its vectors

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,11 @@ import numpy as np
 
 from .config import IndexConfig
 from .errors import IndexerError
-from .ray_cluster import cluster_cpus, connect
+from .ray_cluster import cluster_resources, connect
 from .stages import WorkItem
 
 MAX_BLOCKS = 10_000
+MAX_SHARDS_PER_CALL = 8
 
 
 @dataclass(frozen=True)
@@ -83,24 +84,21 @@ class ShardExtractor:
         self.extractor = make_extractor(config)
         self.identity = ExtractorIdentity.of(self.extractor)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .extraction import run_extraction
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """One output row per shard, yielded as soon as the shard is finished: a call takes
+        several shards so that the reader threads decode the next shard while this one finishes
+        (as in a local build) instead of starting cold on every shard."""
+        from .extraction import iter_extraction
 
         groups = [
             (int(g), [WorkItem(int(i), Path(p), s) for i, p, s in json.loads(str(items))])
             for g, items in zip(batch["group"], batch["items"], strict=True)
         ]
-        done: list[bytes] = []
-
-        def collect(group: int, decoded: list, results: list) -> None:
+        for group, decoded, results in iter_extraction(
+            groups, self.extractor, self.config, stores_rows=self.stores_rows, max_pixels=self.config.max_pixels
+        ):
             payload = (group, decoded, results, self.identity, time.time())
-            done.append(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-
-        run_extraction(
-            groups, self.extractor, collect, self.config,
-            stores_rows=self.stores_rows, max_pixels=self.config.max_pixels,
-        )
-        return {"shard": np.array(done, dtype=object)}
+            yield {"shard": np.array([pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)], dtype=object)}
 
 
 def plan_rows(groups: Sequence[tuple[int, Sequence[WorkItem]]]) -> list[dict]:
@@ -111,8 +109,26 @@ def plan_rows(groups: Sequence[tuple[int, Sequence[WorkItem]]]) -> list[dict]:
     ]
 
 
+def shards_per_call(n_groups: int, workers: int) -> int:
+    """Shards per actor call: enough that a worker's pipeline rarely restarts (at most
+    MAX_SHARDS_PER_CALL), few enough that each worker gets at least two calls to balance with."""
+    return max(1, min(MAX_SHARDS_PER_CALL, -(-n_groups // (2 * workers))))
+
+
 def worker_count(config: IndexConfig, n_groups: int) -> int:
-    wanted = config.ray_workers or max(1, int(cluster_cpus() // config.cpus_per_worker))
+    """`--workers`, or as many workers as the cluster's CPUs (and GPUs) hold; a worker that asks
+    for more than the whole cluster has is an error here, not an actor that never starts."""
+    resources = cluster_resources()
+    fits = resources.get("CPU", 0) // config.cpus_per_worker
+    if config.gpus_per_worker > 0:
+        fits = min(fits, resources.get("GPU", 0) // config.gpus_per_worker)
+    if fits < 1:
+        raise IndexerError(
+            f"each Ray worker asks for {config.cpus_per_worker:g} CPU(s) and {config.gpus_per_worker:g} GPU(s), "
+            f"but the cluster has {resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s); "
+            "lower --cpus-per-worker / --gpus-per-worker or add nodes"
+        )
+    wanted = config.ray_workers or int(fits)
     return max(1, min(wanted, n_groups))
 
 
@@ -136,12 +152,15 @@ def run_extraction_on_ray(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images; Ray's would count rows of shards
     context.enable_operator_progress_bars = False
+    # every yielded shard is an output block of its own, so it reaches the driver (and is
+    # committed) as soon as it is finished, not when the whole call is
+    context.target_max_block_size = 1
     rows = plan_rows(groups)
     workers = worker_count(config, len(rows))
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
         ShardExtractor,
-        batch_size=1,
-        concurrency=workers,
+        batch_size=shards_per_call(len(rows), workers),
+        compute=ray.data.ActorPoolStrategy(size=workers),  # `concurrency=` is deprecated since Ray 2.51
         num_cpus=config.cpus_per_worker,
         num_gpus=config.gpus_per_worker or None,
         fn_constructor_kwargs={"config": config, "stores_rows": stores_rows},

@@ -61,6 +61,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, object_store_mb
     return ray
 
 
-def cluster_cpus() -> int:
+def cluster_resources() -> dict[str, float]:
+    """The cluster's total resources (`CPU`, `GPU`, ...), as Ray reports them."""
     ray = import_ray()
-    return int(ray.cluster_resources().get("CPU", 1))
+    return dict(ray.cluster_resources())

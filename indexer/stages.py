@@ -14,6 +14,7 @@ uninterrupted one (batched NMF results then agree bit for bit).
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -117,6 +118,25 @@ def run_stages(
     With a `finisher`, the mapper's outputs of batch i are finished in one background thread
     while the mapper runs on batch i+1 (the forward of the next batch overlaps the NMF of this one).
     """
+    stream = iter_stages(groups, reader, mapper, workers=workers, batch_size=batch_size, on_item=on_item, finisher=finisher)
+    with contextlib.closing(stream):  # a failing writer stops the reader threads now, not at GC
+        for group_index, decoded, results in stream:
+            writer(group_index, decoded, results)
+
+
+def iter_stages(
+    groups: Sequence[tuple[int, Sequence[WorkItem]]],
+    reader: Callable[[WorkItem], Decoded],
+    mapper: Callable[[list[Any]], list[Any]],
+    *,
+    workers: int,
+    batch_size: int,
+    on_item: Callable[[Decoded], None] | None = None,
+    finisher: Callable[[list[Any]], list[Any]] | None = None,
+) -> Iterator[tuple[int, list[Decoded], list[Any]]]:
+    """`run_stages` as a generator: yields `(group_index, decoded, results)` per group (what the
+    writer receives); while the consumer holds a group, the reader threads decode the next ones
+    (a Ray worker yields each shard of a multi-shard call as it finishes)."""
     flat = (item for _, items in groups for item in items)
     decoded_stream = ordered_parallel_map(reader, flat, workers, max_in_flight=max(2 * batch_size, 4 * workers))
     finish_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dff-finish") if finisher else None
@@ -164,7 +184,7 @@ def run_stages(
             flush()
             for chunk, future in pending:
                 collect(chunk, future.result())
-            writer(group_index, decoded, results)
+            yield group_index, decoded, results
     finally:
         if finish_pool is not None:
             finish_pool.shutdown(wait=True)

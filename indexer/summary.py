@@ -2,10 +2,70 @@
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+
+class IdRanges:
+    """A set of image ids as sorted half-open ranges `[(start, stop), ...]`.
+
+    A build's ids are 0..n-1 less its skipped files, so this holds one pair per run of indexed
+    files instead of one Python int per image (a list of 10M ids is ~360 MB). Iterating, `len`,
+    `in` and `tolist()` behave as on the sorted list of ids, and it compares equal to any sequence
+    of the same ids (`summary.ids == [8, 9, 10]`).
+    """
+
+    __slots__ = ("ranges",)
+    __hash__ = None  # type: ignore[assignment]  (compares equal to lists)
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self.ranges: tuple[tuple[int, int], ...] = tuple((int(a), int(b)) for a, b in ranges if b > a)
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[int] | np.ndarray) -> IdRanges:
+        """The ranges of `ids` (any order; duplicates count once)."""
+        values = np.unique(np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64))
+        if not len(values):
+            return cls()
+        breaks = np.nonzero(np.diff(values) != 1)[0]
+        starts = np.concatenate([values[:1], values[breaks + 1]])
+        stops = np.concatenate([values[breaks] + 1, values[-1:] + 1])
+        return cls(zip(starts.tolist(), stops.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return sum(stop - start for start, stop in self.ranges)
+
+    def __iter__(self) -> Iterator[int]:
+        for start, stop in self.ranges:
+            yield from range(start, stop)
+
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, int | np.integer):
+            return False
+        at = bisect.bisect_right(self.ranges, (int(image_id), float("inf"))) - 1
+        return at >= 0 and self.ranges[at][0] <= image_id < self.ranges[at][1]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdRanges):
+            return self.ranges == other.ranges
+        if isinstance(other, list | tuple | range | np.ndarray):
+            return len(other) == len(self) and all(int(a) == b for a, b in zip(other, self, strict=True))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"IdRanges({list(self.ranges)})"
+
+    def tolist(self) -> list[int]:
+        return list(self)
+
+    def as_json(self) -> list[list[int]]:
+        return [[start, stop] for start, stop in self.ranges]
 
 
 @dataclass
@@ -72,7 +132,7 @@ class BuildSummary:
     index_dir: str
     indexed: int = 0  # images that got a vector in this call
     skipped: list[SkippedFile] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)  # ids of the images indexed in this call
+    ids: IdRanges = field(default_factory=IdRanges)  # ids of the images indexed in this call
     seconds: float = 0.0
     processed_this_run: int = 0  # images decoded+extracted by this process (excludes resumed shards)
     resumed_shards: int = 0
@@ -150,6 +210,8 @@ class BuildSummary:
         return {
             "index_dir": self.index_dir,
             "indexed": self.indexed,
+            # the new ids as [start, stop) pairs (IdRanges): one pair per run, not one number per image
+            "id_ranges": self.ids.as_json(),
             "total_indexed": self.total_indexed,
             "skipped": self.skipped_reasons,
             "skipped_files": [vars(s) for s in self.skipped],

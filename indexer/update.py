@@ -34,7 +34,7 @@ from .manifest import (
 )
 from .stages import WorkItem
 from .storage import exclusive_lock
-from .summary import BuildSummary
+from .summary import BuildSummary, IdRanges
 
 
 def _hash_inputs(files: list[Path], vouched: Mapping[str, str], summary: BuildSummary) -> list[tuple[Path, str, tuple[int, int]]]:
@@ -177,7 +177,7 @@ def _commit_accepted(index_dir, manifest, catalog, accepted, replaced_by_path, n
     )
     summary.commit = commit
     summary.indexed = len(new_rows)
-    summary.ids = [r.id for r in new_rows]
+    summary.ids = IdRanges.from_ids([r.id for r in new_rows])
     summary.total_indexed = int(commit.manifest["counts"]["indexed"])
 
 

@@ -88,3 +88,22 @@ def test_missing_ray_names_the_extra(tmp_path, folder_with_bad_file):
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[ray]'" in done.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_a_worker_larger_than_the_cluster_is_a_clear_error(ray_local, folder_with_bad_file, tmp_path):
+    """--gpus-per-worker on a cluster without GPUs (here: 2 CPUs, no GPU) fails at once, naming
+    the flags, instead of waiting for an actor that can never be placed; nothing is written."""
+    from indexer.errors import IndexerError
+
+    for changes, named in (({"gpus_per_worker": 1.0}, "1 GPU(s)"), ({"cpus_per_worker": 4.0}, "4 CPU(s)")):
+        with pytest.raises(IndexerError, match=r"lower --cpus-per-worker / --gpus-per-worker") as error:
+            build_index(folder_with_bad_file, tmp_path / "x", _config(ray_address="auto", **changes), progress=False)
+        assert named in str(error.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_shards_per_call_balance_the_workers():
+    from indexer.ray_build import MAX_SHARDS_PER_CALL, shards_per_call
+
+    assert shards_per_call(6, 1) == 3 and shards_per_call(6, 2) == 2 and shards_per_call(1, 4) == 1
+    assert shards_per_call(10_000, 4) == MAX_SHARDS_PER_CALL
