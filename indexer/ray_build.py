@@ -167,10 +167,16 @@ def run_extraction_on_ray(
         batch_format="numpy",
     )
     identity = None
+    committed: set[int] = set()
     try:
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=1):
             for payload in batch["shard"]:
                 group, decoded, results, identity, finished_at = pickle.loads(payload)
+                if group in committed:
+                    # Ray Data retries a call whose actor died: it redoes the shards that call had
+                    # already yielded (and this process committed); the redone copies are dropped
+                    continue
+                committed.add(group)
                 writer(group, decoded, results, finished_at)
                 if bar is not None:
                     bar.update(len(decoded))

@@ -34,6 +34,22 @@ def import_ray():
     return ray
 
 
+# the message of Ray's fixed 30 s wait for a new local node to register
+LOCAL_START_TIMEOUT = "timed out during startup"
+
+
+def start_local(ray, **init_options) -> None:
+    """`ray.init` of a new local cluster, tried twice: Ray waits a fixed 30 s for the new node to
+    register, which a busy machine (a build or a test suite beside it) can miss once."""
+    try:
+        ray.init(address=LOCAL, **init_options)
+    except Exception as exc:  # Ray raises a bare Exception for this one
+        if LOCAL_START_TIMEOUT not in str(exc):
+            raise
+        ray.shutdown()
+        ray.init(address=LOCAL, **init_options)
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, object_store_mb: int | None = None):
     """`ray.init` for `address` (see module docstring); a no-op when this process is connected already.
 
@@ -49,7 +65,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, object_store_mb
         if address == LOCAL:
             mb = object_store_mb or int(os.environ.get("DFF_RAY_OBJECT_STORE_MB", LOCAL_OBJECT_STORE_MB))
             # "local", not None: None would join a cluster `ray start` left on this machine
-            ray.init(address=LOCAL, num_cpus=num_cpus, object_store_memory=mb * 1024 * 1024, **options)
+            start_local(ray, num_cpus=num_cpus, object_store_memory=mb * 1024 * 1024, **options)
         else:
             options.pop("include_dashboard")
             ray.init(address=address, **options)

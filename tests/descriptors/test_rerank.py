@@ -49,3 +49,19 @@ def test_row_codec_keeps_dot_products_in_the_training_subspace_and_halves_storag
     np.testing.assert_allclose(decoded @ decoded.T, rows @ rows.T, atol=2e-3)
     with pytest.raises(ValueError, match="dim"):
         RowCodec.fit(rows, 65)
+
+
+def test_row_codec_with_fewer_rows_than_columns_matches_the_full_eigh():
+    # a small collection (rows < C) is fitted from the rows' Gram matrix; past its rank the
+    # projection is completed to an orthonormal basis
+    import torch
+
+    rows = row_features(np.abs(np.random.default_rng(1).normal(size=(20, 64))) ** 3)
+    codec = RowCodec.fit(rows, 32)
+    projection = codec.projection.astype(np.float64)
+    np.testing.assert_allclose(projection.T @ projection, np.eye(32), atol=1e-6)
+    _, vectors = torch.linalg.eigh(torch.from_numpy(rows.T.astype(np.float64) @ rows))
+    reference = vectors.numpy()[:, ::-1][:, :20]  # the rows' span, largest eigenvalues first
+    np.testing.assert_allclose(np.abs(rows @ projection[:, :20]), np.abs(rows @ reference), atol=1e-5)
+    decoded = codec.decode(codec.encode(rows))
+    np.testing.assert_allclose(decoded @ decoded.T, rows @ rows.T, atol=2e-3)
