@@ -45,6 +45,20 @@ class IdRanges:
         for start, stop in self.ranges:
             yield from range(start, stop)
 
+    def __getitem__(self, position: int) -> int:
+        """The `position`-th id in sorted order, as on the list (`summary.ids[0]`; negative from the end)."""
+        if isinstance(position, bool) or not isinstance(position, int | np.integer):
+            raise TypeError(f"IdRanges indices must be integers, not {type(position).__name__}")
+        count = len(self)
+        at = int(position) + count if position < 0 else int(position)
+        if not 0 <= at < count:
+            raise IndexError(f"IdRanges index {position} out of range ({count} ids)")
+        for start, stop in self.ranges:
+            if at < stop - start:
+                return start + at
+            at -= stop - start
+        raise AssertionError("unreachable")
+
     def __contains__(self, image_id: object) -> bool:
         if not isinstance(image_id, int | np.integer):
             return False

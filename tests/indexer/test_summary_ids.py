@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from indexer.summary import BuildSummary, IdRanges
 
@@ -14,6 +15,11 @@ def test_id_ranges_behave_like_the_sorted_list_of_ids():
     assert ids == [0, 1, 2, 5, 6, 9] and ids != [0, 1, 2] and ids == IdRanges([(0, 3), (5, 7), (9, 10)])
     assert [i for i in range(-1, 12) if i in ids] == [0, 1, 2, 5, 6, 9] and np.int64(5) in ids and "5" not in ids
     assert IdRanges.from_ids([]) == [] and len(IdRanges()) == 0
+    # indexing as on the list (summary.ids[0] in callers and tests)
+    assert [ids[i] for i in range(6)] == [0, 1, 2, 5, 6, 9] and ids[-1] == 9 and ids[-6] == 0
+    for bad in (6, -7):
+        with pytest.raises(IndexError):
+            ids[bad]
 
 
 def test_a_10m_build_summary_holds_its_ids_in_a_few_pairs():
