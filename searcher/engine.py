@@ -34,14 +34,15 @@ import torch
 from descriptors.atomic_files import atomic_write_bytes
 from descriptors.encode import backbone_input, decode_options
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
-from descriptors.query_expansion import ALPHA_QE, EXPANSIONS, expand_query
-from descriptors.rerank import DEFAULT_DEPTH, MatchKernel, rerank_top
+from descriptors.query_expansion import EXPANSIONS
+from descriptors.rerank import DEFAULT_DEPTH
 from indexer.graph import GraphAffinity
 
 from .batching import ForwardBatcher
 from .concurrency import QUEUE_STAGE, ComputePool, ReadWriteLock, StageClock
 from .errors import InvalidQueryError, QueryDeadlineError, SearchEngineError, validate_box
-from .localize import Concept, LocalizationResult, Localizer
+from .localize import Concept, Localizer
+from .ranking import MAX_RERANK, apply_localization, rank, rerank_problem
 from .stored_images import ImageNotFoundError, StoredImage, indexed_image_path, load_stored_image
 from .uploads import UploadKeys
 
@@ -78,7 +79,7 @@ class EngineConfig:
     # re-ranking by the stored factor rows (descriptors.rerank, indexer/factor_rows.py): the depth
     # of a request that does not say (dff-serve --rerank; 0: off), and the most a request may ask
     rerank: int = DEFAULT_DEPTH
-    max_rerank: int = 1000
+    max_rerank: int = MAX_RERANK
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 16
     # dynamic batching of concurrent forwards: <= 1 means off (the right choice on a CPU)
@@ -312,7 +313,7 @@ class SearchEngine:
             if depth and not index.has_factor_rows:
                 notes.append(NO_FACTOR_ROWS_NOTE)
                 depth = 0
-            scores, ids = self._rank(
+            scores, ids = rank(
                 index, descriptor, int(top_k), int(query_expansion), clock, expansion=expansion, graph=self._graph,
                 rows=rows if depth else None, rerank=depth,
             )
@@ -347,7 +348,7 @@ class SearchEngine:
                 query_box,
                 [hit.path for hit in hits],  # absolute catalog paths (OpenIndex.paths)
             )
-            self._apply_localization(outcome, result, with_heatmaps)
+            apply_localization(outcome, result, with_heatmaps)
         outcome.stages_ms = clock.ms
         return outcome
 
@@ -583,10 +584,9 @@ class SearchEngine:
 
     def _rerank_depth(self, rerank: int | None) -> int:
         depth = self.config.rerank if rerank is None else rerank
-        if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or not 0 <= depth <= self.config.max_rerank:
-            raise InvalidQueryError(
-                "bad-rerank", f"rerank={rerank} is out of range; use 0 (off) to {self.config.max_rerank} (dff-serve --max-rerank)"
-            )
+        problem = rerank_problem(depth, self.config.max_rerank)
+        if problem is not None:
+            raise InvalidQueryError("bad-rerank", problem)
         return int(depth)
 
     def _decode(self, image: bytes | str | Path, deadline: float | None, **options):
@@ -612,87 +612,3 @@ class SearchEngine:
     def _decode_result(self, path: str | Path):
         """A result image for localization: the server's limits, at the localization scale."""
         return self._decode(path, None, reduce_to=self.config.localization_size)
-
-    @staticmethod
-    def _rerank(index, rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, depth: int, clock: StageClock):
-        """The first `depth` of (scores, ids) reordered by the match kernel of the query's `rows`
-        with each one's stored rows (`descriptors.rerank.rerank_top`, as dff-eval); their scores
-        become kernel scores (1: the same rows), the rest keep their place and cosine score.
-        Returns (scores, ids, each one's first-stage cosine), the cosines for diffusion's seeds."""
-        keep = ids >= 0
-        scores, ids = scores[keep], ids[keep]
-        if not depth or not len(ids):
-            return scores, ids, scores
-        head = ids[:depth]
-        with clock.stage("rerank"):
-            reordered, kernel_scores = rerank_top(head, index.encode_query_rows(rows), index.factor_rows(head), MatchKernel())
-        position = {int(i): at for at, i in enumerate(head)}
-        cosines = np.concatenate([scores[[position[int(i)] for i in reordered]], scores[depth:]])
-        return np.concatenate([kernel_scores, scores[depth:]]).astype(np.float32), np.concatenate([reordered, ids[depth:]]), cosines
-
-    @staticmethod
-    def _rank(
-        index, query: np.ndarray, top_k: int, depth: int, clock: StageClock, expansion: str = "average", graph=None,
-        rows: np.ndarray | None = None, rerank: int = 0,
-    ):
-        # `index`: anything with .count, .search(queries, k) and .vectors(ids): an OpenIndex here,
-        # the fan-out over shard deployments in searcher/ray_serve.py (+ .factor_rows(ids) and
-        # .encode_query_rows(rows) to re-rank)
-        """FAISS search, re-ranking and query expansion, in dff-eval's order (evaluation.encode.
-        rank_pipeline): the first `rerank` results (with the query's local `rows`) re-ranked by
-        the match kernel; then query expansion over the first `depth` of that list when `depth` > 0
-        (descriptors.query_expansion / descriptors.diffusion), whose ranking is not re-ranked again:
-        `expansion` average or alpha re-searches with the expanded query; diffusion walks the
-        index's stored k-NN graph (`graph`: an `indexer.graph.GraphAffinity`) from them and returns
-        what it reaches, best first, then the rest of the first stage. The first search asks for
-        max(top_k, depth, rerank) so that a short list cuts neither short."""
-        count = max(1, int(index.count))
-        k = min(top_k, count)
-        rerank = min(int(rerank), count) if rows is not None else 0
-        with clock.stage("faiss"):
-            scores, ids = index.search(query[None, :], max(k, min(depth, count), rerank))
-        scores, ids, cosines = SearchEngine._rerank(index, rows, scores[0], ids[0], rerank, clock)
-        if depth > 0:
-            with clock.stage("expansion"):
-                top = [int(i) for i in ids[:depth] if i >= 0]
-                if top and expansion == "diffusion":  # seeds weighted by their cosine, as dff-eval
-                    scores, ids = SearchEngine._diffuse(index, query, cosines, ids, depth, k, graph)
-                elif top:
-                    neighbours = np.asarray(index.vectors(top), dtype=np.float32)
-                    expanded = expand_query(query, neighbours, depth, alpha=ALPHA_QE if expansion == "alpha" else 0.0)
-                    # not re-ranked again: a second re-ranking by the query's own rows undid the
-                    # expansion in dff-eval (CroW box queries, QE 5: 87.8 -> 79.5 Medium)
-                    scores, ids = index.search(expanded[None, :].astype(np.float32), k)
-                    scores, ids = scores[0], ids[0]
-        return scores[:k], ids[:k]
-
-    @staticmethod
-    def _diffuse(index, query, scores, ids, depth: int, k: int, graph):
-        from descriptors.diffusion import diffuse, diffusion_order
-
-        graph_ids, affinity = graph.get(index)
-        valid = ids >= 0
-        scores, ids = scores[valid], ids[valid]
-        at = np.minimum(np.searchsorted(graph_ids, ids), max(len(graph_ids) - 1, 0))
-        known = graph_ids[at] == ids if len(graph_ids) else np.zeros(len(ids), bool)
-        seeds = at[:depth][known[:depth]]
-        f = diffuse(seeds, scores[:depth][known[:depth]], affinity)
-        if f is None:
-            return scores, ids
-        ranked = graph_ids[diffusion_order(f, at[known])][:k]
-        cosines = np.asarray(index.vectors(ranked), np.float32) @ query.astype(np.float32)
-        return cosines, ranked
-
-    @staticmethod
-    def _apply_localization(outcome: SearchOutcome, result: LocalizationResult, with_heatmaps: bool) -> None:
-        # static: the Ray Serve ingress (searcher/ray_serve.py) applies its encoder's localization with it
-        for hit, match in zip(outcome.hits, result.matches, strict=True):
-            hit.box = match.box
-            hit.image_missing = match.missing
-            hit.width, hit.height = match.size
-            if with_heatmaps:
-                hit.heatmap = match.heatmap
-            hit.shared_concept, hit.shared_concept_heatmap = match.shared_concept, match.shared_concept_heatmap
-        if with_heatmaps:
-            outcome.query_heatmap = result.query_heatmap
-        outcome.concepts = result.concepts

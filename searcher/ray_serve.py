@@ -5,7 +5,7 @@ Deployments (one application, `dffsearch`):
 - `SearchIngress` (gRPC, `dffsearch.v1.SearchService` + `grpc.health.v1.Health`): checks the
   bearer token, asks an encoder for the query vector, fans the FAISS search out to every shard,
   merges the top-k (`searcher.shards.merge_top_k`), re-ranks the first N by the factor rows and
-  runs query expansion with the engine's ranking (`SearchEngine._rank` over a `ShardedIndex`: the
+  runs query expansion with the engine's ranking (`searcher.ranking.rank` over a `ShardedIndex`: the
   same code as `dff-serve`), looks the paths up, answers;
 - `QueryEncoder` (replicated; fixed `--replicas` or autoscaling between `--min-replicas` and
   `--max-replicas`): decode -> backbone -> NMF -> descriptor with the index's extractor and
@@ -36,6 +36,7 @@ import numpy as np
 
 from descriptors.rerank import DEFAULT_DEPTH
 
+from .ranking import MAX_RERANK, apply_localization, rank, rerank_problem
 from .shards import merge_top_k, open_index_part, shard_of
 
 APP_NAME = "dffsearch"
@@ -67,7 +68,7 @@ class RayServeConfig:
     max_top_k: int = 100
     max_query_expansion: int = 50
     rerank: int = DEFAULT_DEPTH  # re-ranking depth of a search that does not say (dff-serve --rerank; 0: off)
-    max_rerank: int = 1000
+    max_rerank: int = MAX_RERANK
     follow_s: float = FOLLOW_S  # 0: serve the generation found at start-up (a snapshot)
     extra: dict = field(default_factory=dict)
 
@@ -198,7 +199,7 @@ class IndexShard:
 
 class ShardedIndex:
     """The `.count / .search / .vectors / .paths / .factor_rows / .encode_query_rows` of an
-    OpenIndex, answered by shard deployments: what `SearchEngine._rank` needs."""
+    OpenIndex, answered by shard deployments: what `searcher.ranking.rank` needs."""
 
     def __init__(self, handles: list, follow_s: float = FOLLOW_S) -> None:
         self.handles, self.follow_s = handles, follow_s
@@ -251,7 +252,7 @@ class SearchIngress:
 
     def __init__(
         self, index_dir: str, encoder, shards: list, token: str | None, max_top_k: int, max_qe: int,
-        follow_s: float = FOLLOW_S, rerank: int = DEFAULT_DEPTH, max_rerank: int = 1000,
+        follow_s: float = FOLLOW_S, rerank: int = DEFAULT_DEPTH, max_rerank: int = MAX_RERANK,
     ) -> None:
         import indexer
 
@@ -307,7 +308,7 @@ class SearchIngress:
         from indexer.factor_rows import has_factor_rows
 
         from .concurrency import StageClock
-        from .engine import NO_FACTOR_ROWS_NOTE, SearchEngine, SearchHit, SearchOutcome
+        from .engine import NO_FACTOR_ROWS_NOTE, SearchHit, SearchOutcome
         from .servicer import search_response
 
         self._authorize(grpc_context)
@@ -324,9 +325,9 @@ class SearchIngress:
                        "use dff-serve for alpha and diffusion")
         # absent: the deployment's default depth (dff-serve --rerank); 0: off
         rerank = int(request.rerank) if request.HasField("rerank") else self.rerank
-        if not 0 <= rerank <= self.max_rerank:
-            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT,
-                       f"rerank={rerank} is out of range; use 0 (off) to {self.max_rerank} (dff-serve --max-rerank)")
+        problem = rerank_problem(rerank, self.max_rerank)
+        if problem is not None:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         notes = []
         if rerank and not has_factor_rows(self.manifest):
             notes.append(NO_FACTOR_ROWS_NOTE)
@@ -338,7 +339,7 @@ class SearchIngress:
         if query.error is not None:
             self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, query.error[1])
         clock = StageClock(None)
-        scores, ids = SearchEngine._rank(
+        scores, ids = rank(
             self.index, query.descriptor, top_k, depth, clock, rows=query.rows if rerank else None, rerank=rerank
         )
         keep = ids >= 0
@@ -359,7 +360,7 @@ class SearchIngress:
                 request.image, box, [h.path for h in hits], bool(request.return_heatmaps),
                 bool(request.return_concepts),
             ).result()
-            SearchEngine._apply_localization(outcome, result, bool(request.return_heatmaps))
+            apply_localization(outcome, result, bool(request.return_heatmaps))
             outcome.stages_ms["localization"] = 1000 * (time.perf_counter() - started)
         if self.stage_seconds is not None:
             for stage, ms in outcome.stages_ms.items():
@@ -489,8 +490,8 @@ def start_on_ray(config: RayServeConfig) -> int:
 
     if config.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {config.shards}")
-    if not 0 <= config.rerank <= config.max_rerank:
-        raise ValueError(f"--rerank {config.rerank}: use 0 (off) to --max-rerank ({config.max_rerank})")
+    if (problem := rerank_problem(config.rerank, config.max_rerank)) is not None:
+        raise ValueError(problem)
     import indexer
     from indexer.factor_rows import has_factor_rows
 

@@ -33,6 +33,7 @@ from descriptors.rerank import DEFAULT_DEPTH
 from .auth import BearerTokenInterceptor, is_loopback, read_token_file
 from .engine import NO_FACTOR_ROWS_NOTE, EngineConfig, SearchEngine
 from .metrics import SearcherMetrics
+from .ranking import MAX_RERANK, rerank_problem
 from .servicer import SearchServicer, ServiceLimits
 
 log = logging.getLogger("dff-serve")
@@ -55,7 +56,7 @@ class ServerConfig:
     metrics_port: int | None = None
     max_top_k: int = 100
     rerank: int = DEFAULT_DEPTH  # re-ranking depth of a search that does not say (0: off)
-    max_rerank: int = 1000
+    max_rerank: int = MAX_RERANK
     max_message_mb: float = 32.0
     workers: int = 16
     # SearchService RPCs in flight at once; None: workers - max(2, workers // 4), which keeps
@@ -77,8 +78,8 @@ class ServerConfig:
     verbose: bool = False  # print the thread settings chosen
 
     def check_rerank(self) -> None:
-        if not 0 <= self.rerank <= self.max_rerank:
-            raise ValueError(f"--rerank {self.rerank}: use 0 (off) to --max-rerank ({self.max_rerank})")
+        if (problem := rerank_problem(self.rerank, self.max_rerank)) is not None:
+            raise ValueError(problem)
 
     def resolved_max_in_flight(self) -> int:
         if self.max_in_flight is None:
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-rank the first N results by the NMF factor rows stored in the index (match kernel) "
         f"when a search does not say; 0: off (default: {DEFAULT_DEPTH})",
     )
-    parser.add_argument("--max-rerank", type=int, default=1000, help="the most a search may ask to re-rank")
+    parser.add_argument("--max-rerank", type=int, default=MAX_RERANK, help="the most a search may ask to re-rank")
     parser.add_argument("--max-message-mb", type=float, default=32.0)
     parser.add_argument("--workers", type=int, default=16, help="gRPC thread pool size")
     parser.add_argument(
