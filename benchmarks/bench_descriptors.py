@@ -281,7 +281,7 @@ def main() -> None:
     ks = [int(v) for v in args.ks.split(",")]
     photos, source = load_photos(args.images)
     results: dict = {"source": source, "image_size": args.image_size, "threads": settings.describe(),
-                     "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (shared)"}
+                     "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"}
     rows: list[tuple[str, float]] = []
     forward_ms = {"torch": float("nan")}
     if "forward" not in skip:

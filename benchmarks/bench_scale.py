@@ -328,7 +328,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="dff-bench-scale-", dir=args.tmp))
-    results: dict = {"machine": f"{os.cpu_count()} CPUs, shared with other jobs"}
+    results: dict = {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"}
     try:
         if not args.skip_ray:
             results |= ray_section(tmp, args.images, args.shard_size)
