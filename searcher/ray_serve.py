@@ -282,7 +282,6 @@ class SearchIngress:
     @property
     def manifest(self) -> dict:
         """The index's manifest, re-read every follow_s seconds (GetIndexInfo, GetImage)."""
-
         if self.follow_s > 0 and time.monotonic() - self._manifest[0] >= self.follow_s:
             return self._reread_manifest()
         return self._manifest[1]
