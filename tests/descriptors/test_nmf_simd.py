@@ -62,3 +62,32 @@ def test_gather_product_is_k_major_and_drops_the_padding():
     out = np.empty((k, 4), dtype=np.float32)
     _gather_product(indptr, indices, values, B, np.empty((4, kp), dtype=np.float32), out)
     np.testing.assert_allclose(out, (S @ B[:, :k]).T, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 8, 12, 16, 20, 24, 28, 32, 35])
+def test_mu_update_rows_equals_the_update_and_its_gram(k):
+    """Every unrolled width (kp = 4 ... 32) and the plain loops above (k = 35 -> kp = 36): the
+    Lee-Seung update with its floor and flush, the padded columns kept at 0, and out^T out."""
+    from descriptors.nmf_simd import mu_update_rows
+
+    rng = np.random.default_rng(k)
+    m, kp = 300, (k + 3) // 4 * 4
+    F = np.zeros((m, kp), dtype=np.float32)
+    P = np.zeros((m, kp), dtype=np.float32)
+    F[:, :k] = rng.random((m, k), dtype=np.float32)
+    P[:, :k] = rng.random((m, k), dtype=np.float32)
+    F[:5, :k] = 0.0  # rows whose denominator is below the floor
+    P[5:10, :k] = 1e-32  # updates below the flush threshold
+    G = np.zeros((kp, kp), dtype=np.float32)
+    half = rng.random((k, k), dtype=np.float32)
+    G[:k, :k] = half @ half.T
+    out = np.full((m, kp), np.nan, dtype=np.float32)
+    gram = np.full((kp, kp), np.nan, dtype=np.float32)
+    mu_update_rows(F, P, G, out, gram)
+
+    denominator = np.maximum(F.astype(np.float64) @ G, 1e-7)
+    expected = F * P / denominator
+    expected[expected < 1e-30] = 0.0
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=0)
+    assert np.all(out[:, k:] == 0.0) and np.all(out[5:10] == 0.0)
+    np.testing.assert_allclose(gram, out.astype(np.float64).T @ out, rtol=2e-6, atol=1e-6)
