@@ -40,6 +40,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -104,24 +105,41 @@ def _validate(X: Tensor, k: int, max_iter: int, tol: float, mask: Tensor | None)
 
 
 def _initial_factors(X: Tensor, mask: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Per-item init ``abs(normal) * sqrt(mean(X_b) / K)``, the mean over the item's valid rows."""
+    """Per-item init ``abs(normal) * sqrt(mean(X_b) / K)``, the mean over the item's valid rows.
+
+    Every item draws from a generator seeded with ``seed``, so items with the same number of valid
+    rows draw the same normals: they are drawn once per row count and only the scale differs."""
     B, N, C = X.shape
     U = torch.zeros(B, N, k, dtype=X.dtype)
     V = torch.zeros(B, k, C, dtype=X.dtype)
     mask_cpu = mask.cpu()
-    n_valid = mask_cpu.sum(dim=1)
-    sums = X.sum(dim=(1, 2)).double().cpu()
-    for b in range(B):
-        n_b = int(n_valid[b])
+    n_valid = mask_cpu.sum(dim=1).tolist()
+    sums = X.sum(dim=(1, 2)).double().cpu().tolist()
+    draws: dict[int, tuple[Tensor, Tensor]] = {}
+    for b, n_b in enumerate(n_valid):
         if n_b == 0:
             continue
-        scale = math.sqrt(float(sums[b]) / (n_b * C) / k)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        u_b = torch.randn(n_b, k, generator=gen, dtype=X.dtype).abs_().mul_(scale)
-        v_b = torch.randn(k, C, generator=gen, dtype=X.dtype).abs_().mul_(scale)
-        U[b, mask_cpu[b]] = u_b
-        V[b] = v_b
+        if n_b not in draws:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            u = torch.randn(n_b, k, generator=gen, dtype=X.dtype).abs_()
+            draws[n_b] = u, torch.randn(k, C, generator=gen, dtype=X.dtype).abs_()
+        u, v = draws[n_b]
+        scale = math.sqrt(sums[b] / (n_b * C) / k)
+        torch.mul(v, scale, out=V[b])
+        if n_b == N:
+            torch.mul(u, scale, out=U[b])
+        else:
+            U[b, mask_cpu[b]] = u * scale
     return U.to(X.device), V.to(X.device)
+
+
+def _nonzeros_per_item(X: Tensor) -> list[int]:
+    """Non-zero entries of each item of a CPU ``X (B, N, C)``: numpy's count is 2-3x faster than
+    torch's ``count_nonzero(dim=...)`` on a batch of activation maps."""
+    flat = X.detach().flatten(1)
+    if flat.dtype in (torch.float32, torch.float64):
+        return np.count_nonzero(flat.numpy(), axis=1).tolist()
+    return torch.count_nonzero(flat, dim=1).tolist()
 
 
 def _frobenius_error(X: Tensor, U: Tensor, V: Tensor) -> Tensor:
@@ -485,7 +503,7 @@ def nmf(
     U, V = _initial_factors(X, mask, k, seed)
     n_valid = mask.sum(dim=1).tolist()
     if sparse is None:
-        nonzeros = torch.count_nonzero(X.flatten(1), dim=1).tolist() if X.device.type == "cpu" else [0] * B
+        nonzeros = _nonzeros_per_item(X) if X.device.type == "cpu" else [0] * B
         use_sparse = [
             X.device.type == "cpu" and n_b > 0 and nonzeros[b] <= SPARSE_DENSITY * n_b * X.shape[2]
             for b, n_b in enumerate(n_valid)
@@ -524,7 +542,9 @@ def nmf(
             U[b, rows], V[b] = U_b[0], V_b[0]
             item_iters[b], errors[b] = iters_b[0], error_b[0]
 
-    x_norm = torch.linalg.vector_norm(X.flatten(1), dim=1, dtype=torch.float64).cpu()
+    # in X's dtype: a float64 norm cost 2.5 ms of a batch of 8 (per-element casts); torch's
+    # float32 cascade sum is within ~1e-7 of it, below rel_error's own float32 rounding
+    x_norm = torch.linalg.vector_norm(X.flatten(1), dim=1).double().cpu()
     rel_error = torch.where(x_norm > 0, errors / torch.where(x_norm > 0, x_norm, 1.0), 0.0)
     return NMFResult(
         U=U,
@@ -535,12 +555,24 @@ def nmf(
     )
 
 
+def _activation_batch(acts: list[Tensor], crow_weighting: bool) -> Tensor:
+    """Maps ``(C, h, w)`` of one size -> ``X (B, h*w, C)`` contiguous, each item's columns scaled by
+    its CroW channel weights when asked: one transposing copy, the weights of the whole batch in one
+    call on the same memory seen as channels-last maps, scaled in place (per image, the strided
+    products and the stack of rows cost 1.3 ms of a 140 x 1280 map's ~5 ms NMF)."""
+    C, h, w = acts[0].shape
+    X = acts[0].new_empty(len(acts), h * w, C)
+    for x, A in zip(X, acts, strict=True):
+        x.copy_(A.flatten(1).t())  # 2-D: torch's blocked transpose, 4x faster than a stack of .t() views
+    if crow_weighting:
+        maps = X.view(len(acts), h, w, C).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last
+        X.mul_(crow_channel_weights(maps).unsqueeze(1))
+    return X
+
+
 def _activation_rows(A: Tensor, crow_weighting: bool) -> Tensor:
     """``(C,h,w)`` -> ``X (h*w, C)``, columns scaled by the CroW channel weights when asked."""
-    X = A.flatten(1).transpose(0, 1)
-    if crow_weighting:
-        X = X * crow_channel_weights(A).unsqueeze(0)
-    return X
+    return _activation_batch([A], crow_weighting)[0]
 
 
 def factorize_activations(
@@ -575,7 +607,6 @@ def factorize_activations(
             raise ValueError(
                 f"factorize_activations: acts[{i}] has {A.shape[0]} channels, acts[0] has {acts[0].shape[0]}"
             )
-    rows = [_activation_rows(A, crow_weighting) for A in acts]
     results: list[tuple[Tensor, Tensor] | None] = [None] * len(acts)
 
     def unpack(index: int, U: Tensor, V: Tensor) -> None:
@@ -587,10 +618,12 @@ def factorize_activations(
         for i, A in enumerate(acts):
             groups[(A.shape[1], A.shape[2])].append(i)
         for indices in groups.values():
-            res = nmf(torch.stack([rows[i] for i in indices]), k, max_iter, tol, seed, algorithm=algorithm)
+            X = _activation_batch([acts[i] for i in indices], crow_weighting)
+            res = nmf(X, k, max_iter, tol, seed, algorithm=algorithm)
             for j, i in enumerate(indices):
                 unpack(i, res.U[j], res.V[j])
     else:
+        rows = [_activation_rows(A, crow_weighting) for A in acts]
         n_max = max(r.shape[0] for r in rows)
         X = rows[0].new_zeros(len(rows), n_max, rows[0].shape[1])
         mask = torch.zeros(len(rows), n_max, dtype=torch.bool, device=X.device)
