@@ -4,7 +4,10 @@ Prints tables and writes `--json FILE` with:
 - `forward_ms` per backbone runtime (torch eager channels-last, onnxruntime, openvino f32), batch 1,
   and `forward_speedup` = torch / the best runtime (rounds interleave the runtimes);
 - `nmf_ms` {"new": numba-mu, "old": torch-sparse, "hals": numba-hals (an option)} per K (batch 8,
-  per image), `post_ms`, and
+  per image); `post_ms` per K: what the product runs per image after the NMF for its default
+  descriptor (`post_descriptor`, IndexConfig's: the rows step, `aggregate_rows`, and the re-ranking
+  rows' `encode_rows`, with IndexConfig's whitening and re-ranking dimensions, `post_settings`),
+  `post_ms_by_descriptor` {nmf-v, nmf-vu}; and
   `overhead_ratio` = (new NMF + post) / the best runtime's forward (`overhead_ratio_by_k`);
 - `indexing_speedup`: `dff-index build` images/s on the same 48 photos, new defaults vs
   `--runtime torch --nmf-solver torch-sparse` (interleaved child processes);
@@ -12,8 +15,11 @@ Prints tables and writes `--json FILE` with:
   (benchmarks/background_load.py, each on every core, started and stopped here): `dff-index build`
   time with the default threads / with `--threads 1`, and one search's median latency against a
   live `dff-serve` with the default threads / with `--threads 1` (both servers up at once);
-- `throughput_ratio` (benchmarks/bench_indexer.py) and `load_search_qps_ratio` (benchmarks/
-  load_search.py: QPS / one bare forward's rate, per client count), each script run from here.
+- `throughput_ratio` (benchmarks/bench_indexer.py), `load_search_qps_ratio` (benchmarks/
+  load_search.py: QPS / one bare forward's rate, per client count: 1, 4, 8 by default) and
+  `load_search_p50_ratio` (p50 at 1 client / one bare forward), each script run from here; both
+  scripts' reference is the bare forward through the runtime the build / server runs
+  (`load_search_forward_runtime`).
 Real photos: the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
     python benchmarks/bench_descriptors.py [--images 8] [--repeat 5] [--json out.json]
@@ -46,13 +52,15 @@ import torch  # noqa: E402
 
 from descriptors.aggregate import aggregate_rows  # noqa: E402
 from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
-from descriptors.factorized import nmf_vu_rows  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
 from descriptors.nmf import algorithm_of, factorize_activations, set_sparse_solver  # noqa: E402
-from descriptors.pipeline import DescriptorConfig  # noqa: E402
+from descriptors.pipeline import DescriptorConfig, rows_from_factors  # noqa: E402
+from descriptors.rerank import row_features  # noqa: E402
 from descriptors.runtimes import available_runtimes, use_runtime  # noqa: E402
 from descriptors.threads import setup_threads  # noqa: E402
 from descriptors.whitening import PCAWhitening  # noqa: E402
+from indexer.config import IndexConfig  # noqa: E402
+from indexer.factor_rows import encode_rows, fit_codec  # noqa: E402
 
 DEFAULT_BATCH = 8  # the indexer's default NMF batch (the forward itself runs at batch 1 on CPU)
 NEW_SOLVER, OLD_SOLVER, HALS_SOLVER = "numba-mu", "torch-sparse", "numba-hals"
@@ -100,15 +108,36 @@ def forward_per_runtime(photos, image_size: int, repeat: int) -> dict[str, float
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: list) -> tuple[dict, dict]:
+def post_models(rows: list[np.ndarray], whiten_dim: int, rerank_dim: int):
+    """The whitening and re-ranking codec an index of these rows would have (None: off). Few
+    images: the whitening is fitted on the rows plus seeded random rows (it needs > dim rows)."""
+    whitening = None
+    if whiten_dim > 0:
+        local = np.concatenate(rows * 4 + [np.abs(np.random.default_rng(0).normal(size=(2 * whiten_dim, rows[0].shape[1])))])
+        whitening = PCAWhitening.fit(local.astype(np.float32), dim=whiten_dim)
+    codec = fit_codec(row_features(np.concatenate(rows), whitening), rerank_dim) if rerank_dim > 0 else None
+    return whitening, codec
+
+
+def post_stage(factors, config: DescriptorConfig, whitening, codec) -> None:
+    """What the indexer (and the searcher, for a query) runs per image after the NMF: the rows of
+    the descriptor, the global vector (`aggregate_rows`) and the re-ranking rows (`encode_rows`)."""
+    for rows in rows_from_factors(factors, config):
+        aggregate_rows(rows, whitening)
+        if codec is not None:
+            encode_rows(rows, whitening, codec)
+
+
+def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: list, whiten_dim: int) -> dict:
     common_shape = Counter(tuple(a.shape) for a in acts).most_common(1)[0][0]
     same_size = [a for a in acts if tuple(a.shape) == common_shape]
     group = (same_size * batch)[:batch]
     defaults = DescriptorConfig()
     settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
+    index = IndexConfig()
+    descriptors_timed = [index.descriptor] + [m for m in ("nmf-v", "nmf-vu") if m != index.descriptor]
     nmf_ms: dict[str, dict[str, float]] = {"new": {}, "old": {}, "hals": {}}
-    post_ms: dict[str, float] = {}
-    whitening = None
+    post_ms: dict[str, dict[str, float]] = {method: {} for method in descriptors_timed}
     for k in ks:
         for label, solver in (("new", NEW_SOLVER), ("old", OLD_SOLVER), ("hals", HALS_SOLVER)):
             set_sparse_solver(solver)
@@ -117,18 +146,15 @@ def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: lis
             rows_out.append((f"NMF K={k} batch {batch}, {solver}", nmf_ms[label][f"k{k}"]))
         set_sparse_solver(None)
         factors = factorize_activations(same_size, k, **settings)
-        if whitening is None:
-            local = np.concatenate([nmf_vu_rows(U, V).numpy() for U, V in factors])
-            local = np.concatenate([local] * 4 + [np.abs(np.random.default_rng(0).normal(size=(2000, local.shape[1])))])
-            whitening = PCAWhitening.fit(local.astype(np.float32), dim=256)
-
-        def post(factors=factors, whitening=whitening):
-            for U, V in factors:
-                aggregate_rows(nmf_vu_rows(U, V).numpy(), whitening)
-
-        post_ms[f"k{k}"] = 1000 * timed(post, repeat) / len(factors)
-        rows_out.append((f"V·U rows + whitening(256) + aggregate, K={k}", post_ms[f"k{k}"]))
-    return nmf_ms, post_ms
+        for method in descriptors_timed:
+            config = DescriptorConfig(method=method, k=k)
+            whitening, codec = post_models(rows_from_factors(factors, config), whiten_dim, index.rerank_dim)
+            post_ms[method][f"k{k}"] = 1000 * timed(lambda f=factors, c=config, w=whitening, r=codec: post_stage(f, c, w, r), repeat) / len(factors)
+            rows_out.append((f"post {method}, K={k}{' (default)' if method == index.descriptor else ''}", post_ms[method][f"k{k}"]))
+    return {
+        "nmf_ms": nmf_ms, "post_ms": post_ms[index.descriptor], "post_ms_by_descriptor": post_ms,
+        "post_descriptor": index.descriptor, "post_settings": {"whiten_dim": whiten_dim, "rerank_dim": index.rerank_dim},
+    }
 
 
 def _child_env() -> dict[str, str]:
@@ -244,6 +270,9 @@ def other_benchmarks(work: Path, indexer_images: int, search_clients: str, searc
     qps = out["load_search"]["qps"]
     out["throughput_ratio"] = out["bench_indexer"]["throughput_ratio"]
     out["load_search_qps_ratio"] = {clients: value / out["load_search"]["forward_qps"] for clients, value in qps.items()}
+    # p50 of one client / one bare forward (docs/searcher.md: target <= 1.5)
+    out["load_search_p50_ratio"] = out["load_search"]["p50_ms"]["1"] / out["load_search"]["forward_ms"] if "1" in qps else None
+    out["load_search_forward_runtime"] = out["load_search"].get("forward_runtime")
     return out
 
 
@@ -263,6 +292,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--ks", default="4,8,16")
     parser.add_argument("--max-iter", type=int, default=DescriptorConfig().max_iter, help="NMF iterations (default: the product's)")
+    parser.add_argument("--post-whiten-dim", type=int, default=IndexConfig().whiten_dim,
+                        help="whitening of the post stage (default: dff-index build's, 0 = none)")
     parser.add_argument("--threads", type=int, default=0, help="threads of the in-process parts (0: the automatic choice)")
     parser.add_argument("--index-images", type=int, default=48, help="photos of the indexing_speedup builds")
     parser.add_argument("--index-rounds", type=int, default=2)
@@ -298,8 +329,9 @@ def main() -> None:
         )
         results["map_shape"] = list(Counter(tuple(a.shape) for a in acts).most_common(1)[0][0])
         results["nmf_max_iter"] = args.max_iter
-        nmf_ms, post_ms = nmf_and_post(acts, ks, args.batch_size, args.max_iter, args.repeat, rows)
-        results["nmf_ms"], results["post_ms"] = nmf_ms, post_ms
+        timings = nmf_and_post(acts, ks, args.batch_size, args.max_iter, args.repeat, rows, args.post_whiten_dim)
+        results.update(timings)
+        nmf_ms, post_ms = timings["nmf_ms"], timings["post_ms"]
         ratios = {f"k{k}": (nmf_ms["new"][f"k{k}"] + post_ms[f"k{k}"]) / reference for k in ks}
         results["overhead_ratio_by_k"] = ratios
         results["overhead_ratio_old_by_k"] = {f"k{k}": (nmf_ms["old"][f"k{k}"] + post_ms[f"k{k}"]) / forward_ms.get("torch", reference) for k in ks}
@@ -335,8 +367,12 @@ def main() -> None:
             others = other_benchmarks(work, args.others_images, args.others_clients, args.others_seconds)
             results["throughput_ratio"] = others["throughput_ratio"]
             results["load_search_qps_ratio"] = others["load_search_qps_ratio"]
+            results["load_search_p50_ratio"] = others["load_search_p50_ratio"]
+            results["load_search_forward_runtime"] = others["load_search_forward_runtime"]
             print(f"throughput_ratio = {others['throughput_ratio']:.3f}; load_search_qps_ratio = "
-                  f"{json.dumps(others['load_search_qps_ratio'])}")
+                  f"{json.dumps(others['load_search_qps_ratio'])} (target >= 0.85 at 8 clients); load_search_p50_ratio "
+                  f"= {others['load_search_p50_ratio']} (target <= 1.5); reference: the bare forward through "
+                  f"{others['load_search_forward_runtime']}, the runtime the server and the build run")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

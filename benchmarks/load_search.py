@@ -11,8 +11,13 @@ thread with its own channel sending Search requests back to back (the indexed ph
 Also measures FAISS search on --faiss-vectors random unit vectors (exact, inner product) with
 the real query descriptors, against the measured query time.
 
---json FILE writes {"errors": n, "forward_qps": x, "forward_ms": x, "qps": {"1": x, ...},
-"p50_ms": {...}, "p99_ms": {...}}.
+--json FILE writes {"errors": n, "forward_qps": x, "forward_ms": x, "forward_runtime": name,
+"forward_ms_by_runtime": {"openvino": x, "torch": x}, "qps": {"1": x, ...}, "qps_ratio": {...},
+"p50_ratio": x, "p50_ms": {...}, "p99_ms": {...}}. The reference `forward_ms` / `forward_qps` is the
+bare forward through the runtime the server runs (the index's, `backbone.runtime` in its manifest:
+the same as bench_indexer.py's), at the faster of 1 and all threads; PyTorch eager is printed and
+stored beside it. `qps_ratio` = QPS / forward_qps (target >= 0.85 at 8 clients), `p50_ratio` =
+p50 at 1 client / forward_ms (target <= 1.5), docs/searcher.md.
 
 --rerank-compare N also times one client re-ranking the first N results by the stored factor
 rows against re-ranking off, in --rounds alternating rounds of --duration / --rounds seconds each
@@ -79,26 +84,41 @@ def collection(count: int, folder: Path) -> list[Path]:
     return write_sample_photos(folder, names, quality=92)
 
 
-def bare_forward(
-    backbone_name: str, images: list[bytes], image_size: int, seconds: float, threads: int
-) -> float:
-    """ms per image of the backbone forward alone (batch 1, `threads` torch threads, same images),
-    run in a worker thread like the server's."""
+def reference_backbones(manifest: dict) -> dict:
+    """runtime name -> the backbone run through it: the server's (`build_extractor` on the served
+    manifest, as dff-serve loads it: the index's runtime, torch where it is not installed) and
+    PyTorch eager, for comparison."""
+    from descriptors.backbones import load_backbone
+    from descriptors.runtimes import use_runtime
+    from indexer.manifest import build_extractor
+
+    served = build_extractor(manifest).backbone
+    out = {served.runtime: served}
+    if served.runtime != "torch":
+        info = manifest["backbone"]
+        out["torch"] = use_runtime(
+            load_backbone(info["name"], weights=info.get("weights"), reflection_padding=bool(info.get("reflection_padding", False))),
+            "torch",
+        )
+    return out
+
+
+def bare_forward(backbone, images: list[bytes], image_size: int, seconds: float, threads: int) -> float:
+    """ms per image of the backbone forward alone (batch 1, `threads` compute threads, same
+    images), run in a worker thread like the server's; `backbone` runs through its runtime."""
     import torch
 
-    from descriptors.backbones import load_backbone
     from descriptors.images import decode_image
 
-    backbone = load_backbone(backbone_name)  # the served index's backbone, not always the default
     tensors = [backbone.preprocess(decode_image(data), image_size) for data in images]
     result: list[float] = []
 
     def measure() -> None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # a compiled runtime runs on the session for these threads
         with torch.inference_mode():
             for shape in {
                 tuple(t.shape) for t in tensors
-            }:  # first call per input shape is slow (oneDNN setup)
+            }:  # first call per input shape is slow (oneDNN setup, a new session)
                 first = next(t for t in tensors if tuple(t.shape) == shape)
                 backbone.forward(first[None])
                 backbone.forward(first[None])
@@ -311,20 +331,24 @@ def main(argv: list[str] | None = None) -> int:
 
         cores = torch.get_num_threads()
         thread_counts = sorted({1, cores})
+        backbones = reference_backbones(json.loads(info.manifest_json))
+        served_runtime = next(iter(backbones))  # the reference: what the server runs
+
+        def forward_table() -> dict:
+            return {
+                (name, t): bare_forward(backbone, images, info.image_size, args.forward_seconds / 2, t)
+                for name, backbone in backbones.items() for t in thread_counts
+            }
+
         # the machine may be shared: measure the reference before and after the load, average
-        before = {
-            t: bare_forward(info.backbone, images, info.image_size, args.forward_seconds / 2, t)
-            for t in thread_counts
-        }
+        before = forward_table()
         request = {"top_k": args.top_k, "query_expansion": args.qe, "localize": args.localize}
         rows = [run_clients(target, token, images, c, args.duration, args.warmup, request) for c in counts]
         compare = rerank_compare(target, token, images, args, request) if args.rerank_compare else None
-        after = {
-            t: bare_forward(info.backbone, images, info.image_size, args.forward_seconds / 2, t)
-            for t in thread_counts
-        }
-        forward_by_threads = {t: (before[t] + after[t]) / 2 for t in thread_counts}
-        forward_ms = min(forward_by_threads.values())
+        after = forward_table()
+        forward_by = {key: (before[key] + after[key]) / 2 for key in before}
+        forward_ms_by_runtime = {name: min(forward_by[name, t] for t in thread_counts) for name in backbones}
+        forward_ms = forward_ms_by_runtime[served_runtime]
     finally:
         if process is not None:
             print(f"dff-serve stopped with exit code {process.stop(120)}", file=sys.stderr)
@@ -333,12 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nindex: {info.count} images, {info.backbone} at {info.image_size} px, {info.method}; target {target}"
     )
-    measured = ", ".join(
-        f"{t} thread(s) {forward_by_threads[t]:.1f} ms (before {before[t]:.1f}, after {after[t]:.1f})"
-        for t in thread_counts
-    )
-    print(f"bare backbone forward, batch 1, same images, this process: {measured}")
-    print(f"reference (the faster): {forward_ms:.1f} ms = {forward_qps:.2f} img/s")
+    print("bare backbone forward, batch 1, same images, this process:")
+    for name in backbones:
+        measured = ", ".join(
+            f"{t} thread(s) {forward_by[name, t]:.1f} ms (before {before[name, t]:.1f}, after {after[name, t]:.1f})"
+            for t in thread_counts
+        )
+        role = "the server's runtime" if name == served_runtime else "for comparison"
+        print(f"  {name:<12} ({role}): {measured}")
+    print(f"reference = the server's runtime ({served_runtime}), the faster thread count: "
+          f"{forward_ms:.1f} ms = {forward_qps:.2f} img/s")
     header = (
         f"{'clients':>7} {'QPS':>6} {'xfwd':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'err':>4}  "
         + " ".join(f"{s[:6]:>7}" for s in STAGES)
@@ -353,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         for sample in row["error_samples"]:
             print(f"        error: {sample}")
     one = next((r for r in rows if r["clients"] == 1), rows[0])
-    print(f"p50 at {one['clients']} client(s) / one bare forward: {one['p50'] / forward_ms:.2f}")
+    print(f"p50 at {one['clients']} client(s) / one bare forward: {one['p50'] / forward_ms:.2f} (target <= 1.5); "
+          f"QPS / bare forward rate (target >= 0.85 at 8 clients): "
+          + ", ".join(f"{r['clients']}: {r['qps'] / forward_qps:.2f}" for r in rows))
     if args.faiss_vectors and args.target is None:
         for share in faiss_share(index, args.faiss_vectors, one["p50"], images):
             print(
@@ -378,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             "errors": sum(r["errors"] for r in rows),
             "forward_qps": forward_qps,
             "forward_ms": forward_ms,
+            "forward_runtime": served_runtime,
+            "forward_ms_by_runtime": forward_ms_by_runtime,
+            "qps_ratio": {str(r["clients"]): r["qps"] / forward_qps for r in rows},
+            "p50_ratio": one["p50"] / forward_ms,
             "qps": {str(r["clients"]): r["qps"] for r in rows},
             "p50_ms": {str(r["clients"]): r["p50"] for r in rows},
             "p99_ms": {str(r["clients"]): r["p99"] for r in rows},

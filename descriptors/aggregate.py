@@ -8,7 +8,7 @@ import torch
 
 from .whitening import PCAWhitening
 
-__all__ = ["aggregate_rows", "l2_normalize_rows"]
+__all__ = ["aggregate_rows", "l2_normalize_rows", "row_features"]
 
 
 def l2_normalize_rows(rows: np.ndarray) -> np.ndarray:
@@ -17,12 +17,21 @@ def l2_normalize_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms > 0, norms, 1.0)
 
 
-def aggregate_rows(rows: np.ndarray | torch.Tensor, whitening: PCAWhitening | None = None) -> np.ndarray:
-    """Global descriptor ``(D,)`` float32 from local rows ``(n, C)``.
+def row_features(rows: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
+    """The per-row part of the post-processing: l2 -> whiten -> l2, float32 (zero rows stay zero:
+    a factor with an empty heatmap is not turned into ``-mean @ projection``). The re-ranking rows
+    (descriptors.rerank) are these; ``aggregate_rows`` sums them."""
+    rows = l2_normalize_rows(np.asarray(rows, dtype=np.float32))
+    if whitening is not None:
+        nonzero = np.any(rows != 0, axis=1, keepdims=True)
+        rows = l2_normalize_rows(np.where(nonzero, whitening.apply(rows), np.float32(0.0)))
+    return rows.astype(np.float32, copy=False)
 
-    A zero row (e.g. a factor with an empty heatmap) contributes nothing: it is kept at zero
-    through the whitening instead of becoming ``-mean @ projection``.
-    """
+
+def aggregate_rows(rows: np.ndarray | torch.Tensor, whitening: PCAWhitening | None = None) -> np.ndarray:
+    """Global descriptor ``(D,)`` float32 from local rows ``(n, C)``: the sum of their
+    ``row_features``, l2-normalized. A zero row (e.g. a factor with an empty heatmap) contributes
+    nothing."""
     if isinstance(rows, torch.Tensor):
         rows = rows.detach().cpu().numpy()
     rows = np.asarray(rows, dtype=np.float32)
@@ -30,11 +39,6 @@ def aggregate_rows(rows: np.ndarray | torch.Tensor, whitening: PCAWhitening | No
         raise ValueError(f"aggregate_rows: rows must be a non-empty (n, C) array, got shape {rows.shape}")
     if not np.isfinite(rows).all():
         raise ValueError("aggregate_rows: rows contain NaN or infinite values")
-    rows = l2_normalize_rows(rows)
-    if whitening is not None:
-        nonzero = np.any(rows != 0, axis=1, keepdims=True)
-        rows = np.where(nonzero, whitening.apply(rows), np.float32(0.0))
-        rows = l2_normalize_rows(rows)
-    summed = rows.sum(axis=0)
+    summed = row_features(rows, whitening).sum(axis=0)
     norm = float(np.linalg.norm(summed))
     return (summed / norm if norm > 0 else summed).astype(np.float32)

@@ -7,10 +7,10 @@ their descriptors in proportion to the overlap.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["blurred_heatmap_rows", "gaussian_for_grid", "gaussian_kernel2d", "nmf_v_rows", "nmf_vu_rows"]
@@ -27,12 +27,16 @@ def gaussian_kernel2d(
     return (profile[:, None] * profile[None, :]).to(dtype=dtype, device=device)
 
 
-def _gaussian_profile(size: int, variance: float, caller: str) -> Tensor:
-    """The 1-D factor ``(size,)`` float64, summing to 1, of the separable 2-D Gaussian."""
+def _check_gaussian(size: int, variance: float, caller: str) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
         raise ValueError(f"{caller}: size must be a positive odd int, got {size!r}")
     if not variance > 0:
         raise ValueError(f"{caller}: variance must be > 0, got {variance!r}")
+
+
+def _gaussian_profile(size: int, variance: float, caller: str) -> Tensor:
+    """The 1-D factor ``(size,)`` float64, summing to 1, of the separable 2-D Gaussian."""
+    _check_gaussian(size, variance, caller)
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     profile = torch.exp(-(offsets**2) / (2.0 * variance))
     return profile / profile.sum()
@@ -67,14 +71,29 @@ def blurred_heatmap_rows(U: Tensor, size: int = 13, variance: float = 2.0) -> Te
         raise ValueError(
             f"blurred_heatmap_rows: U must be a (K, h, w) tensor, got {getattr(U, 'shape', None)}"
         )
-    # the Gaussian is separable and zero padding commutes with it: two 1-D passes give the 2-D
-    # convolution at O(size) instead of O(size²) per cell (wide kernels: see gaussian_for_grid)
-    profile = _gaussian_profile(size, variance, "blurred_heatmap_rows").to(dtype=U.dtype, device=U.device)
-    blurred = F.conv2d(U.unsqueeze(1), profile.view(1, 1, 1, size), padding=(0, size // 2))
-    blurred = F.conv2d(blurred, profile.view(1, 1, size, 1), padding=(size // 2, 0)).squeeze(1)
-    rows = blurred.flatten(1)
+    # the Gaussian is separable and zero padding commutes with it: the 2-D 'same' convolution is
+    # B_h U B_w^T with B the banded (h, h) and (w, w) matrices of the 1-D profile; on a feature grid
+    # (~10 x 14) two small matrix products cost a fraction of conv2d's set-up (wide kernels:
+    # gaussian_for_grid gives 31 taps there)
+    _check_gaussian(size, variance, "blurred_heatmap_rows")
+    h, w = U.shape[1:]
+    blurred = _band(size, float(variance), h, U.dtype, str(U.device)) @ U
+    rows = (blurred @ _band(size, float(variance), w, U.dtype, str(U.device)).T).flatten(1)
     norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
     return rows / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+@functools.lru_cache(maxsize=64)
+def _band(size: int, variance: float, n: int, dtype: torch.dtype, device: str) -> Tensor:
+    """``(n, n)``: ``B[i, j] = profile[j - i + r]`` for ``|j - i| <= r = size // 2``, else 0, so
+    that ``B @ x`` is the 'same' convolution of ``x`` with the symmetric 1-D Gaussian profile, zero
+    padded. Cached: a collection has a few grid sizes (shared: never modified in place)."""
+    profile = _gaussian_profile(size, variance, "blurred_heatmap_rows")
+    r = size // 2
+    offsets = torch.arange(n)[None, :] - torch.arange(n)[:, None] + r
+    inside = (offsets >= 0) & (offsets <= 2 * r)
+    band = torch.where(inside, profile[offsets.clamp(0, 2 * r)], torch.zeros((), dtype=profile.dtype))
+    return band.to(dtype=dtype, device=device)
 
 
 def nmf_vu_rows(U: Tensor, V: Tensor, size: int = 13, variance: float = 2.0) -> Tensor:

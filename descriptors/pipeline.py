@@ -36,6 +36,7 @@ __all__ = [
     "crop_rect",
     "local_descriptors",
     "local_descriptors_by_method",
+    "rows_from_factors",
 ]
 
 Box = tuple[float, float, float, float]
@@ -74,9 +75,12 @@ def _nmf_settings(config: DescriptorConfig) -> tuple:
     return (config.k, config.max_iter, config.tol, config.seed, config.crow_weighting, config.nmf_algorithm)
 
 
-def _rows_from_factors(
-    factors: Sequence[tuple[Tensor, Tensor]], config: DescriptorConfig, grid_boxes=None
+def rows_from_factors(
+    factors: Sequence[tuple[Tensor, Tensor]], config: DescriptorConfig, grid_boxes: Sequence[Box | None] | None = None
 ) -> list[np.ndarray]:
+    """Local rows ``(n, C)`` float32 of each image from its NMF factors ``(U (K, h, w), V (K, C))``:
+    the step after the NMF of ``config.method`` (public for benchmarks/bench_descriptors.py's post
+    stage, which times what the product runs)."""
     out = []
     for i, (U, V) in enumerate(factors):
         box = grid_boxes[i] if grid_boxes is not None else None
@@ -95,7 +99,7 @@ def _rows_from_factors(
 
 
 def _nmf_method(acts: Sequence[Tensor], config: DescriptorConfig, grid_boxes=None) -> list[np.ndarray]:
-    return _rows_from_factors(_factorize(acts, config), config, grid_boxes)
+    return rows_from_factors(_factorize(acts, config), config, grid_boxes)
 
 
 METHODS: dict[str, MethodFn] = {
@@ -158,7 +162,7 @@ def local_descriptors_by_method(
             setting = _nmf_settings(config)
             if setting not in factors_by_setting:
                 factors_by_setting[setting] = _factorize(prepared, config)
-            out.append(_rows_from_factors(factors_by_setting[setting], config, grid_boxes))
+            out.append(rows_from_factors(factors_by_setting[setting], config, grid_boxes))
         else:
             out.append(METHODS[config.method](prepared, config, grid_boxes))
     return out

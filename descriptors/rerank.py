@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .aggregate import l2_normalize_rows
-from .whitening import PCAWhitening
+from .aggregate import l2_normalize_rows, row_features  # row_features: the rows the kernel compares
 
 __all__ = ["DEFAULT_DEPTH", "MatchKernel", "RowCodec", "match_scores", "rerank_top", "row_features", "self_similarity"]
 
@@ -52,16 +51,6 @@ class MatchKernel:
     def sigma(self, similarities: np.ndarray) -> np.ndarray:
         s = np.asarray(similarities, dtype=np.float32)
         return np.where(s > self.tau, np.sign(s) * np.abs(s) ** self.alpha, np.float32(0.0))
-
-
-def row_features(rows: np.ndarray, whitening: PCAWhitening | None = None) -> np.ndarray:
-    """The rows the kernel compares: l2 -> whiten -> l2, the per-row part of `aggregate_rows`
-    (zero rows stay zero)."""
-    rows = l2_normalize_rows(np.asarray(rows, dtype=np.float32))
-    if whitening is not None:
-        nonzero = np.any(rows != 0, axis=1, keepdims=True)
-        rows = l2_normalize_rows(np.where(nonzero, whitening.apply(rows), np.float32(0.0)))
-    return rows.astype(np.float32)
 
 
 def self_similarity(rows: np.ndarray, kernel: MatchKernel) -> float:

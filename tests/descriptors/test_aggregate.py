@@ -45,3 +45,21 @@ def test_empty_or_bad_rows_are_rejected():
         aggregate_rows(np.zeros((0, 3)), None)
     with pytest.raises(ValueError, match="NaN"):
         aggregate_rows(np.array([[np.nan, 1.0]]), None)
+
+
+def test_aggregate_is_the_normalized_sum_of_the_row_features():
+    # one implementation of the per-row part: the re-ranking rows (descriptors.rerank) and the global
+    # vector agree bit for bit, with and without whitening, zero rows included
+    from descriptors.aggregate import row_features
+    from descriptors.rerank import row_features as rerank_row_features
+
+    assert rerank_row_features is row_features
+    rng = np.random.default_rng(3)
+    rows = np.abs(rng.normal(size=(5, 16))).astype(np.float32)
+    rows[2] = 0.0
+    whitening = PCAWhitening.fit(np.abs(rng.normal(size=(100, 16))).astype(np.float32), dim=8)
+    for w in (None, whitening):
+        features = row_features(rows, w)
+        assert features.dtype == np.float32 and not features[2].any()
+        summed = features.sum(axis=0)
+        assert np.array_equal(aggregate_rows(rows, w), (summed / np.linalg.norm(summed)).astype(np.float32))

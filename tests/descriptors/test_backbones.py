@@ -34,6 +34,25 @@ def test_extract_mixed_sizes_keeps_order(default_backbone, sample_photos):
     assert acts[0].shape != acts[1].shape
 
 
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "vgg16"])  # mean/std 0.5 and ImageNet's
+def test_preprocess_table_lookup_equals_the_torch_normalization(name, sample_photos):
+    """The lookup table (numpy, run in decode threads) gives bit for bit what the torch ops gave."""
+    import numpy as np
+    from PIL import Image
+
+    from descriptors.backbones import normalize_pixels, normalized_levels, resize_for_backbone
+
+    spec = BACKBONES[name]
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    levels = normalized_levels(spec.mean, spec.std)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    for image in (sample_photos["chelsea"], sample_photos["astronaut"].convert("L"), noise):
+        rgb = np.asarray(resize_for_backbone(image, 96).convert("RGB"), dtype=np.uint8)
+        want = (torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0) - mean) / std
+        got = normalize_pixels(rgb, levels)
+        assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, want)
+
+
 def test_preprocess_caps_panoramas(default_backbone):
     from PIL import Image
 

@@ -102,3 +102,18 @@ def test_the_same_layout_at_twice_the_resolution_gives_the_same_mixing():
 
     small, large = overlap(6, 9), overlap(12, 18)
     assert 0.1 < small < 0.95 and large == pytest.approx(small, abs=0.03)
+
+
+@pytest.mark.parametrize(("h", "w", "sigma_of_grid"), [(10, 14, 0.5), (14, 10, 0.5), (5, 8, 0.2), (1, 7, 0.5)])
+def test_banded_blur_equals_the_2d_convolution_on_every_grid_and_dtype(h, w, sigma_of_grid):
+    # the blur is two banded matrix products (cached per grid side): the same 'same' convolution
+    # with zero padding as scipy's, for each grid shape, in float64 and float32 (to its rounding)
+    size, variance = gaussian_for_grid((h, w), sigma_of_grid)
+    U = torch.rand(4, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(h * w))
+    kernel = gaussian_kernel2d(size, variance, dtype=torch.float64).numpy()
+    expected = np.stack([convolve2d(u.numpy(), kernel, mode="same").ravel() for u in U])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    for _ in range(2):  # the second call reads the cached bands
+        assert np.allclose(blurred_heatmap_rows(U, size, variance).numpy(), expected, atol=1e-12)
+        rows32 = blurred_heatmap_rows(U.float(), size, variance)
+        assert rows32.dtype == torch.float32 and np.allclose(rows32.numpy(), expected, atol=1e-6)

@@ -134,3 +134,23 @@ def test_numba_kernels_warm_up_and_report_compiled():
     for algorithm in ("mu", "hals"):
         assert warm_up(algorithm) == f"numba-{algorithm}"
         assert solvers_compiled(algorithm)
+
+
+@pytest.mark.parametrize("kernel_name", ["multiplicative_updates", "hals_updates"])
+def test_numba_kernels_give_the_same_factors_on_any_number_of_threads(kernel_name):
+    """Items are handed to threads one at a time: every item is solved exactly once, on its own,
+    whatever the thread count (bit-identical factors, iterations and errors)."""
+    import numpy as np
+
+    from descriptors import nmf_numba
+
+    kernel = getattr(nmf_numba, kernel_name)
+    rng = np.random.default_rng(5)
+    X = (rng.random((7, 30, 50)) * (rng.random((7, 30, 50)) > 0.9)).astype(np.float32)
+    U0 = rng.random((7, 30, 4)).astype(np.float32)
+    V0 = rng.random((7, 4, 50)).astype(np.float32)
+    alone = kernel(X, U0, V0, 50, 1e-4, threads=1)
+    for threads in (2, 3, 8):
+        together = kernel(X, U0, V0, 50, 1e-4, threads=threads)
+        for expected, got in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(got, expected)

@@ -130,3 +130,35 @@ def test_reader_reuses_a_given_sha256_only_while_the_file_is_unchanged(tmp_path:
     photo("chelsea", 64).save(path)  # changed after the pre-scan: the stale hash is not reused
     changed = read(WorkItem(0, path, "a.jpg", fake, key))
     assert changed.ok and changed.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_built_vectors_equal_the_plain_image_by_image_computation(tmp_path: Path) -> None:
+    """The build's pipeline (normalization in the decode threads, forwards side by side on the
+    compute threads, batched NMF) changes no value: each vector equals decode -> torch
+    normalization -> one forward -> NMF rows -> aggregation of that image alone."""
+    import numpy as np
+    import torch
+    from indexer_fixtures import write_variants
+
+    from descriptors.backbones import resize_for_backbone
+    from descriptors.images import decode_image
+    from descriptors.pipeline import local_descriptors
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.extraction import make_extractor
+
+    paths = write_variants(tmp_path / "photos", 6, size=150)
+    config = IndexConfig(image_size=96, k=4, max_iter=50, batch_size=4, workers=2, shard_size=4, threads=2)
+    extractor = make_extractor(config)
+    build_index(tmp_path / "photos", tmp_path / "index", config, progress=False, extractor=extractor)
+    built = np.load(tmp_path / "index" / "vectors.npy")
+    backbone = extractor.backbone
+    mean, std = torch.tensor(backbone.mean).view(3, 1, 1), torch.tensor(backbone.std).view(3, 1, 1)
+    for image_id, path in enumerate(sorted(paths)):
+        image = resize_for_backbone(decode_image(path, reduce_to=96), 96, backbone.max_side_ratio)
+        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        x = (rgb.permute(2, 0, 1).float().div_(255.0) - mean) / std
+        with torch.inference_mode():
+            act = backbone.forward(x[None]).float()[0]
+        rows = local_descriptors([act], extractor.config)[0]
+        np.testing.assert_allclose(built[image_id], extractor.global_descriptor(rows, None), rtol=0, atol=1e-6)
