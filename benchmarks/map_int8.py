@@ -3,13 +3,13 @@ of `bench_int8.py`'s NNCF variants (issue 16, optional int8; not a product optio
 
 The variant is quantized here (NNCF post-training, calibrated on the first `--calibration` Paris
 photos at the evaluation's image size) and every backbone forward of the evaluation runs through
-it, compiled once per input shape (bench_int8.openvino_per_shape: OpenVINO's CPU plugin computes
-wrong int8 activations with dynamic H/W). Its activations get their own cache: a temporary folder
+it, compiled as bench_int8.int8_loader says (once per input shape where OpenVINO's CPU plugin
+computes wrong int8 activations with dynamic H/W). Its activations get their own cache: a temporary folder
 removed at the end, unless `--cache-dir` is given (the cache folder's name carries the variant
 and the calibration size, so f32 caches are never read or written). Everything after `--` is
 `dff-eval`'s command line; compare with the same command run as plain `dff-eval`.
 
-    python benchmarks/map_int8.py [--variant openvino-int8-nncf] [--calibration 16] -- \\
+    python benchmarks/map_int8.py [--variant openvino-int8-nncf] [--calibration 16] [--calibration-photos samples] -- \\
         instance --dataset paris6k --root DIR --protocol landmark-loo --methods nmf-v,nmf-vu --qe 0 --rerank 0
 """
 
@@ -29,17 +29,20 @@ import descriptors  # noqa: E402  (first: passive OpenMP waiting before torch/nu
 
 descriptors.configure_environment()
 
-from bench_int8 import OPENVINO_INT8_VARIANTS, nncf_int8_model, openvino_per_shape  # noqa: E402
+from bench_int8 import OPENVINO_INT8_VARIANTS, int8_loader, nncf_int8_model  # noqa: E402
 
 import descriptors.runtimes as runtimes  # noqa: E402
 from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
+
+# scikit-image's real photos (no network): calibration independent of the evaluated images
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "stereo_motorcycle", "camera")
 
 
 def install_int8_forward(variant: str, model: Path, label: str) -> None:
     """Every later `use_runtime(backbone, ...)` runs `backbone`'s forward through `model`."""
 
     def int8_runtime(backbone, name: str | None = "auto"):
-        backbone.compiled_trunk = runtimes.CompiledTrunk(variant, openvino_per_shape, model)
+        backbone.compiled_trunk = runtimes.CompiledTrunk(variant, int8_loader(variant), model)
         backbone.runtime = label  # names the activation cache's folder: never an f32 one
         return backbone
 
@@ -52,6 +55,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="openvino-int8-nncf", choices=tuple(OPENVINO_INT8_VARIANTS))
     parser.add_argument("--calibration", type=int, default=16, help="calibration photos (the first Paris photos)")
+    parser.add_argument("--calibration-photos", choices=("paris", "samples"), default="paris",
+                        help="paris: the first Paris photos (also in the evaluation); samples: scikit-image's "
+                             f"{len(SAMPLE_PHOTOS)} photos, none of them evaluated")
     parser.add_argument("--calibration-size", type=int, default=None,
                         help="their smaller side (default: efficientnet-lite0's retrieval size, 320)")
     parser.add_argument("eval_args", nargs=argparse.REMAINDER, help="-- then dff-eval's arguments")
@@ -67,13 +73,19 @@ def main() -> int:
 
     backbone = load_backbone("efficientnet-lite0")
     size = args.calibration_size or retrieval_image_size("efficientnet-lite0")
-    photos, source = load_photos(args.calibration)
+    if args.calibration_photos == "samples":
+        from descriptors.sample_photos import sample_photo
+
+        photos = [sample_photo(name) for name in SAMPLE_PHOTOS[: args.calibration]]
+        source = f"scikit-image sample photos ({len(photos)})"
+    else:
+        photos, source = load_photos(args.calibration)
     calibration = [backbone.preprocess(p, size).unsqueeze(0).numpy() for p in photos]
     print(f"map_int8: {args.variant}, calibrated on {source} at {size} px", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="map_int8_") as folder:
         model = nncf_int8_model(runtimes.exported_onnx(backbone), calibration, Path(folder) / "model.xml",
                                 OPENVINO_INT8_VARIANTS[args.variant])
-        install_int8_forward(args.variant, model, f"{args.variant}-cal{args.calibration}x{size}")
+        install_int8_forward(args.variant, model, f"{args.variant}-{args.calibration_photos}{len(calibration)}x{size}")
         if "--cache-dir" not in eval_args:
             eval_args += ["--cache-dir", str(Path(folder) / "activations")]
         return dff_eval(eval_args)
