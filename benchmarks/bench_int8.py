@@ -7,11 +7,12 @@ aspect ratio), calibrated on `--calibration` Paris photos that are not timed:
 - OpenVINO with NNCF post-training quantization (`nncf.quantize`, performance preset): its
   defaults, the first and last convolutions kept f32, and those plus the depthwise convolutions
   kept f32 (`OPENVINO_INT8_VARIANTS`). Skipped with a message when nncf is not installed
-  (`pip install 'dffsearch[quantization]'`). OpenVINO 2026.4's CPU plugin computes wrong int8
-  depthwise convolutions when the model keeps its dynamic H/W (relative error ~1.1, correlation
-  ~0.02 with torch; the same graph compiled for the input's static shape: ~0.3), so the variants
-  that quantize them are compiled once per input shape (`int8_loader`); `openvino-f32-static` is
-  the f32 model compiled the same way, to separate the static-shape gain from the int8 one.
+  (`pip install 'dffsearch[quantization]'`). OpenVINO 2026.4's CPU plugin computes wrong
+  activations around int8 depthwise convolutions when the model keeps its dynamic H/W (relative
+  error ~1.1, correlation ~0.02 with torch; the same graph compiled for the input's static shape:
+  ~0.3), so the variants that quantize them are compiled once per input shape (`int8_loader`);
+  `openvino-f32-static` is the f32 model compiled the same way, to separate the static-shape
+  gain from the int8 one.
 Then, batch 1, at the product's image size, interleaved in one run, for each of `--threads`:
 forward ms per variant, its speedup vs its runtime's f32 (`openvino-f32` is compiled exactly as
 `descriptors.runtimes` does), and its activations' max / mean relative error vs torch (a variant
@@ -33,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -59,11 +61,12 @@ OPENVINO_INT8_VARIANTS = {
     "openvino-int8-nncf-f32-ends-dw": ("first", "last", "depthwise"),
 }
 Run = Callable[[np.ndarray], np.ndarray]
+MAX_COMPILED_SHAPES = 32  # openvino_per_shape: box crops give many shapes, each compiled model its own buffers
 
 
 def int8_loader(variant: str) -> Callable[[Path, int], Run]:
     """How an int8 variant is compiled: OpenVINO 2026.4's CPU plugin computes wrong activations
-    for int8 depthwise convolutions with dynamic H/W (relative error ~1.1 vs ~0.35 compiled for the
+    around int8 depthwise convolutions with dynamic H/W (relative error ~1.1 vs ~0.35 compiled for the
     input's static shape), so a variant that quantizes them is compiled once per input shape; one
     that keeps them f32 runs dynamic, as the product compiles f32 (its error is the same both ways:
     `dynamic_compile_max_rel_error`)."""
@@ -122,7 +125,7 @@ def openvino_per_shape(path: Path, threads: int) -> Run:
 
     core = ov.Core()
     model = core.read_model(str(path))
-    requests: dict[tuple[int, ...], tuple] = {}
+    requests: OrderedDict[tuple[int, ...], tuple] = OrderedDict()  # the most recent shapes (memory bound)
 
     def run(x: np.ndarray) -> np.ndarray:
         entry = requests.get(x.shape)
@@ -131,6 +134,9 @@ def openvino_per_shape(path: Path, threads: int) -> Run:
             static.reshape(list(x.shape))
             compiled = core.compile_model(static, "CPU", openvino_cpu_config(threads))
             entry = requests[x.shape] = (compiled.create_infer_request(), compiled.output(0))
+            if len(requests) > MAX_COMPILED_SHAPES:
+                requests.popitem(last=False)
+        requests.move_to_end(x.shape)
         request, output = entry
         return request.infer({0: x})[output]
 

@@ -55,9 +55,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="openvino-int8-nncf", choices=tuple(OPENVINO_INT8_VARIANTS))
     parser.add_argument("--calibration", type=int, default=16, help="calibration photos (the first Paris photos)")
-    parser.add_argument("--calibration-photos", choices=("paris", "samples"), default="paris",
+    parser.add_argument("--calibration-photos", default="paris",
                         help="paris: the first Paris photos (also in the evaluation); samples: scikit-image's "
-                             f"{len(SAMPLE_PHOTOS)} photos, none of them evaluated")
+                             f"{len(SAMPLE_PHOTOS)} photos, none of them evaluated; a folder: its first images, sorted")
     parser.add_argument("--calibration-size", type=int, default=None,
                         help="their smaller side (default: efficientnet-lite0's retrieval size, 320)")
     parser.add_argument("eval_args", nargs=argparse.REMAINDER, help="-- then dff-eval's arguments")
@@ -78,14 +78,22 @@ def main() -> int:
 
         photos = [sample_photo(name) for name in SAMPLE_PHOTOS[: args.calibration]]
         source = f"scikit-image sample photos ({len(photos)})"
-    else:
+    elif args.calibration_photos == "paris":
         photos, source = load_photos(args.calibration)
+    else:
+        from descriptors.images import decode_image, iter_image_files
+
+        files = list(iter_image_files(args.calibration_photos))[: args.calibration]
+        if not files:
+            print(f"map_int8: no images in --calibration-photos {args.calibration_photos}", file=sys.stderr)
+            return 2
+        photos, source = [decode_image(f) for f in files], f"{args.calibration_photos} ({len(files)} images)"
     calibration = [backbone.preprocess(p, size).unsqueeze(0).numpy() for p in photos]
     print(f"map_int8: {args.variant}, calibrated on {source} at {size} px", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="map_int8_") as folder:
         model = nncf_int8_model(runtimes.exported_onnx(backbone), calibration, Path(folder) / "model.xml",
                                 OPENVINO_INT8_VARIANTS[args.variant])
-        install_int8_forward(args.variant, model, f"{args.variant}-{args.calibration_photos}{len(calibration)}x{size}")
+        install_int8_forward(args.variant, model, f"{args.variant}-{Path(args.calibration_photos).name}{len(calibration)}x{size}")
         if "--cache-dir" not in eval_args:
             eval_args += ["--cache-dir", str(Path(folder) / "activations")]
         return dff_eval(eval_args)
