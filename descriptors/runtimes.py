@@ -156,6 +156,18 @@ def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.
     return _first_run_here(lambda x: session.run(None, {"images": x})[0])
 
 
+def openvino_cpu_config(threads: int) -> dict:
+    """The OpenVINO CPU compile settings of every backbone forward (benchmarks compile with them too)."""
+    return {
+        "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        # its default on Linux pins each worker to a core: on a shared machine a pinned worker
+        # waits for the other job's time slice instead of moving to a free core
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
 @lru_cache(maxsize=16)
 def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """One compiled model per (model, threads) in a process, one infer request per calling thread
@@ -168,15 +180,7 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
     cache = runtime_cache_dir() / "openvino"
     cache.mkdir(parents=True, exist_ok=True)
     core.set_property({"CACHE_DIR": str(cache)})
-    config = {
-        "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        # its default on Linux pins each worker to a core: on a shared machine a pinned worker
-        # waits for the other job's time slice instead of moving to a free core
-        "ENABLE_CPU_PINNING": False,
-    }
-    compiled = core.compile_model(str(path), "CPU", config)  # from a path: a cached blob skips the read
+    compiled = core.compile_model(str(path), "CPU", openvino_cpu_config(threads))  # from a path: a cached blob skips the read
     output = compiled.output(0)
     local = threading.local()
 
