@@ -364,7 +364,9 @@ class Backbone(nn.Module):
     def extract(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
 
-        Images of equal size are stacked into batches of at most `max_batch`.
+        Images of equal size are stacked into batches of at most `max_batch`; on a compiled
+        runtime several batches run side by side, one per compute thread (`CompiledTrunk.run_each`:
+        the same activations).
         """
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -373,12 +375,12 @@ class Backbone(nn.Module):
         chunks = [indices[start : start + self.max_batch] for indices in by_size.values()
                   for start in range(0, len(indices), self.max_batch)]
         # a batch of one is a view (no copy of the pixels: batch 1 is the CPU default)
-        batches = [images[c[0]].unsqueeze(0) if len(c) == 1 else torch.stack([images[i] for i in c]) for c in chunks]
-        if self.compiled_trunk is not None and len(batches) > 1:
+        batches = (images[c[0]].unsqueeze(0) if len(c) == 1 else torch.stack([images[i] for i in c]) for c in chunks)
+        if self.compiled_trunk is not None and len(chunks) > 1:
             # several batches on the CPU: one-thread sessions side by side (CompiledTrunk.run_each)
-            outputs = self.compiled_trunk.run_each(batches)
+            outputs = self.compiled_trunk.run_each(list(batches))
         else:
-            outputs = [self.forward(batch) for batch in batches]
+            outputs = (self.forward(batch) for batch in batches)  # one batch in memory at a time
         for chunk, maps in zip(chunks, outputs, strict=True):
             for i, activation in zip(chunk, maps.float(), strict=True):
                 out[i] = activation.contiguous()

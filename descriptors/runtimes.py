@@ -45,6 +45,7 @@ from .settings import RUNTIME_NAMES
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
 _MODULE_OF = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 OPSET = 17
+_SESSIONS_LOCK = threading.Lock()  # CompiledTrunk.session: one thread creates a session at a time
 
 
 class RuntimeUnavailableError(RuntimeError):
@@ -152,7 +153,19 @@ def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"images": x})[0]
+    return _first_run_here(lambda x: session.run(None, {"images": x})[0])
+
+
+def openvino_cpu_config(threads: int) -> dict:
+    """The OpenVINO CPU compile settings of every backbone forward (benchmarks compile with them too)."""
+    return {
+        "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        # its default on Linux pins each worker to a core: on a shared machine a pinned worker
+        # waits for the other job's time slice instead of moving to a free core
+        "ENABLE_CPU_PINNING": False,
+    }
 
 
 @lru_cache(maxsize=16)
@@ -167,15 +180,7 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
     cache = runtime_cache_dir() / "openvino"
     cache.mkdir(parents=True, exist_ok=True)
     core.set_property({"CACHE_DIR": str(cache)})
-    config = {
-        "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        # its default on Linux pins each worker to a core: on a shared machine a pinned worker
-        # waits for the other job's time slice instead of moving to a free core
-        "ENABLE_CPU_PINNING": False,
-    }
-    compiled = core.compile_model(str(path), "CPU", config)  # from a path: a cached blob skips the read
+    compiled = core.compile_model(str(path), "CPU", openvino_cpu_config(threads))  # from a path: a cached blob skips the read
     output = compiled.output(0)
     local = threading.local()
 
@@ -185,6 +190,17 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
             request = local.request = compiled.create_infer_request()
         return request.infer({0: x})[output]
 
+    return _first_run_here(run)
+
+
+def _first_run_here(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`run` after one inference on a tiny image in the creating thread (under `_SESSIONS_LOCK`).
+
+    Why: the bindings initialize function-local statics on a process's first inference; two
+    threads making their first inference at once (`CompiledTrunk.run_each`) deadlocked in
+    pyopenvino (observed: one thread held the GIL waiting on the static's guard, the other held
+    the guard waiting for the GIL)."""
+    run(np.zeros((1, 3, 64, 64), dtype=np.float32))
     return run
 
 
@@ -199,7 +215,8 @@ class CompiledTrunk:
 
     def session(self, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
         """The run function for `threads` (default: the calling thread's), created on first use."""
-        return self._loader(self._path, session_threads(threads or _compute_threads()))
+        with _SESSIONS_LOCK:  # created (and first run: _first_run_here) by one thread at a time
+            return self._loader(self._path, session_threads(threads or _compute_threads()))
 
     def prepare(self, threads: int) -> None:
         """Create the session for `threads` now (a server: before the first request needs it)."""
