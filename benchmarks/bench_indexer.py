@@ -74,8 +74,8 @@ def bare_forward_ips(extractor, tensors: list, batch: int = 1) -> tuple[float, f
     """(images/s, CPU ms per image of this process) of `backbone.extract` alone.
 
     batch 1 (the reference): one image per call, i.e. one forward at a time on the compute
-    threads. batch > 1: `batch` images per call, as the build calls it (a compiled runtime then
-    runs them side by side on one-thread sessions: descriptors/runtimes.py, run_each)."""
+    threads. batch > 1: `batch` images per call, as the build calls it (`Backbone.extract`:
+    equal-size images stacked, batches one after the other)."""
     extractor.backbone.extract(tensors[:2])  # warm-up (first-call kernel selection)
     extractor.backbone.extract(tensors[:1])
     start, cpu = time.perf_counter(), time.process_time()
@@ -176,7 +176,7 @@ def main() -> None:
         # the median of the per-round ratios. CPU ms/image (this process, all threads) say the
         # same with less noise from other jobs when the cores are saturated: cpu ratio = bare CPU
         # per image / end-to-end CPU per image. "fwd x8": extract of 8 images per call, the
-        # build's way (a compiled runtime runs them side by side on one-thread sessions).
+        # build's way.
         print(f"{'round':<6} {'workers':>7} {'bare img/s':>10} {'fwd x8':>7} {'e2e img/s':>10} {'ratio':>6} "
               f"{'bare cpu':>8} {'e2e cpu':>8} {'cpu ratio':>9}")
         tensors = preprocessed(extractor, paths) if args.rounds else []

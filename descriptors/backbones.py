@@ -364,26 +364,23 @@ class Backbone(nn.Module):
     def extract(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
 
-        Images of equal size are stacked into batches of at most `max_batch`; on a compiled
-        runtime several batches run side by side, one per compute thread (`CompiledTrunk.run_each`:
-        the same activations).
+        Images of equal size are stacked into batches of at most `max_batch`, run one after the
+        other. (Side by side on one-thread sessions was measured on the 2-core CPU, session 4:
+        OpenVINO's one-thread session runs 2.6x slower than its two-thread one, 72 vs 27 ms per
+        Paris image, and two requests on it did not overlap: 72 vs 39 ms/image per batch of 8.)
         """
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
-        chunks = [indices[start : start + self.max_batch] for indices in by_size.values()
-                  for start in range(0, len(indices), self.max_batch)]
-        # a batch of one is a view (no copy of the pixels: batch 1 is the CPU default)
-        batches = (images[c[0]].unsqueeze(0) if len(c) == 1 else torch.stack([images[i] for i in c]) for c in chunks)
-        if self.compiled_trunk is not None and len(chunks) > 1:
-            # several batches on the CPU: one-thread sessions side by side (CompiledTrunk.run_each)
-            outputs = self.compiled_trunk.run_each(list(batches))
-        else:
-            outputs = (self.forward(batch) for batch in batches)  # one batch in memory at a time
-        for chunk, maps in zip(chunks, outputs, strict=True):
-            for i, activation in zip(chunk, maps.float(), strict=True):
-                out[i] = activation.contiguous()
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start : start + self.max_batch]
+                # a batch of one is a view (no copy of the pixels: batch 1 is the CPU default)
+                batch = images[chunk[0]].unsqueeze(0) if len(chunk) == 1 else torch.stack([images[i] for i in chunk])
+                maps = self.forward(batch).float()
+                for i, activation in zip(chunk, maps, strict=True):
+                    out[i] = activation.contiguous()
         return out  # type: ignore[return-value]
 
     def describe(self) -> dict:

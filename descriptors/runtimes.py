@@ -31,7 +31,6 @@ import importlib.util
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -197,7 +196,7 @@ def _first_run_here(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.nda
     """`run` after one inference on a tiny image in the creating thread (under `_SESSIONS_LOCK`).
 
     Why: the bindings initialize function-local statics on a process's first inference; two
-    threads making their first inference at once (`CompiledTrunk.run_each`) deadlocked in
+    threads making their first inference at once deadlocked in
     pyopenvino (observed: one thread held the GIL waiting on the static's guard, the other held
     the guard waiting for the GIL)."""
     run(np.zeros((1, 3, 64, 64), dtype=np.float32))
@@ -225,37 +224,11 @@ class CompiledTrunk:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(_run_copy(self.session(), x))
 
-    def run_each(self, batches: list[torch.Tensor], threads: int | None = None) -> list[torch.Tensor]:
-        """Each batch through a one-thread session, `threads` (default: the caller's compute threads)
-        batches at a time: the forward of an indexing batch as parallel streams.
-
-        Why: on the 2-core CPU a 2-thread forward of one image cost ~63 ms of CPU against ~58 ms on
-        one thread (its threads wait for each other at every layer, longer when another process
-        holds a core); two images on two one-thread sessions keep both cores busy with no such wait.
-        The activations are the same as the multi-thread session's (tests/descriptors/test_runtimes.py).
-        """
-        threads = max(1, min(threads or _compute_threads(), len(batches)))
-        if threads == 1:
-            return [self(x) for x in batches]
-        run = self.session(1)
-        return [torch.from_numpy(out) for out in _stream_pool(threads).map(lambda x: _run_copy(run, x), batches)]
-
 
 def _run_copy(run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor) -> np.ndarray:
     """`run` on `x` as contiguous float32 numpy; the output copied (OpenVINO reuses its buffer)."""
     array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
     return np.array(run(array), dtype=np.float32, copy=True)
-
-
-_stream_pools: dict[int, ThreadPoolExecutor] = {}
-_stream_pools_lock = threading.Lock()
-
-
-def _stream_pool(threads: int) -> ThreadPoolExecutor:
-    with _stream_pools_lock:
-        if threads not in _stream_pools:
-            _stream_pools[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dff-forward")
-        return _stream_pools[threads]
 
 
 # name -> loader(onnx path, threads) -> run(images (B,3,H,W) float32) -> activations

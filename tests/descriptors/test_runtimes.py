@@ -46,22 +46,16 @@ def test_runtime_activations_equal_torch_on_real_photos(name, photos_and_referen
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_images_on_parallel_one_thread_sessions_equal_one_at_a_time(name, sample_photos):
-    """`extract` of several images runs them side by side on one-thread sessions
-    (CompiledTrunk.run_each): the activations are exactly those of one image at a time."""
+def test_extract_of_several_images_equals_one_at_a_time(name, sample_photos):
+    """`extract` of several images (two of one size: one batch of 2) gives exactly the
+    activations of one image at a time through the caller's session."""
     backbone = use_runtime(load_backbone("efficientnet-lite0"), name)
     images = [backbone.preprocess(sample_photos[n], 160) for n in ("chelsea", "astronaut", "coffee", "rocket", "chelsea")]
-    one_at_a_time = [backbone.compiled_trunk(x[None])[0] for x in images]  # the caller's session
-    for threads in (2, 3):
-        streamed = backbone.compiled_trunk.run_each([x[None] for x in images], threads=threads)
-        assert all(torch.equal(a[0], b) for a, b in zip(streamed, one_at_a_time, strict=True)), threads
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # the compute threads decide how many run side by side
-    try:
-        extracted = backbone.extract(images)
-    finally:
-        torch.set_num_threads(before)
-    assert all(torch.equal(a, b) for a, b in zip(extracted, one_at_a_time, strict=True))
+    one_at_a_time = [backbone.compiled_trunk(x[None])[0] for x in images]
+    extracted = backbone.extract(images)
+    for got, want in zip(extracted, one_at_a_time, strict=True):
+        assert got.shape == want.shape
+        assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
 
 
 def test_export_is_cached_per_weights(tmp_path, monkeypatch):
