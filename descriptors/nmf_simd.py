@@ -29,6 +29,27 @@ from numba.extending import intrinsic
 ACCUMULATORS = 4  # independent vector sums per row: covers the multiply-add latency (4-5 cycles)
 
 
+def _vector_at(builder: ir.IRBuilder, data: ir.Value, offset: ir.Value, width: int) -> ir.Value:
+    """``&data[offset]`` as a pointer to ``<width x float>`` (loads and stores align 4: unaligned)."""
+    return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(ir.FloatType(), width).as_pointer())
+
+
+def _splat(builder: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
+    """``<width x float>`` with every lane ``x``."""
+    i32 = ir.IntType(32)
+    undef = ir.Constant(ir.VectorType(ir.FloatType(), width), ir.Undefined)
+    one = builder.insert_element(undef, x, i32(0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, width), [0] * width))
+
+
+def _multiply_add(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, v: ir.Value) -> ir.Value:
+    """``acc + x * v`` through ``llvm.fma``, not fast ``fmul`` + ``fadd``: with those, LLVM may
+    re-associate independent partial sums into one dependent chain."""
+    name = f"llvm.fma.v{v.type.count}f32"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v.type, [v.type] * 3), name)
+    return builder.call(fma, [x, v, acc])
+
+
 def _row_block_product(width: int):
     """An intrinsic ``f(indptr, indices, values, B, rows, blk)`` -> None that sets, for every row
     ``i`` of the CSR matrix, ``rows[i, blk:blk+width] = sum_p values[p] * B[indices[p],
@@ -55,12 +76,10 @@ def _row_block_product(width: int):
 def _emit(builder: ir.IRBuilder, width: int, ptr_a, idx_a, val_a, b_a, rows_a, blk: ir.Value) -> None:
     """The loop nest: rows i, then entries p in steps of ACCUMULATORS (one vector sum each), then
     the remaining entries into the first sum; the sums added and stored."""
-    i64, i32 = ir.IntType(64), ir.IntType(32)
+    i64 = ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), width)
     fast = ("fast",)
     zero = ir.Constant(vec, [0.0] * width)
-    undef = ir.Constant(vec, ir.Undefined)
-    broadcast_mask = ir.Constant(ir.VectorType(i32, width), [0] * width)
     blk = builder.sext(blk, i64) if blk.type.width < 64 else blk
     n_rows = builder.sub(builder.extract_value(ptr_a.shape, 0), i64(1))
     b_stride = builder.extract_value(b_a.shape, 1)
@@ -70,15 +89,12 @@ def _emit(builder: ir.IRBuilder, width: int, ptr_a, idx_a, val_a, b_a, rows_a, b
         return builder.sext(value, i64) if value.type.width < 64 else value
 
     def row_vector(data: ir.Value, row: ir.Value, stride: ir.Value) -> ir.Value:
-        offset = builder.add(builder.mul(row, stride), blk)
-        return builder.bitcast(builder.gep(data, [offset]), vec.as_pointer())
+        return _vector_at(builder, data, builder.add(builder.mul(row, stride), blk), width)
 
-    def multiply_add(acc: ir.Value, p: ir.Value) -> ir.Value:
+    def add_entry(acc: ir.Value, p: ir.Value) -> ir.Value:
         j = as_i64(builder.load(builder.gep(idx_a.data, [p])))
-        x = builder.load(builder.gep(val_a.data, [p]))
-        xs = builder.shuffle_vector(builder.insert_element(undef, x, i32(0)), undef, broadcast_mask)
-        b_row = builder.load(row_vector(b_a.data, j, b_stride), align=4)
-        return builder.fadd(acc, builder.fmul(xs, b_row, flags=fast), flags=fast)
+        x = _splat(builder, builder.load(builder.gep(val_a.data, [p])), width)
+        return _multiply_add(builder, acc, x, builder.load(row_vector(b_a.data, j, b_stride), align=4))
 
     fn = builder.function
     entry = builder.block
@@ -109,7 +125,7 @@ def _emit(builder: ir.IRBuilder, width: int, ptr_a, idx_a, val_a, b_a, rows_a, b
     builder.cbranch(builder.icmp_signed("<=", builder.add(p, i64(ACCUMULATORS)), end), step_body, rest_head)
 
     builder.position_at_end(step_body)
-    stepped = [multiply_add(acc, builder.add(p, i64(a))) for a, acc in enumerate(sums)]
+    stepped = [add_entry(acc, builder.add(p, i64(a))) for a, acc in enumerate(sums)]
     p.add_incoming(builder.add(p, i64(ACCUMULATORS)), step_body)
     for phi, value in zip(sums, stepped, strict=True):
         phi.add_incoming(value, step_body)
@@ -123,7 +139,7 @@ def _emit(builder: ir.IRBuilder, width: int, ptr_a, idx_a, val_a, b_a, rows_a, b
     builder.cbranch(builder.icmp_signed("<", q, end), rest_body, row_end)
 
     builder.position_at_end(rest_body)
-    first.add_incoming(multiply_add(first, q), rest_body)
+    first.add_incoming(add_entry(first, q), rest_body)
     q.add_incoming(builder.add(q, i64(1)), rest_body)
     builder.branch(rest_head)
 
@@ -177,21 +193,10 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
         return ir.VectorType(f32, width)
 
     def load_vec(data: ir.Value, offset: ir.Value, width: int) -> ir.Value:
-        return builder.load(builder.bitcast(builder.gep(data, [offset]), vec(width).as_pointer()), align=4)
+        return builder.load(_vector_at(builder, data, offset, width), align=4)
 
     def store_vec(value: ir.Value, data: ir.Value, offset: ir.Value) -> None:
-        builder.store(value, builder.bitcast(builder.gep(data, [offset]), value.type.as_pointer()), align=4)
-
-    def splat(x: ir.Value, width: int) -> ir.Value:
-        undef = ir.Constant(vec(width), ir.Undefined)
-        one = builder.insert_element(undef, x, i32(0))
-        return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, width), [0] * width))
-
-    def multiply_add(acc: ir.Value, x: ir.Value, v: ir.Value) -> ir.Value:
-        # llvm.fma, not fast fmul + fadd: LLVM would re-associate the partial sums into one chain
-        name = f"llvm.fma.v{v.type.count}f32"
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v.type, [v.type] * 3), name)
-        return builder.call(fma, [x, v, acc])
+        builder.store(value, _vector_at(builder, data, offset, value.type.count), align=4)
 
     # the partner's Gram matrix, loop-invariant: G[b, block] for every b and block
     g_rows = [[load_vec(G_a.data, i64(b * kp + o), w) for o, w in blocks] for b in range(kp)]
@@ -217,14 +222,13 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
 
     builder.position_at_end(body)
     base = builder.mul(j, i64(kp))
-    f_scalars = [splat(builder.load(builder.gep(F_a.data, [builder.add(base, i64(b))])), 8) for b in range(kp)]
+    f_scalars = [builder.load(builder.gep(F_a.data, [builder.add(base, i64(b))])) for b in range(kp)]
     new_blocks = []
     for n_block, (o, w) in enumerate(blocks):
         # F[j] @ G[:, block] in two partial sums (even and odd b) to halve the add chain
         sums = [zero[w], zero[w]]
         for b in range(kp):
-            x = f_scalars[b] if w == 8 else _narrow(builder, f_scalars[b], w)
-            sums[b % 2] = multiply_add(sums[b % 2], x, g_rows[b][n_block])
+            sums[b % 2] = _multiply_add(builder, sums[b % 2], _splat(builder, f_scalars[b], w), g_rows[b][n_block])
         denominator = builder.fadd(sums[0], sums[1])
         below = builder.fcmp_ordered("<", denominator, floor[w], flags=fast)
         denominator = builder.select(below, floor[w], denominator)
@@ -239,7 +243,8 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
     for a in range(kp):
         n_block, lane = _block_of(blocks, a)
         x = builder.extract_element(new_blocks[n_block], i32(lane))
-        updated.append([multiply_add(grams[a][nb], splat(x, w), new_blocks[nb]) for nb, (_, w) in enumerate(blocks)])
+        updated.append([_multiply_add(builder, grams[a][nb], _splat(builder, x, w), new_blocks[nb])
+                        for nb, (_, w) in enumerate(blocks)])
     after = builder.block
     for row, new_row in zip(grams, updated, strict=True):
         for phi, value in zip(row, new_row, strict=True):
@@ -251,12 +256,6 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
     for a in range(kp):
         for nb, (o, _) in enumerate(blocks):
             store_vec(grams[a][nb], gram_a.data, i64(a * kp + o))
-
-
-def _narrow(builder: ir.IRBuilder, v8: ir.Value, width: int) -> ir.Value:
-    """The first `width` lanes of a splat vector of 8."""
-    i32 = ir.IntType(32)
-    return builder.shuffle_vector(v8, v8, ir.Constant(ir.VectorType(i32, width), list(range(width))))
 
 
 def _block_of(blocks: list[tuple[int, int]], column: int) -> tuple[int, int]:
