@@ -267,12 +267,12 @@ def other_benchmarks(work: Path, indexer_images: int, search_clients: str, searc
         if result.returncode or not target.exists():
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
         out[name] = json.loads(target.read_text())
-    qps = out["load_search"]["qps"]
+    search = out["load_search"]
     out["throughput_ratio"] = out["bench_indexer"]["throughput_ratio"]
-    out["load_search_qps_ratio"] = {clients: value / out["load_search"]["forward_qps"] for clients, value in qps.items()}
+    out["load_search_qps_ratio"] = search["qps_ratio"]  # QPS / the bare forward's rate, per client count
     # p50 of one client / one bare forward (docs/searcher.md: target <= 1.5)
-    out["load_search_p50_ratio"] = out["load_search"]["p50_ms"]["1"] / out["load_search"]["forward_ms"] if "1" in qps else None
-    out["load_search_forward_runtime"] = out["load_search"].get("forward_runtime")
+    out["load_search_p50_ratio"] = search["p50_ratio"] if "1" in search["qps"] else None
+    out["load_search_forward_runtime"] = search.get("forward_runtime")
     return out
 
 

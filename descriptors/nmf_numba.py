@@ -216,7 +216,7 @@ def _hals_sweep(F, P, G, r):
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _pair_sum(A, B):
-    """sum(A * B) in float64 for two (k, m) arrays."""
+    """sum(A * B) in float64 for two 2-d arrays of one shape (k-major or gather layout)."""
     s = 0.0
     for a in range(A.shape[0]):
         for t in range(A.shape[1]):

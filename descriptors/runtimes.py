@@ -222,13 +222,9 @@ class CompiledTrunk:
         self.session(threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(_run_copy(self.session(), x))
-
-
-def _run_copy(run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor) -> np.ndarray:
-    """`run` on `x` as contiguous float32 numpy; the output copied (OpenVINO reuses its buffer)."""
-    array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-    return np.array(run(array), dtype=np.float32, copy=True)
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        # copied: OpenVINO reuses its output buffer on the next inference
+        return torch.from_numpy(np.array(self.session()(array), dtype=np.float32, copy=True))
 
 
 # name -> loader(onnx path, threads) -> run(images (B,3,H,W) float32) -> activations
