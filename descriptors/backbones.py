@@ -365,9 +365,9 @@ class Backbone(nn.Module):
         """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
 
         Images of equal size are stacked into batches of at most `max_batch`, run one after the
-        other. (Side by side on one-thread sessions was measured on the 2-core CPU, session 4:
-        OpenVINO's one-thread session runs 2.6x slower than its two-thread one, 72 vs 27 ms per
-        Paris image, and two requests on it did not overlap: 72 vs 39 ms/image per batch of 8.)
+        other. (Side by side on one-thread sessions was slower on the 2-core CPU: OpenVINO's
+        one-thread session is much slower than its two-thread one and two requests on it did not
+        overlap; docs/indexer.md.)
         """
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
