@@ -12,6 +12,7 @@ import copy
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -237,6 +238,10 @@ assert {name: spec.retrieval_image_size for name, spec in BACKBONES.items()} == 
 )
 
 
+# torch.from_numpy warns once about the read-only pixels resized_pixels reads (never writes)
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
+
+
 def backbone_input_size(width: int, height: int, image_size: int, max_side_ratio: float = 3.0) -> tuple[int, int]:
     """``(width, height)`` an image of that size is resized to: smaller side -> image_size, longer
     side capped at max_side_ratio * image_size (the aspect ratio kept)."""
@@ -258,9 +263,9 @@ def resized_pixels(img: Image.Image, image_size: int, max_side_ratio: float = 3.
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     if new_size == img.size:
         return np.asarray(rgb)
-    rgb = np.array(rgb)  # writable (torch.from_numpy warns on PIL's read-only buffer)
-    # (1, 3, H, W) with channels-last strides: the layout of torch's vectorized uint8 kernel
-    pixels = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+    # (1, 3, H, W) with channels-last strides: the layout of torch's vectorized uint8 kernel. PIL's
+    # buffer is read-only and interpolate only reads it (a writable copy would cost ~1 ms).
+    pixels = torch.from_numpy(np.asarray(rgb)).permute(2, 0, 1).unsqueeze(0)
     out = nn.functional.interpolate(pixels, size=new_size[::-1], mode="bilinear", antialias=True, align_corners=False)
     return out[0].permute(1, 2, 0).numpy()
 
