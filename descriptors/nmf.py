@@ -124,17 +124,28 @@ def _initial_factors(X: Tensor, mask: Tensor, k: int, seed: int) -> tuple[Tensor
         if n_b == 0:
             continue
         if n_b not in draws:
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            u = torch.randn(n_b, k, generator=gen, dtype=X.dtype).abs_()
-            draws[n_b] = u, torch.randn(k, C, generator=gen, dtype=X.dtype).abs_()
+            draws[n_b] = _initial_draws(n_b, k, C, seed, X.dtype)
         u, v = draws[n_b]
-        scale = math.sqrt(sums[b] / (n_b * C) / k)
+        scale = _initial_scale(sums[b], n_b, C, k)
         torch.mul(v, scale, out=V[b])
         if n_b == N:
             torch.mul(u, scale, out=U[b])
         else:
             U[b, mask_cpu[b]] = u * scale
     return U.to(X.device), V.to(X.device)
+
+
+def _initial_draws(n: int, k: int, c: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``abs(normal)`` of U (n, k), then of V (k, c), from a CPU generator seeded with ``seed``."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.randn(n, k, generator=gen, dtype=dtype).abs_()
+    return u, torch.randn(k, c, generator=gen, dtype=dtype).abs_()
+
+
+def _initial_scale(total: float, n: int, c: int, k: int) -> float:
+    """``sqrt(mean(X) / K)`` of an item of ``n`` valid rows whose entries sum to ``total``: the
+    draws are multiplied by it in X's dtype (torch's ``mul`` by a Python float)."""
+    return math.sqrt(total / (n * c) / k)
 
 
 def _nonzeros_per_item(X: Tensor) -> list[int]:

@@ -163,7 +163,8 @@ def factorize_maps(
         HALS_WINDOW,
         SPARSE_DENSITY,
         _factorize,
-        _initial_factors,
+        _initial_draws,
+        _initial_scale,
         _validate_settings,
         sparse_solver,
     )
@@ -183,18 +184,22 @@ def factorize_maps(
             [(res.U[b].transpose(0, 1).reshape(k, h, w), res.V[b]) for b in range(B)],
             res.item_iters.tolist(), (res.rel_error.double() * x_norm).tolist(),
         )
-    U0, V0 = _initial_factors(batch.X, torch.ones(B, n, dtype=torch.bool), k, seed)
-    U0, V0 = U0.numpy(), V0.numpy()
+    # nmf's initial factors (`_initial_factors`): the batch's sums with torch (its summation
+    # order), the draws once, each item's scaling (float32 products, as torch's) in its thread
+    sums = batch.X.sum(dim=(1, 2)).double().tolist()
+    u, v = (draw.numpy() for draw in _initial_draws(n, k, C, seed, torch.float32))
     Ut = np.empty((B, k, n), dtype=np.float32)
     V = np.empty((B, k, C), dtype=np.float32)
     iterations = np.zeros(B, dtype=np.int64)
     errors = np.zeros(B, dtype=np.float64)
 
     def factorize(b: int, _: int) -> None:
+        scale = np.float32(_initial_scale(sums[b], n, C, k))
+        U0, V0 = u * scale, v * scale
         if solver == "numba-mu":
-            out = mu_from_csr(*batch.csr[b], U0[b], V0[b], max_iter, float(tol))
+            out = mu_from_csr(*batch.csr[b], U0, V0, max_iter, float(tol))
         else:
-            out = hals_from_csr(*batch.csr[b], U0[b], V0[b], max_iter, float(tol), HALS_WINDOW)
+            out = hals_from_csr(*batch.csr[b], U0, V0, max_iter, float(tol), HALS_WINDOW)
         Ut[b], V[b], iterations[b], errors[b] = out
 
     over_items(factorize, (), B, threads)
