@@ -30,7 +30,8 @@ from numba import njit
 from torch import Tensor
 
 from .crow import channel_weights_from_counts
-from .nmf_numba import over_items, transpose_csr
+from .nmf_numba import transpose_csr
+from .threads import over_items
 
 
 @dataclass
@@ -202,6 +203,7 @@ def factorize_maps(
             out = hals_from_csr(*batch.csr[b], U0, V0, max_iter, float(tol), HALS_WINDOW)
         Ut[b], V[b], iterations[b], errors[b] = out
 
-    over_items(factorize, (), B, threads)
+    # an iteration costs about the item's non-zeros (the products): largest first
+    over_items(factorize, (), B, threads, order=sorted(range(B), key=lambda b: -batch.nonzeros[b]))
     factors = [(torch.from_numpy(Ut[b]).view(k, h, w), torch.from_numpy(V[b])) for b in range(B)]
     return MapFactors(factors, iterations.tolist(), errors.tolist())

@@ -36,14 +36,12 @@ caller passes the compute threads, `descriptors.threads`). Compiled on first use
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numba import njit
 
 from .nmf import HALS_WINDOW
 from .nmf_simd import mu_update_rows, row_block_product_4, row_block_product_8
+from .threads import over_items
 
 _DENOMINATOR_FLOOR = np.float32(1e-7)
 _TINY = np.float32(1e-30)
@@ -80,40 +78,6 @@ def _mu_items(X, U, V, max_iter, tol, iters, errors, start, stop):
         U_b, V_b, iters[b], errors[b] = _multiplicative_updates(X[b], U[b], V[b], max_iter, tol)
         U[b] = U_b
         V[b] = V_b
-
-
-def over_items(kernel, args: tuple, count: int, threads: int) -> None:
-    """``kernel(*args, b, b + 1)`` for every item ``b`` in ``[0, count)`` on ``threads`` threads:
-    the calling thread and workers of a shared pool each take the next item not yet taken (the
-    kernels release the GIL). Why one item at a time, not contiguous chunks: items stop after 50
-    to 100 iterations, so equal chunks left one thread idle while the other finished its share.
-    Why not numba's ``parallel=True``: its OpenMP/TBB workers kept spinning after each batch and
-    slowed every torch op that followed (measured 2x on this 2-core machine)."""
-    threads = max(1, min(threads, count))
-    items = iter(range(count))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                b = next(items, None)
-            if b is None:
-                return
-            kernel(*args, b, b + 1)
-
-    futures = [_pool(threads).submit(work) for _ in range(1, threads)]
-    work()
-    for future in futures:
-        future.result()
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dff-nmf")
-    return _pools[threads]
 
 
 def multiplicative_updates(
