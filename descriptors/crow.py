@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["crow_channel_weights", "crow_spatial_weights"]
+__all__ = ["channel_weights_from_counts", "crow_channel_weights", "crow_spatial_weights"]
 
 
 def _check_activations(A: Tensor, name: str) -> None:
@@ -28,9 +28,17 @@ def crow_channel_weights(A: Tensor) -> Tensor:
     """
     _check_activations(A, "crow_channel_weights")
     dtype = A.dtype if A.is_floating_point() else torch.float32
+    counts = (A > 0).sum(dim=(-2, -1), dtype=torch.int32)
+    return channel_weights_from_counts(counts, A.shape[-1] * A.shape[-2], dtype)
+
+
+def channel_weights_from_counts(counts: Tensor, positions: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`crow_channel_weights` from ``counts (..., C)`` int32, the number of positions (of
+    ``positions``) where each channel is > 0: the NMF's compiled path counts in its kernel threads
+    (descriptors/nmf_inputs.py) and gets the very same weights from here."""
     # Q_c: share of spatial positions where channel c fires, as count / (h*w) (what .mean() of the
     # 0/1 floats computes, exactly, in a third of the time: no float copy of the indicator)
-    q = (A > 0).sum(dim=(-2, -1), dtype=torch.int32).to(dtype) / (A.shape[-1] * A.shape[-2])
+    q = counts.to(dtype) / positions
     total = q.sum(dim=-1, keepdim=True)
     positive = q > 0
     # where(...) on the argument keeps log() away from 0/0 and x/0, so no NaN/inf appears anywhere

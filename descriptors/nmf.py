@@ -85,12 +85,7 @@ def _validate(X: Tensor, k: int, max_iter: int, tol: float, mask: Tensor | None)
         raise ValueError(f"nmf: X has an empty dimension: {tuple(X.shape)}")
     if not X.is_floating_point():
         raise TypeError(f"nmf: X must be a floating-point tensor, got {X.dtype}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"nmf: k must be a positive int, got {k!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"nmf: max_iter must be a positive int, got {max_iter!r}")
-    if not (tol >= 0):
-        raise ValueError(f"nmf: tol must be >= 0, got {tol!r}")
+    _validate_settings(k, max_iter, tol)
     if X.numel():
         low, high = torch.aminmax(X)  # one pass; NaN propagates into both
         if not (math.isfinite(float(low)) and math.isfinite(float(high))):
@@ -102,6 +97,15 @@ def _validate(X: Tensor, k: int, max_iter: int, tol: float, mask: Tensor | None)
             f"nmf: mask must be a bool tensor of shape (B, N) = {tuple(X.shape[:2])}, "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
+
+
+def _validate_settings(k: int, max_iter: int, tol: float) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"nmf: k must be a positive int, got {k!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"nmf: max_iter must be a positive int, got {max_iter!r}")
+    if not (tol >= 0):
+        raise ValueError(f"nmf: tol must be >= 0, got {tol!r}")
 
 
 def _initial_factors(X: Tensor, mask: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -120,17 +124,28 @@ def _initial_factors(X: Tensor, mask: Tensor, k: int, seed: int) -> tuple[Tensor
         if n_b == 0:
             continue
         if n_b not in draws:
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            u = torch.randn(n_b, k, generator=gen, dtype=X.dtype).abs_()
-            draws[n_b] = u, torch.randn(k, C, generator=gen, dtype=X.dtype).abs_()
+            draws[n_b] = _initial_draws(n_b, k, C, seed, X.dtype)
         u, v = draws[n_b]
-        scale = math.sqrt(sums[b] / (n_b * C) / k)
+        scale = _initial_scale(sums[b], n_b, C, k)
         torch.mul(v, scale, out=V[b])
         if n_b == N:
             torch.mul(u, scale, out=U[b])
         else:
             U[b, mask_cpu[b]] = u * scale
     return U.to(X.device), V.to(X.device)
+
+
+def _initial_draws(n: int, k: int, c: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``abs(normal)`` of U (n, k), then of V (k, c), from a CPU generator seeded with ``seed``."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.randn(n, k, generator=gen, dtype=dtype).abs_()
+    return u, torch.randn(k, c, generator=gen, dtype=dtype).abs_()
+
+
+def _initial_scale(total: float, n: int, c: int, k: int) -> float:
+    """``sqrt(mean(X) / K)`` of an item of ``n`` valid rows whose entries sum to ``total``: the
+    draws are multiplied by it in X's dtype (torch's ``mul`` by a Python float)."""
+    return math.sqrt(total / (n * c) / k)
 
 
 def _nonzeros_per_item(X: Tensor) -> list[int]:
@@ -493,6 +508,15 @@ def nmf(
         if mask is not None and mask.dim() == 1:
             mask = mask.unsqueeze(0)
     _validate(X, k, max_iter, tol, mask)
+    return _factorize(X, k, max_iter, tol, seed, mask, sparse, solver, algorithm)
+
+
+def _factorize(
+    X: Tensor, k: int, max_iter: int, tol: float, seed: int, mask: Tensor | None, sparse: bool | None,
+    solver: str | None, algorithm: str, nonzeros: list[int] | None = None,
+) -> NMFResult:
+    """`nmf` after its checks; ``nonzeros`` per item when the caller counted them already
+    (descriptors/nmf_inputs.py, in the kernel threads)."""
     B, N, _ = X.shape
     if mask is None:
         mask = torch.ones(B, N, dtype=torch.bool, device=X.device)
@@ -503,7 +527,8 @@ def nmf(
     U, V = _initial_factors(X, mask, k, seed)
     n_valid = mask.sum(dim=1).tolist()
     if sparse is None:
-        nonzeros = _nonzeros_per_item(X) if X.device.type == "cpu" else [0] * B
+        if nonzeros is None:
+            nonzeros = _nonzeros_per_item(X) if X.device.type == "cpu" else [0] * B
         use_sparse = [
             X.device.type == "cpu" and n_b > 0 and nonzeros[b] <= SPARSE_DENSITY * n_b * X.shape[2]
             for b, n_b in enumerate(n_valid)
@@ -570,6 +595,23 @@ def _activation_batch(acts: list[Tensor], crow_weighting: bool) -> Tensor:
     return X
 
 
+def _factorize_maps(
+    maps: list[Tensor], k: int, max_iter: int, tol: float, seed: int, crow_weighting: bool, algorithm: str
+) -> list[tuple[Tensor, Tensor]]:
+    """``(U (K, h, w), V (K, C))`` of maps of one size: with numba, X is built and factorized per
+    map in the kernel threads (descriptors/nmf_inputs.py: the same X, the same factors, no serial
+    transposing copy), else through `nmf`."""
+    if _installed("numba-mu"):
+        from .nmf_inputs import factorize_maps
+
+        done = factorize_maps(maps, k, max_iter, tol, seed, crow_weighting, algorithm, torch.get_num_threads())
+        if done is not None:
+            return done.factors
+    h, w = maps[0].shape[1:]
+    res = nmf(_activation_batch(maps, crow_weighting), k, max_iter, tol, seed, algorithm=algorithm)
+    return [(res.U[j].transpose(0, 1).reshape(k, h, w), res.V[j]) for j in range(len(maps))]
+
+
 def _activation_rows(A: Tensor, crow_weighting: bool) -> Tensor:
     """``(C,h,w)`` -> ``X (h*w, C)``, columns scaled by the CroW channel weights when asked."""
     return _activation_batch([A], crow_weighting)[0]
@@ -618,10 +660,9 @@ def factorize_activations(
         for i, A in enumerate(acts):
             groups[(A.shape[1], A.shape[2])].append(i)
         for indices in groups.values():
-            X = _activation_batch([acts[i] for i in indices], crow_weighting)
-            res = nmf(X, k, max_iter, tol, seed, algorithm=algorithm)
+            factors = _factorize_maps([acts[i] for i in indices], k, max_iter, tol, seed, crow_weighting, algorithm)
             for j, i in enumerate(indices):
-                unpack(i, res.U[j], res.V[j])
+                results[i] = factors[j]
     else:
         rows = [_activation_rows(A, crow_weighting) for A in acts]
         n_max = max(r.shape[0] for r in rows)

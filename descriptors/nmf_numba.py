@@ -36,14 +36,12 @@ caller passes the compute threads, `descriptors.threads`). Compiled on first use
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numba import njit
 
 from .nmf import HALS_WINDOW
 from .nmf_simd import mu_update_rows, row_block_product_4, row_block_product_8
+from .threads import over_items
 
 _DENOMINATOR_FLOOR = np.float32(1e-7)
 _TINY = np.float32(1e-30)
@@ -82,40 +80,6 @@ def _mu_items(X, U, V, max_iter, tol, iters, errors, start, stop):
         V[b] = V_b
 
 
-def _over_items(kernel, args: tuple, count: int, threads: int) -> None:
-    """``kernel(*args, b, b + 1)`` for every item ``b`` in ``[0, count)`` on ``threads`` threads:
-    the calling thread and workers of a shared pool each take the next item not yet taken (the
-    kernels release the GIL). Why one item at a time, not contiguous chunks: items stop after 50
-    to 100 iterations, so equal chunks left one thread idle while the other finished its share.
-    Why not numba's ``parallel=True``: its OpenMP/TBB workers kept spinning after each batch and
-    slowed every torch op that followed (measured 2x on this 2-core machine)."""
-    threads = max(1, min(threads, count))
-    items = iter(range(count))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                b = next(items, None)
-            if b is None:
-                return
-            kernel(*args, b, b + 1)
-
-    futures = [_pool(threads).submit(work) for _ in range(1, threads)]
-    work()
-    for future in futures:
-        future.result()
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dff-nmf")
-    return _pools[threads]
-
-
 def multiplicative_updates(
     X: np.ndarray, U: np.ndarray, V: np.ndarray, max_iter: int, tol: float, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +90,7 @@ def multiplicative_updates(
     V = np.array(V, dtype=np.float32, order="C", copy=True)
     iters = np.zeros(X.shape[0], dtype=np.int64)
     errors = np.zeros(X.shape[0], dtype=np.float64)
-    _over_items(_mu_items, (X, U, V, int(max_iter), float(tol), iters, errors), X.shape[0], threads)
+    over_items(_mu_items, (X, U, V, int(max_iter), float(tol), iters, errors), X.shape[0], threads)
     return U, V, iters, errors
 
 
@@ -136,7 +100,7 @@ _BLOCK = 8  # factor columns per gather block: 8 float32 = one AVX register (a l
 
 
 @njit(cache=True, nogil=True)
-def _transpose_csr(indptr, indices, values, c):
+def transpose_csr(indptr, indices, values, c):
     """CSR of X^T (c, n) from X's CSR: the column-wise nonzeros for the gather of X^T U."""
     n = indptr.shape[0] - 1
     t_ptr = np.zeros(c + 1, dtype=np.int64)
@@ -256,15 +220,14 @@ def _to_rows(F, rows):
 
 
 @njit(cache=True, nogil=True)
-def _setup(X, U0, V0):
-    """What both kernels start from: X's CSR and its transpose's, ||X||^2, the factors k-major
-    (U^T (k, n), V (k, c)) with their gather layouts (m, kp) padded with zeros, the product
-    buffers X V^T and X^T U (row-major padded, and k-major), the Gram matrices U^T U, V V^T, and X^T U of U0 done."""
-    n, c = X.shape
+def _setup(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0):
+    """What both kernels start from, given X's CSR and its transpose's (rows in column order):
+    ||X||^2, the factors k-major (U^T (k, n), V (k, c)) with their gather layouts (m, kp) padded
+    with zeros, the product buffers X V^T and X^T U (row-major padded, and k-major), the Gram
+    matrices U^T U, V V^T, and X^T U of U0 done."""
+    n, c = U0.shape[0], V0.shape[1]
     k = U0.shape[1]
     kp = ((k + 3) // 4) * 4
-    indptr, indices, values = _csr(X)
-    t_ptr, t_indices, t_values = _transpose_csr(indptr, indices, values, c)
     x_sq = 0.0
     for p in range(values.shape[0]):
         x_sq += np.float64(values[p]) * np.float64(values[p])
@@ -288,8 +251,24 @@ def _setup(X, U0, V0):
 
 
 @njit(cache=True, nogil=True)
+def _csr_pair(X):
+    """X's CSR and X^T's, from a dense (n, c) X."""
+    indptr, indices, values = _csr(X)
+    t_ptr, t_indices, t_values = transpose_csr(indptr, indices, values, X.shape[1])
+    return indptr, indices, values, t_ptr, t_indices, t_values
+
+
+@njit(cache=True, nogil=True)
 def _multiplicative_updates(X, U0, V0, max_iter, tol):
-    """The Lee-Seung updates from U0 (n, k), V0 (k, c); returns (U, V, iterations, ||X - U V||_F).
+    """`mu_from_csr` on a dense X, U returned (n, k)."""
+    Ut, V, it, error = mu_from_csr(*_csr_pair(X), U0, V0, max_iter, tol)
+    return np.ascontiguousarray(Ut.T), V, it, error
+
+
+@njit(cache=True, nogil=True)
+def mu_from_csr(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0, max_iter, tol):
+    """The Lee-Seung updates of X (CSR and its transpose's, `_setup`) from U0 (n, k), V0 (k, c);
+    returns (U^T (k, n), V, iterations, ||X - U V||_F).
 
     U then V per iteration, every 10 iterations stop when the error fell by less than `tol` x the
     initial error since the previous check (descriptors.nmf's rule). U lives k-major (U^T (k, n)),
@@ -297,7 +276,7 @@ def _multiplicative_updates(X, U0, V0, max_iter, tol):
     with its Gram matrix in one SIMD pass (`nmf_simd.mu_update_rows`: no transposes of the large
     factor). No array is allocated inside the loop."""
     (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
-     XVt, XtU, G_U, G_V) = _setup(X, U0, V0)
+     XVt, XtU, G_U, G_V) = _setup(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0)
     k, kp = Ut.shape[0], U_rows.shape[1]
     Ut_next = np.empty_like(Ut)
     Vt_next = np.empty_like(Vt_rows)
@@ -327,19 +306,26 @@ def _multiplicative_updates(X, U0, V0, max_iter, tol):
             if converged:
                 break
     V = np.ascontiguousarray(Vt_rows[:, :k].T)
-    return np.ascontiguousarray(Ut.T), V, it, _error(x_sq, XtU_rows, Vt_rows, G_U, G_V)
+    return Ut, V, it, _error(x_sq, XtU_rows, Vt_rows, G_U, G_V)
 
 
 @njit(cache=True, nogil=True)
 def _hals(X, U0, V0, max_iter, tol, window):
-    """HALS from U0 (n, k), V0 (k, c); returns (U, V, iterations, ||X - U V||_F).
+    """`hals_from_csr` on a dense X, U returned (n, k)."""
+    Ut, V, it, error = hals_from_csr(*_csr_pair(X), U0, V0, max_iter, tol, window)
+    return np.ascontiguousarray(Ut.T), V, it, error
+
+
+@njit(cache=True, nogil=True)
+def hals_from_csr(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0, max_iter, tol, window):
+    """HALS from U0 (n, k), V0 (k, c); returns (U^T (k, n), V, iterations, ||X - U V||_F).
 
     The error (from the products: ||X||^2 - 2 <X^T U, V^T> + <U^T U, V V^T>) is known after every
     iteration at no extra product, so the stopping test runs every iteration: stop when the last
     `window` iterations lowered the error by less than `tol` x the initial error."""
     (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
-     XVt, XtU, G_U, G_V) = _setup(X, U0, V0)
-    r = np.empty(max(X.shape[0], X.shape[1]), dtype=np.float32)
+     XVt, XtU, G_U, G_V) = _setup(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0)
+    r = np.empty(max(U0.shape[0], V0.shape[1]), dtype=np.float32)
     previous = _error(x_sq, XtU, V, G_U, G_V)
     safe_initial = previous if previous > 0.0 else 1.0
     error = previous
@@ -361,7 +347,7 @@ def _hals(X, U0, V0, max_iter, tol, window):
             if it >= window and (history[slot] - error) / safe_initial < tol:
                 break
             history[slot] = error
-    return np.ascontiguousarray(Ut.T), V, it, error
+    return Ut, V, it, error
 
 
 @njit(cache=True, nogil=True)
@@ -382,7 +368,7 @@ def hals_updates(
     V = np.array(V, dtype=np.float32, order="C", copy=True)
     iters = np.zeros(X.shape[0], dtype=np.int64)
     errors = np.zeros(X.shape[0], dtype=np.float64)
-    _over_items(_hals_items, (X, U, V, int(max_iter), float(tol), HALS_WINDOW, iters, errors), X.shape[0], threads)
+    over_items(_hals_items, (X, U, V, int(max_iter), float(tol), HALS_WINDOW, iters, errors), X.shape[0], threads)
     return U, V, iters, errors
 
 

@@ -18,6 +18,9 @@ Two parts, both used by every CLI (dff-index, dff-serve, dff-eval, dff-query, df
   threads and the BLAS pools (threadpoolctl) to it. `ThreadSettings.describe()` is the line the
   CLIs print with `--verbose`.
 
+`over_items(kernel, ...)` runs a batch's items on the compute threads (the calling thread and a
+shared pool; the NMF kernels release the GIL: descriptors/nmf_numba.py, nmf_inputs.py).
+
 This module imports neither torch nor numpy at import time (it must run before they load).
 """
 
@@ -27,6 +30,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,3 +298,39 @@ def follow_load() -> int | None:
     compute = current_compute_threads(_process_settings[0])
     apply_to_current_thread(compute)
     return compute
+
+
+def over_items(kernel, args: tuple, count: int, threads: int, order: list[int] | None = None) -> None:
+    """``kernel(*args, b, b + 1)`` for every item ``b`` in ``[0, count)`` on ``threads`` threads:
+    the calling thread and workers of a shared pool each take the next item not yet taken (the
+    kernels release the GIL), in ``order`` when given (largest first: the last items taken, which
+    decide how long one thread waits for the other, are then the short ones). Why one item at a
+    time, not contiguous chunks: items stop after 50 to 100 iterations, so equal chunks left one
+    thread idle while the other finished its share.
+    Why not numba's ``parallel=True``: its OpenMP/TBB workers kept spinning after each batch and
+    slowed every torch op that followed (measured 2x on this 2-core machine)."""
+    threads = max(1, min(threads, count))
+    items = iter(range(count) if order is None else order)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                b = next(items, None)
+            if b is None:
+                return
+            kernel(*args, b, b + 1)
+
+    futures = [_pool(threads).submit(work) for _ in range(1, threads)]
+    work()
+    for future in futures:
+        future.result()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dff-nmf")
+    return _pools[threads]

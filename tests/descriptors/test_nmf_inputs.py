@@ -111,3 +111,108 @@ def test_rel_error_is_the_recorded_one_and_the_float64_ratio():
     exact = torch.linalg.vector_norm((Xm - result.U @ result.V).double().flatten(1), dim=1)
     exact = exact / torch.linalg.vector_norm(Xm.double().flatten(1), dim=1)
     torch.testing.assert_close(result.rel_error.double(), exact, rtol=1e-5, atol=0)
+
+
+# ---- the activation matrix built in the kernel threads (descriptors/nmf_inputs.py) -----------
+
+numba = pytest.importorskip("numba")
+
+
+def _reference_factors(maps, k, algorithm, threads):
+    """The straightforward path: X with torch on this thread, nmf's initial factors, the dense-X
+    kernel (`nmf_numba.multiplicative_updates` / `hals_updates`); U as (K, h, w)."""
+    from descriptors import nmf_numba
+
+    X = _activation_batch(maps, crow_weighting=True)
+    B, n, _ = X.shape
+    U0, V0 = _initial_factors(X, torch.ones(B, n, dtype=torch.bool), k, seed=0)
+    kernel = nmf_numba.multiplicative_updates if algorithm == "mu" else nmf_numba.hals_updates
+    U, V, iters, errors = kernel(X.numpy(), U0.numpy(), V0.numpy(), 200, 1e-4, threads)
+    h, w = maps[0].shape[1:]
+    return [torch.from_numpy(U[b].T.copy()).view(k, h, w) for b in range(B)], torch.from_numpy(V), iters, errors
+
+
+@pytest.fixture(scope="module")
+def real_maps(default_backbone, sample_photos):
+    """Real activations of one size: 4 sample photos center-cropped to 256 x 256 (8 x 8 x 1280)."""
+    images = [default_backbone.preprocess(sample_photos[n], 256)[:, :256, :256] for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    maps = default_backbone.extract(images)
+    assert len({tuple(A.shape) for A in maps}) == 1
+    assert all(float((A > 0).float().mean()) < 0.25 for A in maps)  # sparse: the numba kernel's items
+    return maps
+
+
+@pytest.mark.parametrize("k", [4, 8, 16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_maps_factorized_in_the_kernel_threads_equal_the_reference_bit_for_bit(real_maps, k, threads):
+    from descriptors.nmf_inputs import factorize_maps
+
+    for size in (1, 3, 8):
+        maps = (real_maps * 2)[:size]
+        U_ref, V_ref, iters, errors = _reference_factors(maps, k, "mu", threads)
+        done = factorize_maps(maps, k, 200, 1e-4, 0, True, "mu", threads)
+        assert done.iterations == iters.tolist() and done.errors == errors.tolist()
+        for b, (U, V) in enumerate(done.factors):
+            assert torch.equal(U, U_ref[b]) and torch.equal(V, V_ref[b])
+        torch.set_num_threads(threads)
+        try:
+            public = factorize_activations(maps, k, max_iter=200, tol=1e-4, seed=0)
+        finally:
+            torch.set_num_threads(1)
+        assert all(torch.equal(U, U_ref[b]) and torch.equal(V, V_ref[b]) for b, (U, V) in enumerate(public))
+
+
+def test_hals_in_the_kernel_threads_equals_the_reference_bit_for_bit(real_maps):
+    from descriptors.nmf_inputs import factorize_maps
+
+    U_ref, V_ref, iters, errors = _reference_factors(real_maps, 8, "hals", 2)
+    set_sparse_solver("numba-hals")
+    try:
+        done = factorize_maps(real_maps, 8, 200, 1e-4, 0, True, "hals", 2)
+    finally:
+        set_sparse_solver(None)
+    assert done.iterations == iters.tolist() and done.errors == errors.tolist()
+    assert all(torch.equal(U, U_ref[b]) and torch.equal(V, V_ref[b]) for b, (U, V) in enumerate(done.factors))
+
+
+@pytest.mark.parametrize("crow_weighting", [True, False])
+def test_the_threads_build_the_activation_batch_bit_for_bit(crow_weighting):
+    from descriptors.nmf_inputs import activation_batch
+
+    gen = torch.Generator().manual_seed(3)
+    # 1001 channels: torch's vectorized loops leave a tail, which must not change the weights
+    maps = [torch.rand(1001, 7, 9, generator=gen) * (torch.rand(1001, 7, 9, generator=gen) > 0.9) for _ in range(3)]
+    maps[1][5] = 0.0  # an all-zero channel
+    maps[2][7, 0, 0] = 1e-44  # a subnormal: its weighted product may underflow to 0
+    for threads in (1, 2):
+        batch = activation_batch(maps, crow_weighting, threads)
+        X = _activation_batch(maps, crow_weighting)
+        assert torch.equal(batch.X, X)
+        assert batch.nonzeros == [int(torch.count_nonzero(x)) for x in X]
+
+
+def test_unusual_maps_take_the_torch_path_with_its_errors_and_results():
+    from descriptors.nmf_inputs import activation_batch
+
+    maps = _maps()[:2]
+    negative_zero = [maps[0].clone(), maps[1]]
+    c, i, j = (maps[0] == 0).nonzero()[0].tolist()
+    negative_zero[0][c, i, j] = -0.0  # where maps[0] has +0: the same factors, through torch
+    assert activation_batch(negative_zero, True, 1) is None
+    assert torch.equal(factorize_activations(negative_zero, 3, max_iter=20)[0][1], factorize_activations(maps, 3, max_iter=20)[0][1])
+    for value, message in ((float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite"), (-1.0, "negative entries")):
+        bad = [maps[0].clone(), maps[1]]
+        bad[0][3, 2, 1] = value
+        with pytest.raises(ValueError, match=message):
+            factorize_activations(bad, 3)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        factorize_activations(maps, 0)
+
+
+def test_dense_maps_in_the_batch_go_to_the_dense_solver_as_before():
+    gen = torch.Generator().manual_seed(9)
+    maps = [torch.rand(32, 5, 6, generator=gen) * (torch.rand(32, 5, 6, generator=gen) > p) for p in (0.9, 0.2, 0.9)]
+    X = _activation_batch(maps, crow_weighting=True)
+    expected = nmf(X, 3, max_iter=40, tol=1e-4, seed=0)
+    for b, (U, V) in enumerate(factorize_activations(maps, 3, max_iter=40, tol=1e-4, seed=0)):
+        assert torch.equal(V, expected.V[b]) and torch.equal(U, expected.U[b].T.reshape(3, 5, 6))
