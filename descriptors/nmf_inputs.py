@@ -211,3 +211,19 @@ def factorize_maps(
     over_items(factorize, (), B, threads, order=sorted(range(B), key=lambda b: -batch.nonzeros[b]))
     factors = [(torch.from_numpy(Ut[b]).view(k, h, w), torch.from_numpy(V[b])) for b in range(B)]
     return MapFactors(factors, iterations.tolist(), errors.tolist())
+
+
+def warm_up(algorithm: str = "mu") -> None:
+    """Compile (or load from numba's disk cache) this path for ``algorithm`` on a tiny map: the
+    counts, the CSR and the kernel's entry from a CSR (`nmf.warm_up` calls it with the kernel's)."""
+    A = torch.zeros(9, 1, 3)
+    A[1, 0, 0] = A[5, 0, 2] = 1.0
+    factorize_maps([A], 2, 2, 0.0, 0, True, algorithm, 1)
+
+
+def compiled(algorithm: str = "mu") -> bool:
+    """True when this path is compiled for ``algorithm`` in this process (numba's dispatchers)."""
+    from .nmf_numba import hals_from_csr, mu_from_csr
+
+    kernel = hals_from_csr if algorithm == "hals" else mu_from_csr
+    return bool(_positive_counts.signatures and _sparse_rows.signatures and kernel.signatures)
