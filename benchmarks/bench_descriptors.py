@@ -3,6 +3,8 @@
 Prints tables and writes `--json FILE` with:
 - `forward_ms` per backbone runtime (torch eager channels-last, onnxruntime, openvino f32), batch 1,
   and `forward_speedup` = torch / the best runtime (rounds interleave the runtimes);
+- `preprocess_ms`: JPEG bytes -> the backbone's input (decode, resize, normalization) per image,
+  one thread, as the build's reader threads and the searcher run it;
 - `nmf_ms` {"new": numba-mu, "old": torch-sparse, "hals": numba-hals (an option)} per K (batch 8,
   per image); `post_ms` per K: what the product runs per image after the NMF for its default
   descriptor (`post_descriptor`, IndexConfig's: the rows step, `aggregate_rows`, and the re-ranking
@@ -80,6 +82,34 @@ def load_photos(count: int):
     names = ["chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "retina"]
     photos = [sample_photo(n) for n in names[:count]]
     return photos, f"scikit-image sample photos ({len(photos)} images)"
+
+
+def photo_bytes(count: int) -> list[bytes]:
+    """The encoded files of `load_photos` (scikit-image's photos: saved as JPEG, quality 90)."""
+    files = shared_photo_files()[:count]
+    if files:
+        return [Path(p).read_bytes() for p in files]
+    import io
+
+    encoded = []
+    for photo in load_photos(count)[0]:
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def preprocess_ms(count: int, image_size: int, repeat: int) -> float:
+    """ms/image of JPEG bytes -> the backbone's input: `decode_image` (as the searcher and the
+    build call it) + `Backbone.preprocess` (resize, normalization), one thread."""
+    data = photo_bytes(count)
+    backbone = load_backbone("efficientnet-lite0")
+
+    def run() -> None:
+        for encoded in data:
+            backbone.preprocess(decode_image(encoded, reduce_to=image_size), image_size)
+
+    return 1000.0 * timed(run, repeat) / len(data)
 
 
 def timed(fn, repeat: int) -> float:
@@ -323,6 +353,9 @@ def main() -> None:
         results["forward_speedup"] = forward_ms["torch"] / forward_ms[best]
         rows += [(f"forward, {name} (batch 1)", ms) for name, ms in forward_ms.items()]
     reference = min(forward_ms.values())
+    if "forward" not in skip:
+        results["preprocess_ms"] = preprocess_ms(args.images, args.image_size, args.repeat)
+        rows.append(("JPEG bytes -> input (decode, resize, normalize)", results["preprocess_ms"]))
     if "nmf" not in skip:
         acts = load_backbone("efficientnet-lite0").extract(
             [load_backbone("efficientnet-lite0").preprocess(p, args.image_size) for p in photos]

@@ -127,10 +127,12 @@ def decode_image(
         lowered = text.lower()
         reason = "truncated" if "truncated" in lowered or "broken data stream" in lowered else "not-an-image"
         raise ImageDecodeError(reason, f"{label}: image data is damaged ({text})") from exc
-    # a broken EXIF block should not make a good image unusable
+    # a broken EXIF block should not make a good image unusable. In place, and no convert of an
+    # RGB image: each was a full copy of the pixels (~3 ms apiece for a 1024 x 768 photo).
     with contextlib.suppress(Exception):
-        img = ImageOps.exif_transpose(img)
-    img = img.convert("RGB")
+        ImageOps.exif_transpose(img, in_place=True)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     rotated = img.size != stored_size and img.size == stored_size[::-1]
     full = (height, width) if rotated else (width, height)
     if min(full) < min_side:

@@ -155,11 +155,24 @@ def _onnxruntime_session(path: Path, threads: int) -> Callable[[np.ndarray], np.
     return _first_run_here(lambda x: session.run(None, {"images": x})[0])
 
 
-def openvino_cpu_config(threads: int) -> dict:
-    """The OpenVINO CPU compile settings of every backbone forward (benchmarks compile with them too)."""
+def openvino_streams(threads: int, cpus: int | None = None) -> int:
+    """Streams of a session whose requests each run on `threads` threads: as many as fit the CPUs.
+
+    Why: a compiled model runs one request per stream at a time. With the latency hint's single
+    stream, two searches forwarding on one-thread sessions (a server on a loaded machine, or with
+    `--threads 1`: two compute slots) queued behind each other inside OpenVINO with a core idle."""
+    from .threads import available_cpus
+
+    return max(1, (cpus or available_cpus()) // max(1, threads))
+
+
+def openvino_cpu_config(threads: int, streams: int = 1) -> dict:
+    """The OpenVINO CPU compile settings of every backbone forward (benchmarks compile with them too):
+    `streams` requests at once, each on `threads` threads."""
     return {
         "INFERENCE_PRECISION_HINT": "f32",  # the CPU default (bf16/f16) is far off: max rel. error 0.9
-        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_NUM_THREADS": threads * streams,
+        "NUM_STREAMS": streams,
         "PERFORMANCE_HINT": "LATENCY",
         # its default on Linux pins each worker to a core: on a shared machine a pinned worker
         # waits for the other job's time slice instead of moving to a free core
@@ -169,8 +182,9 @@ def openvino_cpu_config(threads: int) -> dict:
 
 @lru_cache(maxsize=16)
 def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """One compiled model per (model, threads) in a process, one infer request per calling thread
-    (a request is not thread-safe; the searcher forwards from several compute threads)."""
+    """One compiled model per (model, threads) in a process, with a stream per `threads` CPUs
+    (`openvino_streams`), one infer request per calling thread (a request is not thread-safe; the
+    searcher forwards from several compute threads)."""
     import openvino as ov
 
     core = ov.Core()
@@ -179,7 +193,8 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
     cache = runtime_cache_dir() / "openvino"
     cache.mkdir(parents=True, exist_ok=True)
     core.set_property({"CACHE_DIR": str(cache)})
-    compiled = core.compile_model(str(path), "CPU", openvino_cpu_config(threads))  # from a path: a cached blob skips the read
+    config = openvino_cpu_config(threads, openvino_streams(threads))
+    compiled = core.compile_model(str(path), "CPU", config)  # from a path: a cached blob skips the read
     output = compiled.output(0)
     local = threading.local()
 
@@ -189,6 +204,7 @@ def _openvino_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
             request = local.request = compiled.create_infer_request()
         return request.infer({0: x})[output]
 
+    run.compiled = compiled  # type: ignore[attr-defined]  (its properties, for tests and benchmarks)
     return _first_run_here(run)
 
 

@@ -53,8 +53,25 @@ def configure_environment() -> dict[str, str]:
     return {name: os.environ[name] for name in PASSIVE_WAIT_ENV}
 
 
+_CPUS_TTL_S = 1.0
+_cpus_seen: tuple[float, int] | None = None  # (monotonic time, count): read again after _CPUS_TTL_S
+
+
 def available_cpus() -> int:
-    """CPUs this process may run on: the affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    """CPUs this process may run on: the affinity mask, capped by a cgroup v2/v1 CPU quota.
+
+    Read at most once a second (each forward asks, through `runtimes.session_threads`; the cgroup
+    files cost ~1% of a build's CPU when read every time); a changed quota is seen within that."""
+    global _cpus_seen
+    now = time.monotonic()
+    if _cpus_seen is not None and now - _cpus_seen[0] < _CPUS_TTL_S:
+        return _cpus_seen[1]
+    count = _read_available_cpus()
+    _cpus_seen = (now, count)
+    return count
+
+
+def _read_available_cpus() -> int:
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

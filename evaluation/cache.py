@@ -1,6 +1,6 @@
 """On-disk activation cache: one backbone forward per image, shared by every method and run.
 
-Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>-jd2/<ab>/<image sha256>[-crop-<x0>_<y0>_<x1>_<y1>].npz`
+Layout: `<root>/<backbone>-<weights sha256[:16]>-<layer slug>-<image size>-<dtype>-jd2-tr/<ab>/<image sha256>[-crop-<x0>_<y0>_<x1>_<y1>].npz`
 (arrays `activation` (C, h, w) and `image_wh`, the decoded image's size before resizing).
 The folder name carries everything that changes the activations except the image, and the
 file name is the image *content* hash (plus, for the baselines' query crops, the integer crop
@@ -73,8 +73,9 @@ class ActivationCache:
         self.backbone = backbone
         self.image_size = image_size
         self.dtype = dtype
-        # "-jd2": JPEGs decoded at a reduced scale keeping 2 x image_size (descriptors.images.DRAFT_MARGIN)
-        name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}-jd2"
+        # "-jd2": JPEGs decoded at a reduced scale keeping 2 x image_size (descriptors.images.DRAFT_MARGIN);
+        # "-tr": resized by torch's antialiased bilinear (descriptors.backbones.resized_pixels; PIL's before)
+        name = f"{backbone.name}-{backbone.weights_sha256[:16]}-{_slug(backbone.layer)}-{image_size}-{dtype}-jd2-tr"
         if getattr(backbone, "runtime", "torch") != "torch":
             name += f"-{backbone.runtime}"
         self.directory = Path(root) / name

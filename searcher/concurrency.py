@@ -92,13 +92,23 @@ class ComputePool:
     pool thread is booked as the "queue" stage, the work under its own stage name.
     """
 
-    def __init__(self, workers: int, name: str, torch_threads: int | None = None, follow_load: bool = False) -> None:
+    def __init__(
+        self, workers: int, name: str, torch_threads: int | None = None, follow_load: bool = False,
+        split_threads: bool = False,
+    ) -> None:
         self.workers = max(1, int(workers))
         self.torch_threads = torch_threads
         # follow_load: before each task, the thread count descriptors.threads chooses for the load
         # now (when the process chose automatically), so a server started on an idle machine stops
         # oversubscribing the cores when other work starts
         self.follow_load = follow_load
+        # split_threads: a task gets the compute threads / the tasks running at that moment (itself
+        # included). One search alone forwards on all of them (the lowest latency); concurrent
+        # searches forward side by side on fewer threads each, which costs less CPU per image
+        # than one after the other on all threads (threads wait for each other at every layer)
+        self.split_threads = split_threads
+        self._running = 0
+        self._running_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix=name, initializer=self._init_thread
         )
@@ -117,16 +127,31 @@ class ComputePool:
             started = time.perf_counter()
             clock.add(QUEUE_STAGE, (started - submitted) * 1000.0)
             clock.check(stage)
-            if self.follow_load:
-                from descriptors.threads import follow_load
-
-                follow_load()
+            with self._running_lock:
+                self._running += 1
+                running = self._running
             try:
+                self._set_threads(running)
                 return fn(*args)
             finally:
+                with self._running_lock:
+                    self._running -= 1
                 clock.add(stage, (time.perf_counter() - started) * 1000.0)
 
         return self._executor.submit(task).result()
+
+    def _set_threads(self, running: int) -> None:
+        """The calling pool thread's compute threads for a task with `running` tasks running."""
+        compute = None
+        if self.follow_load:
+            from descriptors.threads import follow_load
+
+            compute = follow_load()
+        if self.split_threads:
+            from descriptors.threads import apply_to_current_thread
+
+            compute = compute or self.torch_threads or 1
+            apply_to_current_thread(max(1, compute // running), load_libraries=False)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

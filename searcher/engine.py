@@ -36,6 +36,7 @@ from descriptors.encode import backbone_input, decode_options
 from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
 from descriptors.query_expansion import EXPANSIONS
 from descriptors.rerank import DEFAULT_DEPTH
+from descriptors.threads import available_cpus
 from indexer.graph import GraphAffinity
 
 from .batching import ForwardBatcher
@@ -85,7 +86,8 @@ class EngineConfig:
     # dynamic batching of concurrent forwards: <= 1 means off (the right choice on a CPU)
     max_batch: int = 1
     batch_timeout_ms: float = 5.0
-    # how many requests may run backbone/NMF work at once (None: cores // torch threads)
+    # how many requests may run backbone/NMF work at once (None: the CPUs; concurrent forwards
+    # share the compute threads, searcher.concurrency.ComputePool.split_threads)
     compute_slots: int | None = None
     # separate slots for the backbone (forward, localization) and for the NMF, so that one
     # request's NMF can overlap the next one's forward; False = one slot pool for all of it
@@ -179,7 +181,9 @@ class SearchEngine:
         self.backbone = self.extractor.backbone
         self._write_lock = threading.Lock()  # one writer at a time
         self._index_guard = ReadWriteLock()  # searches read; applying a commit writes
-        slots = config.compute_slots or max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+        # CPU: as many slots as CPUs; the backbone pool splits the compute threads among the
+        # forwards running at once (ComputePool.split_threads)
+        slots = config.compute_slots or available_cpus()
         if self.backbone.device.type != "cpu":
             slots = max(slots, config.max_batch)  # the batcher needs concurrent submitters
         self.compute_slots = slots
@@ -187,7 +191,9 @@ class SearchEngine:
         # behind an upload's encoding in the backbone pool
         self._write_pool = ComputePool(1, "write", torch_threads=1)
         forward_threads = torch.get_num_threads()
-        self._backbone_pool = ComputePool(slots, "backbone", torch_threads=forward_threads, follow_load=True)
+        self._backbone_pool = ComputePool(
+            slots, "backbone", torch_threads=forward_threads, follow_load=True, split_threads=True
+        )
         self._nmf_pool = (
             ComputePool(slots, "nmf", torch_threads=config.nmf_threads)
             if config.pipelined

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute threads of torch, FAISS and BLAS (default: the CPUs not busy with other work, re-measured while serving)",
     )
     parser.add_argument("--verbose", action="store_true", help="print the thread settings chosen")
-    parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: cores/threads)")
+    parser.add_argument("--compute-slots", type=int, help="requests computing at once (default: the CPUs; concurrent forwards split the compute threads)")
     parser.add_argument(
         "--no-pipeline", action="store_true",
         help="one slot pool for forward and NMF (default: separate, so NMF overlaps the next forward)",

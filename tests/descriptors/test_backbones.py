@@ -99,3 +99,29 @@ def test_reflection_padding_replaces_every_zero_padding():
         nn.init.zeros_(c.bias)
     out = model(torch.ones(1, 3, 8, 8))
     assert torch.allclose(out, out[0, 0, 0, 0].expand_as(out))
+
+
+@pytest.mark.parametrize(("size", "image_size", "ratio"), [((1024, 768), 320, 3.0), ((768, 1024), 320, 3.0),
+                                                          ((853, 640), 96, 3.0), ((64, 64), 320, 3.0),
+                                                          ((4000, 100), 64, 3.0), ((37, 53), 96, 2.0)])
+def test_resize_is_pil_bilinear_up_to_rounding(size, image_size, ratio, sample_photos):
+    """The backbone's resize (torch's uint8 antialiased bilinear) gives PIL's ``resize(BILINEAR)``
+    up to one level of rounding in a few values, and exactly when enlarging by a whole factor
+    (Tiny-ImageNet's 64 px images to 320)."""
+    import numpy as np
+    from PIL import Image
+
+    from descriptors.backbones import backbone_input_size, resized_pixels
+
+    image = sample_photos["chelsea"].resize(size, Image.BICUBIC)
+    got = resized_pixels(image, image_size, ratio)
+    want_size = backbone_input_size(*size, image_size, ratio)
+    want = np.asarray(image.resize(want_size, Image.BILINEAR, reducing_gap=None)).astype(int)
+    assert got.dtype == np.uint8 and got.shape == (want_size[1], want_size[0], 3)
+    difference = np.abs(got.astype(int) - want)
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    if want_size[0] % size[0] == 0 and want_size[1] % size[1] == 0:  # enlarged by a whole factor
+        assert difference.max() == 0
+    # grey and palette images give the RGB of their conversion
+    grey = image.convert("L")
+    assert np.array_equal(resized_pixels(grey, image_size, ratio), resized_pixels(grey.convert("RGB"), image_size, ratio))

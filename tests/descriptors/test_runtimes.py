@@ -133,3 +133,41 @@ def test_each_forward_uses_the_session_for_its_callers_threads_now(photos_and_re
         want = reference[0]
         assert float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)) <= 1e-3
     assert trunk.session(1) is trunk.session(1), "one session per thread count, created once"
+
+
+@pytest.mark.parametrize(("threads", "cpus", "expected"), [(1, 2, 2), (2, 2, 1), (1, 16, 16), (4, 16, 4), (3, 16, 5), (8, 4, 1)])
+def test_openvino_streams_fill_the_cpus(threads, cpus, expected):
+    from descriptors.runtimes import openvino_cpu_config, openvino_streams
+
+    assert openvino_streams(threads, cpus) == expected
+    config = openvino_cpu_config(threads, expected)
+    assert config["NUM_STREAMS"] == expected and config["INFERENCE_NUM_THREADS"] == threads * expected
+
+
+@pytest.mark.skipif(not is_installed("openvino"), reason="openvino is not installed")
+def test_openvino_session_runs_concurrent_requests_on_their_own_streams(photos_and_reference):
+    """Two searches forwarding at once on one-thread sessions each get a stream (with one stream
+    OpenVINO queued them), and concurrent requests give the sequential results."""
+    import threading
+
+    from descriptors.runtimes import RUNTIMES, openvino_streams
+
+    images, _ = photos_and_reference
+    backbone = load_backbone("efficientnet-lite0")
+    run = RUNTIMES["openvino"](exported_onnx(backbone), 1)
+    assert int(run.compiled.get_property("NUM_STREAMS")) == openvino_streams(1) == available_cpus()
+    inputs = [image[None].numpy() for image in images]
+    sequential = [run(x).copy() for x in inputs]
+    got: dict[int, list] = {}
+
+    def forward_all(worker: int) -> None:
+        got[worker] = [run(x).copy() for x in inputs for _ in range(2)]
+
+    workers = [threading.Thread(target=forward_all, args=(w,)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for results in got.values():
+        for index, result in enumerate(results):
+            assert (result == sequential[index // 2]).all()

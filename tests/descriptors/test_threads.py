@@ -117,3 +117,26 @@ def test_a_users_own_wait_policy_wins(monkeypatch):
         [sys.executable, "-c", IMPORT_ORDER_PROBE, "indexer.cli", "ACTIVE"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_available_cpus_follows_a_changed_affinity_within_its_refresh():
+    """Read at most once a second (every forward asks), yet a narrowed CPU set is seen after that."""
+    import os
+    import time
+
+    import descriptors.threads as threads
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs sched_setaffinity and two CPUs")
+    before = os.sched_getaffinity(0)
+    full = threads.available_cpus()
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        threads._cpus_seen = (time.monotonic(), full)  # read just now
+        assert threads.available_cpus() == full, "cached within the refresh interval"
+        threads._cpus_seen = (threads._cpus_seen[0] - threads._CPUS_TTL_S, full)  # the interval has passed
+        assert threads.available_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, before)
+        threads._cpus_seen = None
+    assert threads.available_cpus() == full

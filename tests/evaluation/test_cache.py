@@ -34,7 +34,7 @@ def test_cache_directory_names_every_key_part(tmp_path: Path, backbone) -> None:
     cache = ActivationCache(tmp_path, backbone, 64)
     name = cache.directory.name
     assert name.startswith("efficientnet-lite0-" + backbone.weights_sha256[:16])
-    assert name.endswith("-64-float16-jd2")
+    assert name.endswith("-64-float16-jd2-tr")
     assert ActivationCache(tmp_path, backbone, 96).directory != cache.directory
 
 
