@@ -450,9 +450,11 @@ def warm_up(algorithm: str | None = None) -> str:
     algorithm = algorithm or chosen_algorithm()
     name = sparse_solver(algorithm)
     if SOLVERS[name].needs == "numba":
+        from .nmf_inputs import warm_up as compile_map_path
         from .nmf_numba import warm_up as compile_kernel
 
         compile_kernel(algorithm)
+        compile_map_path(algorithm)
     return name
 
 
@@ -464,8 +466,8 @@ def solvers_compiled(algorithm: str | None = None) -> bool:
         return True
     import sys
 
-    module = sys.modules.get(f"{__package__}.nmf_numba")
-    return module is not None and module.compiled(algorithm)
+    modules = [sys.modules.get(f"{__package__}.{name}") for name in ("nmf_numba", "nmf_inputs")]
+    return all(module is not None and module.compiled(algorithm) for module in modules)
 
 
 def chosen_algorithm() -> str:

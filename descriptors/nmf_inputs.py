@@ -2,22 +2,26 @@
 
 ``X (B, h*w, C)`` of maps ``(C, h, w)`` of one size, each item's columns scaled by its CroW channel
 weights: what `descriptors.nmf._activation_batch` builds with torch on the calling thread (a
-transposing copy, the weights, a scaling pass: ~0.6 ms per Paris map at 320 px, serial before the
-kernel threads start, and then the input checks and the non-zero count, two more passes). Here
-each item is one compiled pass over its map as it comes, ``(C, h*w)`` contiguous, on the same
-threads as the NMF kernels (`nmf_numba.over_items`), in two steps:
+transposing copy, the weights, a scaling pass, then nmf's input checks and non-zero count: 0.6-1.2
+ms per Paris map at 320 px, serial before the kernel threads started; and each kernel then scanned
+its dense X again for its CSR). Here each map is read as it comes, ``(C, h*w)`` contiguous, on the
+kernel threads (`threads.over_items`), in two steps:
 
-1. the positive count per channel (the CroW ``Q_c``), per item in the threads; then the weights of
-   the whole batch from those counts with torch on the calling thread, through the very function
+1. per item: the positive count per channel (the CroW ``Q_c``; integer compares on the float
+   bits, which also flag negative, -0.0 and NaN entries); then the weights of the whole batch
+   from those counts with torch on the calling thread, through the very function
    `crow_channel_weights` uses (`crow.channel_weights_from_counts`: bit-identical weights; torch's
    ``log`` is not libm's, so the weights are not recomputed here);
-2. per item in the threads: ``X[i, c] = A[c, i] * w[c]`` (the same float32 products as torch's),
-   written tile by tile, then one pass over the item's rows of X that counts its non-zeros and
-   looks for entries the NMF refuses (NaN, infinite, negative).
+2. per item: the CSR of X^T straight from the map's rows (``A[c, i] * w[c]``, torch's float32
+   products; all-zero channels skipped), X's CSR by a counting transpose (both with their entries
+   in the order `nmf_numba._csr` gave), and the dense X (zeros, then the entries).
 
-So X is bit for bit `_activation_batch`'s and everything after it runs as before: the factors,
-iterations and errors are the same. Anything unusual (a refused entry, another dtype or device)
-gives None and the caller takes the torch path, which raises nmf's own error.
+`factorize_maps` then takes nmf's initial factors (the dense X's sums with torch: their float32
+summation order is torch's; the draws once) and runs each item's kernel from its CSR in its
+thread (`nmf_numba.mu_from_csr` / `hals_from_csr`). So X is bit for bit `_activation_batch`'s and
+the factors, iterations and errors are those of the torch-prepared path. Anything unusual (a
+refused or -0.0 entry, another dtype or device) takes the torch path, which gives nmf's own error
+or result; a batch with an item too dense for the sparse solver goes through `nmf` on this X.
 """
 
 from __future__ import annotations
@@ -207,3 +211,19 @@ def factorize_maps(
     over_items(factorize, (), B, threads, order=sorted(range(B), key=lambda b: -batch.nonzeros[b]))
     factors = [(torch.from_numpy(Ut[b]).view(k, h, w), torch.from_numpy(V[b])) for b in range(B)]
     return MapFactors(factors, iterations.tolist(), errors.tolist())
+
+
+def warm_up(algorithm: str = "mu") -> None:
+    """Compile (or load from numba's disk cache) this path for ``algorithm`` on a tiny map: the
+    counts, the CSR and the kernel's entry from a CSR (`nmf.warm_up` calls it with the kernel's)."""
+    A = torch.zeros(9, 1, 3)
+    A[1, 0, 0] = A[5, 0, 2] = 1.0
+    factorize_maps([A], 2, 2, 0.0, 0, True, algorithm, 1)
+
+
+def compiled(algorithm: str = "mu") -> bool:
+    """True when this path is compiled for ``algorithm`` in this process (numba's dispatchers)."""
+    from .nmf_numba import hals_from_csr, mu_from_csr
+
+    kernel = hals_from_csr if algorithm == "hals" else mu_from_csr
+    return bool(_positive_counts.signatures and _sparse_rows.signatures and kernel.signatures)
