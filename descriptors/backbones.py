@@ -238,10 +238,6 @@ assert {name: spec.retrieval_image_size for name, spec in BACKBONES.items()} == 
 )
 
 
-# Backbone.extract of several images through a compiled runtime runs them side by side, one per
-# compute thread (Backbone._extract_side_by_side); measured in docs/indexer.md
-SIDE_BY_SIDE = os.environ.get("DFF_SIDE_BY_SIDE", "1") != "0"
-
 # torch.from_numpy warns once about the read-only pixels resized_pixels reads (never writes)
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
@@ -335,8 +331,6 @@ class Backbone(nn.Module):
         # batching made it slower per image; on CUDA batching is what pays.
         self.channels_last = True if channels_last is None else channels_last
         self.max_batch = max_batch if max_batch is not None else (1 if self.device.type == "cpu" else 16)
-        # extract() of several images through a compiled runtime: side by side on one-thread sessions
-        self.side_by_side = SIDE_BY_SIDE
         self.max_side_ratio = max_side_ratio
         self.reflection_padding = reflection_padding
         self._trunk_lock = threading.Lock()
@@ -396,12 +390,10 @@ class Backbone(nn.Module):
         """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
 
         Images of equal size are stacked into batches of at most `max_batch`, run one after the
-        other; through a compiled runtime with `side_by_side` set, several images run side by side
-        instead, one per compute thread, each on a one-thread session (`_extract_side_by_side`).
+        other. (Side by side on one-thread sessions was slower on the 2-core CPU: OpenVINO's
+        one-thread session is much slower than its two-thread one and two requests on it did not
+        overlap; docs/indexer.md.)
         """
-        threads = torch.get_num_threads()
-        if self.side_by_side and self.compiled_trunk is not None and len(images) > 1 and threads > 1:
-            return self._extract_side_by_side(images, threads)
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
@@ -414,25 +406,6 @@ class Backbone(nn.Module):
                 maps = self.forward(batch).float()
                 for i, activation in zip(chunk, maps, strict=True):
                     out[i] = activation.contiguous()
-        return out  # type: ignore[return-value]
-
-    def _extract_side_by_side(self, images: Sequence[torch.Tensor], threads: int) -> list[torch.Tensor]:
-        """One image per compute thread at a time, each on the one-thread session (its own
-        OpenVINO stream, `runtimes.openvino_streams`). Why: a forward on all threads keeps them
-        waiting for each other at every layer; side by side, the same images cost less CPU.
-        (Tried before the streams existed, it was 1.9x slower: two requests on the single stream
-        had queued; docs/indexer.md.)"""
-        from .threads import over_items
-
-        run = self.compiled_trunk.session(1)
-        out: list[torch.Tensor | None] = [None] * len(images)
-
-        def forward_item(index: int, _stop: int) -> None:
-            array = np.ascontiguousarray(images[index].detach().to("cpu", torch.float32).numpy()[None])
-            # copied: OpenVINO reuses its output buffer on the next inference
-            out[index] = torch.from_numpy(np.array(run(array)[0], dtype=np.float32, copy=True))
-
-        over_items(forward_item, (), len(images), threads)
         return out  # type: ignore[return-value]
 
     def describe(self) -> dict:
