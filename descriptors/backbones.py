@@ -390,9 +390,9 @@ class Backbone(nn.Module):
         """Preprocessed images (3, H, W), any sizes -> activations (C, h, w) float32 on `device`.
 
         Images of equal size are stacked into batches of at most `max_batch`, run one after the
-        other. (Side by side on one-thread sessions was slower on the 2-core CPU: OpenVINO's
-        one-thread session is much slower than its two-thread one and two requests on it did not
-        overlap; docs/indexer.md.)
+        other. (Side by side on one-thread sessions gains nothing on the 2-core CPU: with a stream
+        each, two one-thread OpenVINO forwards cost what one two-thread forward after the other
+        does, 30-32 vs 30-33 ms per image; before the streams they queued; docs/indexer.md.)
         """
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
