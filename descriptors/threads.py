@@ -328,9 +328,12 @@ def over_items(kernel, args: tuple, count: int, threads: int, order: list[int] |
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
+# the searcher's NMF pool has a slot per CPU: two first calls at once must not make two pools
+_pools_lock = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dff-nmf")
-    return _pools[threads]
+    with _pools_lock:
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dff-nmf")
+        return _pools[threads]
