@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Read by the OpenMP runtimes (GNU libgomp in torch and in faiss-cpu, Intel's libiomp with MKL
@@ -172,12 +172,17 @@ LOAD_MONITOR = CpuLoadMonitor()
 class ThreadSettings:
     """The thread counts one program runs with."""
 
-    compute: int  # torch intra-op = FAISS OpenMP = BLAS threads of the computing thread
+    compute: int  # torch intra-op = FAISS OpenMP threads of the computing thread
     decode: int  # image-decoding threads of the indexer (PIL releases the GIL)
     interop: int  # torch inter-op threads (we never run torch ops in parallel ourselves)
     cpus: int  # CPUs available to this process
     busy_elsewhere: float | None  # CPUs other processes used when chosen; None: not measured
     requested: int  # --threads (0: chosen automatically)
+    blas: int = 0  # numpy's BLAS pool (process-wide); 0: the compute threads
+
+    @property
+    def blas_threads(self) -> int:
+        return self.blas or self.compute
 
     @property
     def automatic(self) -> bool:
@@ -191,7 +196,7 @@ class ThreadSettings:
             why = f"--threads {self.requested}; {self.cpus} CPU(s) available"
         waiting = " ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in PASSIVE_WAIT_ENV)
         return (
-            f"threads: compute {self.compute} (torch intra-op, FAISS, BLAS), inter-op {self.interop}, "
+            f"threads: compute {self.compute} (torch intra-op, FAISS), BLAS {self.blas_threads}, inter-op {self.interop}, "
             f"decode {self.decode} ({why}); {waiting}"
         )
 
@@ -256,17 +261,19 @@ def apply_threads(settings: ThreadSettings, load_libraries: bool = True) -> Thre
         from threadpoolctl import threadpool_limits
     except ImportError:
         return settings
-    _blas_limits[:] = [threadpool_limits(limits=settings.compute, user_api="blas")]
+    _blas_limits[:] = [threadpool_limits(limits=settings.blas_threads, user_api="blas")]
     return settings
 
 
 def setup_threads(
-    requested: int = 0, *, verbose: bool = False, prog: str = "", load_libraries: bool = True
+    requested: int = 0, *, verbose: bool = False, prog: str = "", load_libraries: bool = True, blas: int = 0
 ) -> ThreadSettings:
-    """`choose_threads` + `apply_threads` (+ print the `--verbose` line to stderr): the CLIs' one call."""
+    """`choose_threads` + `apply_threads` (+ print the `--verbose` line to stderr): the CLIs' one call.
+
+    `blas`: numpy's BLAS pool, when it should not follow the compute threads (0: it does)."""
     import sys
 
-    settings = apply_threads(choose_threads(requested), load_libraries)
+    settings = apply_threads(replace(choose_threads(requested), blas=blas), load_libraries)
     _process_settings[:] = [settings]
     if verbose:
         print(f"{prog + ': ' if prog else ''}{settings.describe()}", file=sys.stderr, flush=True)

@@ -141,7 +141,10 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
     max_in_flight = config.resolved_max_in_flight()  # a bad value fails before the model loads
     config.check_rerank()
     bound_malloc()  # large buffers back to the OS when freed (searcher/memory.py says why)
-    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve")
+    # BLAS on one thread: a search's matrix products are small (re-ranking: 8 x 800 x 1280), and
+    # OpenBLAS's threads synchronize by spinning; with concurrent searches they spun against each
+    # other (8% of the server's CPU in `inner_thread` at 8 clients; docs/searcher.md)
+    setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve", blas=1)
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:

@@ -82,6 +82,23 @@ def test_setup_threads_sets_torch_faiss_and_blas():
         torch.set_num_threads(previous)
 
 
+def test_setup_threads_keeps_blas_apart_when_asked():
+    """dff-serve: two compute threads, numpy's BLAS on one (its small products spin-wait otherwise)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    previous = torch.get_num_threads()
+    try:
+        settings = setup_threads(2, blas=1)
+        assert torch.get_num_threads() == 2 and settings.blas_threads == 1
+        assert "compute 2 (torch intra-op, FAISS), BLAS 1," in settings.describe()
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+        assert setup_threads(2).blas_threads == 2
+        assert all(pool["num_threads"] == 2 for pool in threadpool_info() if pool["user_api"] == "blas")
+    finally:
+        setup_threads(previous)
+
+
 # Every CLI module, imported in a fresh interpreter: the passive-waiting variables must be in the
 # environment before the first import of torch, numpy or faiss (their runtimes read them at load).
 IMPORT_ORDER_PROBE = """

@@ -19,7 +19,7 @@ def test_build_with_threads_and_verbose_prints_the_settings_and_uses_them(photo_
     finally:
         torch.set_num_threads(previous)
     err = capsys.readouterr().err
-    assert "dff-index build: threads: compute 1 (torch intra-op, FAISS, BLAS), inter-op 1, decode 1" in err
+    assert "dff-index build: threads: compute 1 (torch intra-op, FAISS), BLAS 1, inter-op 1, decode 1" in err
     assert "OMP_WAIT_POLICY=" in err
     assert (out / "manifest.json").exists()
 

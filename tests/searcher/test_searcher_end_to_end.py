@@ -29,7 +29,7 @@ def _start(index: Path, token_file: Path, hold: Path | None = None) -> tuple[sub
     hook = {RequestHold.ENV: str(hold)} if hold is not None else {}
     with mock.patch.dict(os.environ, hook):
         server = launch_serve(
-            index, ["--token-file", str(token_file), "--torch-threads", "1"], log_path=index.parent / "serve.log",
+            index, ["--token-file", str(token_file), "--torch-threads", "2", "--verbose"], log_path=index.parent / "serve.log",
             timeout=120,
         )
     return server.process, server.port
@@ -71,6 +71,9 @@ def test_serve_query_add_remove_restart(index_copy: Path, photo_folder: Path, tm
         with SearchClient("127.0.0.1", port, token="e2e-token") as client:
             client.wait_until_serving(60)
             start_count = client.info().count
+            # numpy's BLAS stays on one thread while the compute threads are 2 (searcher/server.py)
+            assert "dff-serve: threads: compute 2 (torch intra-op, FAISS), BLAS 1," in (
+                index_copy.parent / "serve.log").read_text()
 
             query = photo_folder / "rocket.jpg"
             cli = subprocess.run(
