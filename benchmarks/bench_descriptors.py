@@ -56,6 +56,7 @@ from descriptors.aggregate import aggregate_rows  # noqa: E402
 from descriptors.backbones import load_backbone, retrieval_image_size  # noqa: E402
 from descriptors.images import decode_image  # noqa: E402
 from descriptors.nmf import algorithm_of, factorize_activations, set_sparse_solver  # noqa: E402
+from descriptors.openvino_shapes import STATIC_AFTER  # noqa: E402
 from descriptors.pipeline import DescriptorConfig, rows_from_factors  # noqa: E402
 from descriptors.rerank import row_features  # noqa: E402
 from descriptors.runtimes import available_runtimes, use_runtime  # noqa: E402
@@ -129,7 +130,11 @@ def forward_per_runtime(photos, image_size: int, repeat: int) -> dict[str, float
     xs = [backbones["torch"].preprocess(p, image_size) for p in photos]
     samples: dict[str, list[float]] = {name: [] for name in backbones}
     for backbone in backbones.values():
-        backbone.extract(xs[:2])  # warm-up (OpenVINO/ONNX Runtime allocate per input shape)
+        # warm-up: runtimes allocate per input shape, and OpenVINO compiles a model for a shape on
+        # its STATIC_AFTER-th forward (openvino_shapes), as in any collection's steady state
+        for _ in range(STATIC_AFTER):
+            for x in xs:
+                backbone.extract([x])
     for _ in range(repeat):
         for name, backbone in backbones.items():
             start = time.perf_counter()

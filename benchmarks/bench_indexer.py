@@ -76,8 +76,11 @@ def bare_forward_ips(extractor, tensors: list, batch: int = 1) -> tuple[float, f
     batch 1 (the reference): one image per call, i.e. one forward at a time on the compute
     threads. batch > 1: `batch` images per call, as the build calls it (`Backbone.extract`:
     equal-size images stacked, batches one after the other)."""
-    extractor.backbone.extract(tensors[:2])  # warm-up (first-call kernel selection)
-    extractor.backbone.extract(tensors[:1])
+    from descriptors.openvino_shapes import STATIC_AFTER
+
+    # warm-up: first-call kernel selection; OpenVINO compiles the photos' shape on its STATIC_AFTER-th forward
+    for _ in range(STATIC_AFTER):
+        extractor.backbone.extract(tensors[:1])
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(tensors), batch):
         extractor.backbone.extract(tensors[i:i + batch])

@@ -5,14 +5,15 @@ OpenVINO's CPU plugin runs a dynamic-shape model well below a static one: it re-
 copies between layers on every inference. Measured on the 2-core CPU, EfficientNet-Lite0 at
 427 x 320, two threads, the same input 15 times, four alternating rounds: 35.5-41.3 ms dynamic,
 25.7-33.0 ms static (CPU 71-82 vs 51-66 ms), bit-identical outputs. Compiling one shape costs
-~0.4 s and ~20 MB, so a shape gets its own model on its `STATIC_AFTER`-th forward (a collection's
-photos come in a few sizes: 4:3 and 3:2, landscape and portrait), at most `MAX_STATIC_SHAPES` per
-session; every other input runs on the dynamic model.
+~0.3-0.4 s (in the forward that triggers it) and ~20 MB, so a shape gets its own model on its
+`STATIC_AFTER`-th forward (a collection's photos come in a few sizes: 4:3 and 3:2, landscape and
+portrait), at most `MAX_STATIC_SHAPES` per session; every other input runs on the dynamic model.
 """
 
 from __future__ import annotations
 
 import threading
+
 import numpy as np
 
 STATIC_AFTER = 3  # the forward of a shape that compiles its static model (in the calling thread)
@@ -57,7 +58,8 @@ class ShapeCompiledModel:
             return self.compiled
         model = self._core.read_model(self._path)
         model.reshape({0: list(shape)})
-        compiled = self._core.compile_model(model, "CPU", self._config)
+        # not in the on-disk cache (CACHE_DIR): a 13 MB blob per shape and thread count would pile up
+        compiled = self._core.compile_model(model, "CPU", {**self._config, "CACHE_DIR": ""})
         with self._lock:
             if len(self._static) < self.max_static:
                 self._static[shape] = compiled

@@ -91,3 +91,20 @@ def test_concurrent_forwards_compile_a_shape_once_and_agree(model_and_inputs):
     for results in got.values():
         for index, result in results:
             np.testing.assert_allclose(result, wants[index], rtol=1e-5, atol=1e-6 * float(np.abs(wants[index]).max()))
+
+
+def test_shape_models_stay_out_of_the_on_disk_cache(model_and_inputs, tmp_path):
+    """Only the dynamic model's blob is cached: one per shape and thread count would pile up."""
+    import openvino as ov
+
+    from descriptors.openvino_shapes import ShapeCompiledModel
+
+    _, path, inputs = model_and_inputs
+    core = ov.Core()
+    core.set_property({"CACHE_DIR": str(tmp_path)})
+    run = ShapeCompiledModel(core, path, openvino_cpu_config(1, 1), static_after=1)
+    blobs = sorted(tmp_path.iterdir())
+    assert len(blobs) == 1
+    for x in inputs:
+        run(x)
+    assert run.static_shapes == sorted(x.shape for x in inputs) and sorted(tmp_path.iterdir()) == blobs
