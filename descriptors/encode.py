@@ -78,7 +78,8 @@ def decode_options(image_size: int, box: Sequence[float] | None, config: Descrip
     be decoded at a reduced scale as long as what the backbone sees (the crop, for a baseline with
     a box) keeps ``image_size`` pixels on its shorter side."""
     region = tuple(box) if box is not None and not config.uses_nmf else None
-    return {"reduce_to": int(image_size), "region": region}
+    # only the backbone reads it: a colour JPEG may come back as an array (images.RGBPixels)
+    return {"reduce_to": int(image_size), "region": region, "pixels": True}
 
 
 def rows_by_method(

@@ -108,7 +108,7 @@ class ActivationCache:
     def _compute(self, request: ImageRequest) -> tuple[np.ndarray, tuple[int, int]]:
         # decoded as the searcher and the indexer decode (descriptors.encode.decode_options: a JPEG
         # at the reduced scale that still gives the crop, or the image, image_size pixels)
-        img = decode_image(request.path, reduce_to=self.image_size, region=request.crop)
+        img = decode_image(request.path, reduce_to=self.image_size, region=request.crop, pixels=True)
         if request.crop is not None:
             img = crop_image(img, request.crop)
         image_wh = full_size(img)

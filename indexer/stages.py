@@ -73,7 +73,8 @@ def make_reader(
         reuse = item.sha256 is not None and item.hashed_key == key and len(data) == key[0]
         sha = item.sha256 if reuse else sha256_bytes(data)
         try:
-            image = decode_image(data, max_pixels=max_pixels, reduce_to=reduce_to)
+            # pixels: the reader's image only feeds `prepare` (the backbone's input), or comes back as is
+            image = decode_image(data, max_pixels=max_pixels, reduce_to=reduce_to, pixels=prepare is not None)
         except ImageDecodeError as exc:
             return Decoded(item, sha, reason=exc.reason, message=f"{item.path}: {exc}")
         width, height = full_size(image)

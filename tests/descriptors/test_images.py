@@ -112,3 +112,55 @@ def test_the_full_size_follows_the_exif_rotation() -> None:
 
     img = decode_image(_jpeg((4800, 3200), orientation=6), reduce_to=320)  # 90 degrees
     assert img.size == (800, 1200) and full_size(img) == (3200, 4800)
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_pixels_of_a_colour_jpeg_equal_pils_in_every_orientation(orientation) -> None:
+    """decode_image(pixels=True): the array decoder gives exactly PIL's RGB values, rotated the same."""
+    import numpy as np
+
+    from descriptors.images import RGBPixels, full_size
+
+    data = _jpeg((70, 50), orientation)
+    image, fast = decode_image(data), decode_image(data, reduce_to=16, pixels=True)
+    assert isinstance(fast, RGBPixels) and fast.mode == "RGB"
+    assert fast.size == image.size == full_size(fast) and fast.width == image.width
+    assert np.array_equal(np.asarray(fast), np.asarray(image))
+    rect = (3, 4, 40, 30)
+    assert np.array_equal(np.asarray(fast.crop(rect)), np.asarray(image.crop(rect)))
+
+
+def test_pixels_of_real_photos_equal_pils(sample_photos) -> None:
+    import numpy as np
+
+    from descriptors.images import RGBPixels
+
+    for name in ("chelsea", "astronaut", "coffee"):
+        buffer = io.BytesIO()
+        sample_photos[name].save(buffer, format="JPEG", quality=92)
+        fast = decode_image(buffer.getvalue(), pixels=True)
+        assert isinstance(fast, RGBPixels)
+        assert np.array_equal(np.asarray(fast), np.asarray(decode_image(buffer.getvalue()))), name
+
+
+def test_pixels_falls_back_to_pil_and_its_errors() -> None:
+    """Not a colour JPEG at full scale: a PIL image as before; a bad one: the same error."""
+    import numpy as np
+
+    from descriptors.images import RGBPixels
+
+    gray = io.BytesIO()
+    Image.new("L", (20, 30), 128).save(gray, format="JPEG")
+    png = io.BytesIO()
+    Image.new("RGB", (20, 30), (1, 2, 3)).save(png, format="PNG")
+    for data in (gray.getvalue(), png.getvalue()):
+        img = decode_image(data, pixels=True)
+        assert not isinstance(img, RGBPixels) and img.mode == "RGB"
+    drafted = decode_image(_jpeg((640, 480), None), reduce_to=100, pixels=True)  # decoded at 1/2
+    assert not isinstance(drafted, RGBPixels) and drafted.size == (320, 240)
+    noise = _jpeg((256, 256))
+    for data, reason in ((noise[:400], "truncated"), (noise[: len(noise) // 2], "truncated"), (_jpeg_bytes(4, 4), "too-small")):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(data, pixels=True)
+        assert info.value.reason == reason
+    assert np.asarray(decode_image(_jpeg_bytes(8, 8), pixels=True)).shape == (8, 8, 3)
