@@ -132,7 +132,7 @@ def forward_per_runtime(photos, image_size: int, repeat: int) -> dict[str, float
     for backbone in backbones.values():
         # warm-up: runtimes allocate per input shape, and OpenVINO compiles a model for a shape on
         # its STATIC_AFTER-th forward (openvino_shapes), as in any collection's steady state
-        for _ in range(STATIC_AFTER):
+        for _ in range(STATIC_AFTER if backbone.runtime == "openvino" else 1):
             for x in xs:
                 backbone.extract([x])
     for _ in range(repeat):

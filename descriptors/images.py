@@ -62,10 +62,10 @@ class RGBPixels:
     """A decoded RGB image as an ``(H, W, 3)`` uint8 array, with the part of PIL's Image API the
     encoders use (``size``, ``width``, ``height``, ``mode``, ``info``, ``crop``, ``np.asarray``).
 
-    Why: ``decode_image(..., pixels=True)`` decodes a JPEG straight into an array (torchvision's
-    libjpeg-turbo decoder) where PIL decodes into its own 4-byte pixels that ``np.asarray`` then
-    packs into a new buffer: 7.5-8.4 vs 9.7-11.6 ms per 1024 x 768 Paris photo, decode + resize,
-    the same pixel values (tests/descriptors/test_images.py)."""
+    Why: ``decode_image(..., pixels=True)`` (after `enable_array_decoder`) decodes a JPEG straight
+    into an array (torchvision's libjpeg-turbo decoder) where PIL decodes into its own 4-byte
+    pixels that ``np.asarray`` then packs into a new buffer: 7.5-8.4 vs 9.7-11.6 ms per 1024 x 768
+    Paris photo, decode + resize, the same pixel values (tests/descriptors/test_images.py)."""
 
     mode = "RGB"
 
@@ -97,14 +97,35 @@ class RGBPixels:
         return Image.fromarray(np.ascontiguousarray(self.array))
 
 
+_array_decoder: list = []  # [torchvision.io] once enable_array_decoder() succeeded
+
+
+def enable_array_decoder() -> bool:
+    """Let ``decode_image(pixels=True)`` use torchvision's JPEG decoder; False where it is missing.
+
+    Opt-in, for long-running programs (dff-serve calls it at start-up): importing torchvision
+    costs ~2.2 s of CPU per process on the 2-core machine (it imports its models and ops), more
+    than the decoder saves on a small `dff-index add`. torchvision 0.29 deprecates its image
+    decoding in favour of TorchCodec; if it goes, PIL's path stays."""
+    if not _array_decoder:
+        try:
+            import torchvision.io
+        except ImportError:
+            return False
+        _array_decoder.append(torchvision.io)
+    return True
+
+
 def _jpeg_pixels(data: bytes) -> np.ndarray | None:
     """A colour JPEG decoded into ``(H, W, 3)`` uint8, EXIF orientation applied, by torchvision;
-    None when torchvision is not installed or refuses the data (PIL then decodes it and reports)."""
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:  # torchvision deprecates its image decoding (0.29): PIL's path stays
+    None when not enabled (`enable_array_decoder`) or when it refuses the data (PIL then decodes
+    it and reports)."""
+    if not _array_decoder:
         return None
+    import torch
+
+    io_module = _array_decoder[0]
+    ImageReadMode, decode_jpeg = io_module.ImageReadMode, io_module.decode_jpeg
     try:
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
@@ -149,9 +170,9 @@ def decode_image(
     (``Image.draft``) that keeps at least ``DRAFT_MARGIN`` times that (or its full size);
     ``full_size(img)`` then gives the full-resolution size.
 
-    ``pixels``: the caller only reads the pixels (the backbone's input): a colour JPEG decoded at
-    full scale comes back as `RGBPixels` (same values, no PIL image in between); anything else as
-    a PIL image.
+    ``pixels``: the caller only reads the pixels (the backbone's input): once the program called
+    `enable_array_decoder`, a colour JPEG decoded at full scale comes back as `RGBPixels` (same
+    values, no PIL image in between); anything else as a PIL image.
     """
     label = "image"
     if isinstance(data, (str, Path)):

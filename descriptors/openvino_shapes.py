@@ -6,7 +6,7 @@ copies between layers on every inference. Measured on the 2-core CPU, EfficientN
 427 x 320, two threads, the same input 15 times, four alternating rounds: 35.5-41.3 ms dynamic,
 25.7-33.0 ms static (CPU 71-82 vs 51-66 ms), bit-identical outputs. Compiling one shape costs
 ~0.3-0.4 s (in the forward that triggers it) and ~20 MB, so a shape gets its own model on its
-`STATIC_AFTER`-th forward (a collection's photos come in a few sizes: 4:3 and 3:2, landscape and
+`STATIC_AFTER`-th (16th) forward (a collection's photos come in a few sizes: 4:3 and 3:2, landscape and
 portrait), at most `MAX_STATIC_SHAPES` per session; every other input runs on the dynamic model.
 """
 
@@ -16,7 +16,9 @@ import threading
 
 import numpy as np
 
-STATIC_AFTER = 3  # the forward of a shape that compiles its static model (in the calling thread)
+# the forward of a shape that compiles its model (in the calling thread): a compile costs what
+# ~40 forwards save, so only a shape that has come often enough to come again gets one
+STATIC_AFTER = 16
 MAX_STATIC_SHAPES = 8  # per session: ~20 MB each
 
 

@@ -33,7 +33,13 @@ import torch
 
 from descriptors.atomic_files import atomic_write_bytes
 from descriptors.encode import backbone_input, decode_options
-from descriptors.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, full_size
+from descriptors.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    enable_array_decoder,
+    full_size,
+)
 from descriptors.query_expansion import EXPANSIONS
 from descriptors.rerank import DEFAULT_DEPTH
 from descriptors.threads import available_cpus
@@ -228,6 +234,9 @@ class SearchEngine:
         start = time.perf_counter()
         warm_up_nmf(self.extractor.config.nmf_algorithm)  # the index's algorithm (manifest)
         timings["nmf_compile"] = 1000 * (time.perf_counter() - start)
+        start = time.perf_counter()
+        enable_array_decoder()  # queries' JPEGs decoded straight into arrays (descriptors.images)
+        timings["array_decoder"] = 1000 * (time.perf_counter() - start)
         size = self.extractor.image_size
         noise = np.random.default_rng(0).integers(0, 256, (size, size * 4 // 3, 3), dtype=np.uint8)
         image = Image.fromarray(noise)

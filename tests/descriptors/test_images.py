@@ -114,12 +114,27 @@ def test_the_full_size_follows_the_exif_rotation() -> None:
     assert img.size == (800, 1200) and full_size(img) == (3200, 4800)
 
 
+def test_pixels_needs_the_array_decoder_enabled() -> None:
+    """Off until a program enables it (importing torchvision costs seconds): a PIL image then."""
+    import subprocess
+    import sys
+
+    probe = ("import io, sys; from PIL import Image; from descriptors.images import decode_image, enable_array_decoder; "
+             "b = io.BytesIO(); Image.new('RGB', (32, 24), (9, 8, 7)).save(b, 'JPEG'); "
+             "before = type(decode_image(b.getvalue(), pixels=True)).__name__; "
+             "print(before, 'torchvision' in sys.modules, enable_array_decoder(), type(decode_image(b.getvalue(), pixels=True)).__name__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["JpegImageFile", "False", "True", "RGBPixels"]
+
+
 @pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
 def test_pixels_of_a_colour_jpeg_equal_pils_in_every_orientation(orientation) -> None:
     """decode_image(pixels=True): the array decoder gives exactly PIL's RGB values, rotated the same."""
     import numpy as np
 
-    from descriptors.images import RGBPixels, full_size
+    from descriptors.images import RGBPixels, enable_array_decoder, full_size
+
+    assert enable_array_decoder()
 
     data = _jpeg((70, 50), orientation)
     image, fast = decode_image(data), decode_image(data, reduce_to=16, pixels=True)
@@ -133,8 +148,9 @@ def test_pixels_of_a_colour_jpeg_equal_pils_in_every_orientation(orientation) ->
 def test_pixels_of_real_photos_equal_pils(sample_photos) -> None:
     import numpy as np
 
-    from descriptors.images import RGBPixels
+    from descriptors.images import RGBPixels, enable_array_decoder
 
+    assert enable_array_decoder()
     for name in ("chelsea", "astronaut", "coffee"):
         buffer = io.BytesIO()
         sample_photos[name].save(buffer, format="JPEG", quality=92)
@@ -147,8 +163,9 @@ def test_pixels_falls_back_to_pil_and_its_errors() -> None:
     """Not a colour JPEG at full scale: a PIL image as before; a bad one: the same error."""
     import numpy as np
 
-    from descriptors.images import RGBPixels
+    from descriptors.images import RGBPixels, enable_array_decoder
 
+    assert enable_array_decoder()
     gray = io.BytesIO()
     Image.new("L", (20, 30), 128).save(gray, format="JPEG")
     png = io.BytesIO()
