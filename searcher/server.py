@@ -134,6 +134,7 @@ def _credentials(config: ServerConfig):
 
 def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> RunningServer:
     """Load the index (unless an engine is given), bind, register services, start serving."""
+    from descriptors.openvino_shapes import compile_in_background
     from descriptors.threads import setup_threads
 
     from .memory import bound_malloc
@@ -145,6 +146,8 @@ def start_server(config: ServerConfig, engine: SearchEngine | None = None) -> Ru
     # OpenBLAS's threads synchronize by spinning; with concurrent searches they spun against each
     # other (8% of the server's CPU in `inner_thread` at 8 clients; docs/searcher.md)
     setup_threads(config.torch_threads or 0, verbose=config.verbose, prog="dff-serve", blas=1)
+    # an input shape's own OpenVINO model compiles beside the requests, not in one of them
+    compile_in_background()
     token = read_token_file(config.token_file) if config.token_file else None
     loopback = is_loopback(config.host)
     if engine is None:

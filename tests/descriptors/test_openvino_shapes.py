@@ -29,6 +29,7 @@ def make(model_and_inputs, **options):
     from descriptors.openvino_shapes import ShapeCompiledModel
 
     core, path, inputs = model_and_inputs
+    options.setdefault("background", False)  # an in-process server test may have set dff-serve's mode
     return ShapeCompiledModel(core, path, openvino_cpu_config(1, 1), **options), inputs
 
 
@@ -102,9 +103,28 @@ def test_shape_models_stay_out_of_the_on_disk_cache(model_and_inputs, tmp_path):
     _, path, inputs = model_and_inputs
     core = ov.Core()
     core.set_property({"CACHE_DIR": str(tmp_path)})
-    run = ShapeCompiledModel(core, path, openvino_cpu_config(1, 1), static_after=1)
+    run = ShapeCompiledModel(core, path, openvino_cpu_config(1, 1), static_after=1, background=False)
     blobs = sorted(tmp_path.iterdir())
     assert len(blobs) == 1
     for x in inputs:
         run(x)
     assert run.static_shapes == sorted(x.shape for x in inputs) and sorted(tmp_path.iterdir()) == blobs
+
+
+def test_a_server_compiles_in_the_background_and_the_values_stay(model_and_inputs):
+    """dff-serve's mode: the triggering forward runs on the dynamic model, no request waits."""
+    from descriptors import openvino_shapes
+
+    run, inputs = make(model_and_inputs, static_after=2, background=None)
+    x = inputs[1]
+    want = dynamic_result(run, x)
+    openvino_shapes.compile_in_background(True)  # what dff-serve's start_server calls
+    try:
+        got = [run(x).copy() for _ in range(2)]
+        run.wait_for_compiles(timeout=120)
+        assert run.static_shapes == [x.shape]
+        got.append(run(x).copy())
+    finally:
+        openvino_shapes.compile_in_background(False)
+    for result in got:
+        np.testing.assert_allclose(result, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
