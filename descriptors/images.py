@@ -69,9 +69,9 @@ class RGBPixels:
 
     mode = "RGB"
 
-    def __init__(self, array: np.ndarray, info: dict | None = None) -> None:
+    def __init__(self, array: np.ndarray) -> None:
         self.array = array
-        self.info = dict(info or {})
+        self.info: dict = {}  # as PIL's: full_size and crop_to_box read and edit it
 
     @property
     def size(self) -> tuple[int, int]:
@@ -92,9 +92,6 @@ class RGBPixels:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return self.array if dtype is None else self.array.astype(dtype)
-
-    def to_pil(self) -> Image.Image:
-        return Image.fromarray(np.ascontiguousarray(self.array))
 
 
 _array_decoder: list = []  # [torchvision.io] once enable_array_decoder() succeeded
@@ -200,7 +197,9 @@ def decode_image(
             if pixels and img.format == "JPEG" and img.mode == "RGB" and stored_size == (width, height):
                 array = _jpeg_pixels(data)
                 if array is not None:
-                    return _checked_pixels(array, stored_size, min_side, label)
+                    pixels_image = RGBPixels(array)
+                    _check_min_side(pixels_image.size, min_side, label)
+                    return pixels_image
             img.load()
     except ImageDecodeError:
         raise
@@ -224,11 +223,7 @@ def decode_image(
         img = img.convert("RGB")
     rotated = img.size != stored_size and img.size == stored_size[::-1]
     full = (height, width) if rotated else (width, height)
-    if min(full) < min_side:
-        raise ImageDecodeError(
-            "too-small",
-            f"{label}: {full[0]}x{full[1]} is too small; both sides must be >= {min_side} px",
-        )
+    _check_min_side(full, min_side, label)
     if img.size != full:
         img.info[FULL_SIZE_KEY] = full
     else:
@@ -236,11 +231,13 @@ def decode_image(
     return img
 
 
-def _checked_pixels(array: np.ndarray, stored_size: tuple[int, int], min_side: int, label: str) -> RGBPixels:
-    if min(stored_size) < min_side:
-        width, height = array.shape[1], array.shape[0]
-        raise ImageDecodeError("too-small", f"{label}: {width}x{height} is too small; both sides must be >= {min_side} px")
-    return RGBPixels(array)
+def _check_min_side(full: tuple[int, int], min_side: int, label: str) -> None:
+    """The "too-small" refusal, on the (oriented) full-resolution size."""
+    if min(full) < min_side:
+        raise ImageDecodeError(
+            "too-small",
+            f"{label}: {full[0]}x{full[1]} is too small; both sides must be >= {min_side} px",
+        )
 
 
 def iter_image_files(folder: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
