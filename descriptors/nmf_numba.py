@@ -16,8 +16,8 @@ every update is element-wise over a contiguous row, and compute the sparse produ
 by gathering rows of a factor padded to a multiple of 4 columns, as explicit SIMD vectors of 8 (a
 last block of 4) in 4 independent sums (`descriptors.nmf_simd`: LLVM had left the same loops
 scalar; 2.5x faster at K = 8 for the whole kernel, 1.9x at K = 4, same iterations, measured on
-8 Paris maps, docs/results.md). The multiplicative updates keep V in that gather layout and update
-it with its Gram matrix in one SIMD pass (`nmf_simd.mu_update_rows`). No array is allocated inside
+8 Paris maps, docs/results.md). The multiplicative updates keep V in that gather layout; its update
+and its Gram matrix are two SIMD passes (`nmf_simd.mu_update_rows`). No array is allocated inside
 the iterations.
 `fastmath` lets LLVM reorder the float32 sums (the inputs are finite and non-negative, checked by
 `descriptors.nmf`): results differ from torch's by rounding only and are bit-identical run to run.
@@ -272,9 +272,8 @@ def mu_from_csr(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0, max
 
     U then V per iteration, every 10 iterations stop when the error fell by less than `tol` x the
     initial error since the previous check (descriptors.nmf's rule). U lives k-major (U^T (k, n)),
-    updated element-wise over contiguous rows; V lives in its gather layout (c, kp) and is updated
-    with its Gram matrix in one SIMD pass (`nmf_simd.mu_update_rows`: no transposes of the large
-    factor). No array is allocated inside the loop."""
+    updated element-wise over contiguous rows; V lives in its gather layout (c, kp), its update and
+    its Gram matrix two SIMD passes (`nmf_simd.mu_update_rows`: no transposes of the large factor). No array is allocated inside the loop."""
     (indptr, indices, values, t_ptr, t_indices, t_values, x_sq, Ut, V, U_rows, Vt_rows, XVt_rows, XtU_rows,
      XVt, XtU, G_U, G_V) = _setup(indptr, indices, values, t_ptr, t_indices, t_values, U0, V0)
     k, kp = Ut.shape[0], U_rows.shape[1]

@@ -1,8 +1,11 @@
 """The NMF kernels' inner loops with explicit SIMD vectors: the sparse product (rows of ``S B``
 for a CSR matrix ``S`` and a dense ``B`` whose rows are 4 or 8 float32 wide, one SSE / AVX
-register) and the multiplicative update of the large factor V in that row layout, with its Gram
-matrix in the same pass (`mu_update_rows`: ~1.2x on the whole kernel at K = 8, as it saves the
-transposes between layouts).
+register) and the multiplicative update of the large factor V in that row layout, then its Gram
+matrix (`mu_update_rows`: ~1.2x on the whole kernel at K = 8, as it saves the transposes between
+layouts). The update and the Gram matrix are two passes over the rows: in one pass the partner's
+Gram rows and the new Gram's accumulators (2 x kp vectors at kp = 8) did not fit the 16 AVX
+registers, and the spills made the pass 1.6x slower than the two (12.8 vs 7.8 us per 1280 x 8
+factor; same values, bit for bit).
 
 Why: the products ``X V^T`` and ``X^T U`` are ~85% of an NMF iteration (issue 16). Written as
 numba loops over 8 scalar accumulators, LLVM kept them scalar (no SLP vectorization of the
@@ -164,15 +167,14 @@ MU_ROW_WIDTHS = (4, 8, 12, 16, 20, 24, 28, 32)  # padded ranks with an unrolled 
 
 
 def _mu_update_rows(kp: int):
-    """An intrinsic ``f(F, P, G, out, gram)`` for factors in the gather layout (m, kp): for every
-    row j, ``out[j] = F[j] * P[j] / max(F[j] @ G, 1e-7)`` with entries below 1e-30 flushed to 0
-    (the Lee-Seung update of a factor whose numerator is P and whose partner's Gram matrix is G,
-    (kp, kp) zero-padded), and ``gram = out^T out`` (kp, kp): the new factor's own Gram matrix,
-    in the same pass. Unrolled for this ``kp``: rows are vectors of 8 (a last block of 4)."""
+    """An intrinsic ``f(F, P, G, out)`` for factors in the gather layout (m, kp): for every row j,
+    ``out[j] = F[j] * P[j] / max(F[j] @ G, 1e-7)`` with entries below 1e-30 flushed to 0 (the
+    Lee-Seung update of a factor whose numerator is P and whose partner's Gram matrix is G,
+    (kp, kp) zero-padded). Unrolled for this ``kp``: rows are vectors of 8 (a last block of 4)."""
 
     @intrinsic
-    def mu_update_rows(typingctx, F, P, G, out, gram):
-        sig = types.void(F, P, G, out, gram)
+    def mu_update(typingctx, F, P, G, out):
+        sig = types.void(F, P, G, out)
 
         def codegen(context, builder, signature, args):
             arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args, strict=True)]
@@ -181,12 +183,68 @@ def _mu_update_rows(kp: int):
 
         return sig, codegen
 
-    return mu_update_rows
+    return mu_update
 
 
-def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a) -> None:
-    i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
-    blocks = [(o, 8) for o in range(0, kp - kp % 8, 8)] + ([(kp - 4, 4)] if kp % 8 else [])
+def _gram_rows(kp: int):
+    """An intrinsic ``f(F, gram)``: ``gram = F^T F`` (kp, kp) for F (m, kp) in the gather layout,
+    as a sum of the rows' outer products in row order (a multiply-add per row into each of
+    kp x blocks accumulators, kept in registers). Unrolled for this ``kp``."""
+
+    @intrinsic
+    def gram_rows(typingctx, F, gram):
+        sig = types.void(F, gram)
+
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args, strict=True)]
+            _emit_gram(builder, kp, *arrays)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gram_rows
+
+
+def _blocks(kp: int) -> list[tuple[int, int]]:
+    """(offset, width) of a kp-wide row as vectors of 8 and a last one of 4."""
+    return [(o, 8) for o in range(0, kp - kp % 8, 8)] + ([(kp - 4, 4)] if kp % 8 else [])
+
+
+def _row_loop(builder: ir.IRBuilder, m: ir.Value, accumulators: list[ir.Value]):
+    """Open ``for j in range(m)`` with loop-carried vectors starting at ``accumulators``; returns
+    (j, their phis, close) where ``close(updated)`` ends the body with the updated vectors and
+    leaves the builder after the loop."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    head = builder.append_basic_block("rows_head")
+    body = builder.append_basic_block("rows_body")
+    done = builder.append_basic_block("rows_done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    j = builder.phi(i64)
+    j.add_incoming(i64(0), entry)
+    phis = []
+    for start in accumulators:
+        phi = builder.phi(start.type)
+        phi.add_incoming(start, entry)
+        phis.append(phi)
+    builder.cbranch(builder.icmp_signed("<", j, m), body, done)
+    builder.position_at_end(body)
+
+    def close(updated: list[ir.Value]) -> None:
+        after = builder.block
+        for phi, value in zip(phis, updated, strict=True):
+            phi.add_incoming(value, after)
+        j.add_incoming(builder.add(j, i64(1)), after)
+        builder.branch(head)
+        builder.position_at_end(done)
+
+    return j, phis, close
+
+
+def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a) -> None:
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    blocks = _blocks(kp)
     fast = ("fast",)
 
     def vec(width: int) -> ir.VectorType:
@@ -204,26 +262,9 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
     tiny = {w: ir.Constant(vec(w), [1e-30] * w) for _, w in blocks}
     zero = {w: ir.Constant(vec(w), [0.0] * w) for _, w in blocks}
 
-    m = builder.extract_value(F_a.shape, 0)
-    entry = builder.block
-    head = builder.append_basic_block("rows_head")
-    body = builder.append_basic_block("rows_body")
-    done = builder.append_basic_block("rows_done")
-    builder.branch(head)
-
-    builder.position_at_end(head)
-    j = builder.phi(i64)
-    j.add_incoming(i64(0), entry)
-    grams = [[builder.phi(vec(w)) for _, w in blocks] for _ in range(kp)]  # gram[a, block] so far
-    for row in grams:
-        for phi, (_, w) in zip(row, blocks, strict=True):
-            phi.add_incoming(zero[w], entry)
-    builder.cbranch(builder.icmp_signed("<", j, m), body, done)
-
-    builder.position_at_end(body)
+    j, _, close = _row_loop(builder, builder.extract_value(F_a.shape, 0), [])
     base = builder.mul(j, i64(kp))
     f_scalars = [builder.load(builder.gep(F_a.data, [builder.add(base, i64(b))])) for b in range(kp)]
-    new_blocks = []
     for n_block, (o, w) in enumerate(blocks):
         # F[j] @ G[:, block] in two partial sums (even and odd b) to halve the add chain
         sums = [zero[w], zero[w]]
@@ -237,35 +278,29 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a, gram_a
                              denominator, flags=fast)
         ratio = builder.select(builder.fcmp_ordered(">=", ratio, tiny[w], flags=fast), ratio, zero[w])
         store_vec(ratio, out_a.data, offset)
-        new_blocks.append(ratio)
-    # gram[a, block] += out[j, a] * out[j, block]
+    close([])
+
+
+def _emit_gram(builder: ir.IRBuilder, kp: int, F_a, gram_a) -> None:
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    blocks = _blocks(kp)
+    zeros = [ir.Constant(ir.VectorType(f32, w), [0.0] * w) for _ in range(kp) for _, w in blocks]
+    j, grams, close = _row_loop(builder, builder.extract_value(F_a.shape, 0), zeros)  # gram[a, block], a-major
+    base = builder.mul(j, i64(kp))
+    row = [builder.load(_vector_at(builder, F_a.data, builder.add(base, i64(o)), w), align=4) for o, w in blocks]
     updated = []
+    for a in range(kp):  # gram[a, block] += F[j, a] * F[j, block]
+        x = builder.load(builder.gep(F_a.data, [builder.add(base, i64(a))]))
+        for n_block, (_, w) in enumerate(blocks):
+            updated.append(_multiply_add(builder, grams[a * len(blocks) + n_block], _splat(builder, x, w), row[n_block]))
+    close(updated)
     for a in range(kp):
-        n_block, lane = _block_of(blocks, a)
-        x = builder.extract_element(new_blocks[n_block], i32(lane))
-        updated.append([_multiply_add(builder, grams[a][nb], _splat(builder, x, w), new_blocks[nb])
-                        for nb, (_, w) in enumerate(blocks)])
-    after = builder.block
-    for row, new_row in zip(grams, updated, strict=True):
-        for phi, value in zip(row, new_row, strict=True):
-            phi.add_incoming(value, after)
-    j.add_incoming(builder.add(j, i64(1)), after)
-    builder.branch(head)
-
-    builder.position_at_end(done)
-    for a in range(kp):
-        for nb, (o, _) in enumerate(blocks):
-            store_vec(grams[a][nb], gram_a.data, i64(a * kp + o))
-
-
-def _block_of(blocks: list[tuple[int, int]], column: int) -> tuple[int, int]:
-    for n_block, (o, w) in enumerate(blocks):
-        if o <= column < o + w:
-            return n_block, column - o
-    raise ValueError(column)
+        for n_block, (o, w) in enumerate(blocks):
+            builder.store(grams[a * len(blocks) + n_block], _vector_at(builder, gram_a.data, i64(a * kp + o), w), align=4)
 
 
 _mu4, _mu8, _mu12, _mu16, _mu20, _mu24, _mu28, _mu32 = (_mu_update_rows(kp) for kp in MU_ROW_WIDTHS)
+_gram4, _gram8, _gram12, _gram16, _gram20, _gram24, _gram28, _gram32 = (_gram_rows(kp) for kp in MU_ROW_WIDTHS)
 _FLOOR = np.float32(1e-7)
 _TINY = np.float32(1e-30)
 
@@ -274,24 +309,32 @@ _TINY = np.float32(1e-30)
 def mu_update_rows(F, P, G, out, gram):
     """``out = F * P / max(F @ G, 1e-7)`` row-wise (entries below 1e-30 flushed to 0) and
     ``gram = out^T out``, for F, P, out (m, kp) and G, gram (kp, kp), kp a multiple of 4: the
-    unrolled SIMD update up to kp = 32, plain loops above."""
+    unrolled SIMD update then the unrolled Gram pass up to kp = 32, plain loops above."""
     kp = F.shape[1]
     if kp == 4:
-        _mu4(F, P, G, out, gram)
+        _mu4(F, P, G, out)
+        _gram4(out, gram)
     elif kp == 8:
-        _mu8(F, P, G, out, gram)
+        _mu8(F, P, G, out)
+        _gram8(out, gram)
     elif kp == 12:
-        _mu12(F, P, G, out, gram)
+        _mu12(F, P, G, out)
+        _gram12(out, gram)
     elif kp == 16:
-        _mu16(F, P, G, out, gram)
+        _mu16(F, P, G, out)
+        _gram16(out, gram)
     elif kp == 20:
-        _mu20(F, P, G, out, gram)
+        _mu20(F, P, G, out)
+        _gram20(out, gram)
     elif kp == 24:
-        _mu24(F, P, G, out, gram)
+        _mu24(F, P, G, out)
+        _gram24(out, gram)
     elif kp == 28:
-        _mu28(F, P, G, out, gram)
+        _mu28(F, P, G, out)
+        _gram28(out, gram)
     elif kp == 32:
-        _mu32(F, P, G, out, gram)
+        _mu32(F, P, G, out)
+        _gram32(out, gram)
     else:
         _mu_update_rows_loops(F, P, G, out, gram)
 
