@@ -21,7 +21,9 @@ Prints tables and writes `--json FILE` with:
   load_search.py: QPS / one bare forward's rate, per client count: 1, 4, 8 by default) and
   `load_search_p50_ratio` (p50 at 1 client / one bare forward), each script run from here; both
   scripts' reference is the bare forward through the runtime the build / server runs
-  (`load_search_forward_runtime`).
+  (`load_search_forward_runtime`); `throughput_ratio_ceiling` and `load_search_qps_ratio_ceiling`:
+  the most each ratio can be on this machine, from the CPU each image / query spends outside the
+  forward (each script's docstring).
 Real photos: the Paris subset in $DFF_SHARED_DATA (docs/data.md) when present, else scikit-image's sample photos.
 
     python benchmarks/bench_descriptors.py [--images 8] [--repeat 5] [--json out.json]
@@ -309,6 +311,9 @@ def other_benchmarks(work: Path, indexer_images: int, search_clients: str, searc
     # p50 of one client / one bare forward (docs/searcher.md: target <= 1.5)
     out["load_search_p50_ratio"] = search["p50_ratio"] if "1" in search["qps"] else None
     out["load_search_forward_runtime"] = search.get("forward_runtime")
+    # the most each ratio can be on this machine (each script's docstring: CPU outside the forward)
+    out["throughput_ratio_ceiling"] = out["bench_indexer"].get("throughput_ratio_ceiling")
+    out["load_search_qps_ratio_ceiling"] = search.get("qps_ratio_ceiling")
     return out
 
 
@@ -407,10 +412,14 @@ def main() -> None:
             results["load_search_qps_ratio"] = others["load_search_qps_ratio"]
             results["load_search_p50_ratio"] = others["load_search_p50_ratio"]
             results["load_search_forward_runtime"] = others["load_search_forward_runtime"]
+            results["throughput_ratio_ceiling"] = others["throughput_ratio_ceiling"]
+            results["load_search_qps_ratio_ceiling"] = others["load_search_qps_ratio_ceiling"]
             print(f"throughput_ratio = {others['throughput_ratio']:.3f}; load_search_qps_ratio = "
                   f"{json.dumps(others['load_search_qps_ratio'])} (target >= 0.85 at 8 clients); load_search_p50_ratio "
                   f"= {others['load_search_p50_ratio']} (target <= 1.5); reference: the bare forward through "
                   f"{others['load_search_forward_runtime']}, the runtime the server and the build run")
+            print(f"ceilings on this machine (CPU outside the forward): throughput_ratio <= "
+                  f"{others['throughput_ratio_ceiling']:.3f}, load_search_qps_ratio <= {others['load_search_qps_ratio_ceiling']:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

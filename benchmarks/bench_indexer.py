@@ -7,7 +7,9 @@ Throughput: the same JPEG files (crops of scikit-image's sample photos, 800x600)
 (a) decoded + preprocessed up front, then only `backbone.extract` of one image at a time is timed
 (the bare forward, through the runtime the build uses), and
 (b) indexed end to end by `build_index` with an already loaded extractor (decode threads, forward,
-NMF, descriptor, shard commits, FAISS, catalog). ratio = (b) images/s / (a) images/s.
+NMF, descriptor, shard commits, FAISS, catalog). ratio = (b) images/s / (a) images/s. Its ceiling
+on this machine (`throughput_ratio_ceiling`): with every core busy, (b) <= cpus / (the forward's CPU
++ the CPU of decode + preprocessing and of CroW + NMF + rows, each measured alone) per image.
 RSS: `dff-index build` runs as a child process on N synthetic images; its peak RSS comes from
 wait4's rusage. Streaming means it must not grow with N.
 """
@@ -100,8 +102,9 @@ def end_to_end_ips(extractor, folder: Path, config, work: Path) -> tuple[float, 
     return summary.indexed / seconds, 1000.0 * cpu / summary.indexed
 
 
-def nmf_ips(extractor, paths: list[Path]) -> float:
-    """Descriptor stage alone (CroW + NMF + rows) on precomputed activations."""
+def nmf_ips(extractor, paths: list[Path]) -> tuple[float, float]:
+    """(images/s, CPU ms per image of this process) of the descriptor stage alone (CroW + NMF +
+    rows) on precomputed activations."""
     from descriptors.images import decode_image
     from descriptors.nmf import warm_up
     from descriptors.pipeline import local_descriptors
@@ -109,9 +112,17 @@ def nmf_ips(extractor, paths: list[Path]) -> float:
     acts = [extractor.backbone.extract([extractor.backbone.preprocess(decode_image(p), extractor.image_size)])[0] for p in paths]
     warm_up()  # the kernel's load (numba's disk cache) is not the stage's cost
     local_descriptors(acts[:2], extractor.config)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     local_descriptors(acts, extractor.config)
-    return len(acts) / (time.perf_counter() - start)
+    return len(acts) / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu) / len(acts)
+
+
+def throughput_ceiling(bare_ips: float, bare_cpu_ms: float, outside_cpu_ms: float, cpus: int) -> float:
+    """The most end-to-end / bare-forward images/s this machine allows: with every core busy a
+    build does at most cpus / (the forward's CPU + the CPU of its other stages per image) images
+    per second (the other stages measured alone: decode + preprocessing and CroW + NMF + rows; the
+    writer, FAISS and the catalog left out, so this bounds from above)."""
+    return cpus * 1000.0 / (bare_cpu_ms + outside_cpu_ms) / bare_ips
 
 
 def peak_rss_mb_of_build(folder: Path, out: Path, image_size: int, extra: list[str]) -> tuple[float, float]:
@@ -169,8 +180,9 @@ def main() -> None:
             args.rounds = 0
         results["torch_threads"] = torch.get_num_threads()
         extractor = make_extractor(config) if not args.rss_only else None
-        nmf = nmf_ips(extractor, paths[: min(16, len(paths))]) if paths else float("nan")
+        nmf, nmf_cpu = nmf_ips(extractor, paths[: min(16, len(paths))]) if paths else (float("nan"), float("nan"))
         results["descriptor_stage_images_per_s"] = nmf
+        results["descriptor_stage_cpu_ms_per_image"] = nmf_cpu
         print(f"torch threads {torch.get_num_threads()}, runtime {extractor.backbone.runtime if extractor else '-'}, "
               f"{args.descriptor}, load average before: {os.getloadavg()[0]:.1f}")
         print(f"{'descriptor stage alone (CroW+NMF+rows)':<42} {nmf:9.2f} images/s")
@@ -182,14 +194,18 @@ def main() -> None:
         # build's way.
         print(f"{'round':<6} {'workers':>7} {'bare img/s':>10} {'fwd x8':>7} {'e2e img/s':>10} {'ratio':>6} "
               f"{'bare cpu':>8} {'e2e cpu':>8} {'cpu ratio':>9}")
+        cpu = time.process_time()
         tensors = preprocessed(extractor, paths) if args.rounds else []
+        preprocess_cpu = 1000.0 * (time.process_time() - cpu) / max(1, len(tensors))
+        cpus = torch.get_num_threads()
         per_workers: dict[int, list[tuple[float, ...]]] = {w: [] for w in args.workers}
         for round_index in range(args.rounds):
             for workers in args.workers:
                 bare, bare_cpu = bare_forward_ips(extractor, tensors)
                 ips, e2e_cpu = end_to_end_ips(extractor, photos, config.replace(workers=workers), work)
                 batched, _ = bare_forward_ips(extractor, tensors, batch=args.batch_size)
-                per_workers[workers].append((bare, ips, bare_cpu, e2e_cpu, batched))
+                ceiling = throughput_ceiling(bare, bare_cpu, preprocess_cpu + nmf_cpu, cpus)
+                per_workers[workers].append((bare, ips, bare_cpu, e2e_cpu, batched, ceiling))
                 print(f"{round_index:<6} {workers:>7} {bare:10.2f} {batched:7.2f} {ips:10.2f} {ips / bare:6.3f} "
                       f"{bare_cpu:8.1f} {e2e_cpu:8.1f} {bare_cpu / e2e_cpu:9.3f}", flush=True)
         summary = {}
@@ -201,8 +217,9 @@ def main() -> None:
                 "ratio": float(np.median([e / b for b, e, *_ in rows])),
                 "bare_cpu_ms_per_image": float(np.median(columns[2])),
                 "end_to_end_cpu_ms_per_image": float(np.median(columns[3])),
-                "cpu_ratio": float(np.median([bc / ec for _, _, bc, ec, _ in rows])),
+                "cpu_ratio": float(np.median([bc / ec for _, _, bc, ec, *_ in rows])),
                 "forward_batched_images_per_s": float(np.median(columns[4])),
+                "ratio_ceiling": float(np.median(columns[5])),
             }
             print(f"median, --workers {workers}: ratio {summary[workers]['ratio']:.3f} "
                   f"(bare {summary[workers]['bare_images_per_s']:.2f}, end-to-end {summary[workers]['end_to_end_images_per_s']:.2f} images/s), "
@@ -216,7 +233,11 @@ def main() -> None:
             results["throughput_ratio"] = default["ratio"]
             results["cpu_ratio"] = default["cpu_ratio"]
             results["runtime"] = extractor.backbone.runtime
+            results["throughput_ratio_ceiling"] = default["ratio_ceiling"]
+            results["preprocess_cpu_ms_per_image"] = preprocess_cpu
             print(f"throughput_ratio (end-to-end / bare forward, --workers {args.workers[0]}) = {default['ratio']:.3f} (target >= 0.85)")
+            print(f"ceiling on this machine: {default['ratio_ceiling']:.3f} (per image: forward {default['bare_cpu_ms_per_image']:.1f} ms "
+                  f"of CPU, decode + preprocessing {preprocess_cpu:.1f}, CroW + NMF + rows {nmf_cpu:.1f}; {cpus} CPU(s))")
 
         if args.rss_sizes:
             print(f"\n{'images':>7} {'peak RSS MB':>12} {'seconds':>8}   (dff-index build, {args.rss_image_size} px, synthetic)")

@@ -13,11 +13,14 @@ the real query descriptors, against the measured query time.
 
 --json FILE writes {"errors": n, "forward_qps": x, "forward_ms": x, "forward_runtime": name,
 "forward_ms_by_runtime": {"openvino": x, "torch": x}, "qps": {"1": x, ...}, "qps_ratio": {...},
-"p50_ratio": x, "p50_ms": {...}, "p99_ms": {...}}. The reference `forward_ms` / `forward_qps` is the
+"p50_ratio": x, "p50_ms": {...}, "p99_ms": {...}, "qps_ratio_ceiling": x, "outside_forward_ms": x}. The reference `forward_ms` / `forward_qps` is the
 bare forward through the runtime the server runs (the index's, `backbone.runtime` in its manifest:
 the same as bench_indexer.py's), at the faster of 1 and all threads; PyTorch eager is printed and
 stored beside it. `qps_ratio` = QPS / forward_qps (target >= 0.85 at 8 clients), `p50_ratio` =
-p50 at 1 client / forward_ms (target <= 1.5), docs/searcher.md.
+p50 at 1 client / forward_ms (target <= 1.5), docs/searcher.md. `qps_ratio_ceiling` (with 1 client
+measured) is the most `qps_ratio` this machine allows: `outside_forward_ms` (the 1-client p50 minus
+the server's forward stage: decode, NMF, re-rank, gRPC, one thread each) is CPU the forward cannot
+share, and the forward costs at least its 1-thread time in CPU (`qps_ratio_ceiling`'s docstring).
 
 --rerank-compare N also times one client re-ranking the first N results by the stored factor
 rows against re-ranking off, in --rounds alternating rounds of --duration / --rounds seconds each
@@ -269,6 +272,22 @@ def _time_flat(queries: np.ndarray, n_vectors: int, query_ms: float) -> dict:
     }
 
 
+def qps_ratio_ceiling(one_client: dict, forward_ms: float, forward_1_thread_ms: float, cpus: int) -> dict:
+    """The highest QPS / bare-forward-rate this machine allows, from the 1-client row.
+
+    What a query spends outside the forward (p50 minus the server's forward stage, at 1 client:
+    decode, NMF, re-rank, gRPC; each on one thread) is CPU time that the forward cannot share, and
+    the forward costs at least its 1-thread time in CPU (more threads never cost less). With every
+    core busy, QPS <= cpus / (forward CPU + outside), so the ratio to the bare forward's rate
+    (1 / forward_ms) is at most cpus x forward_ms / (forward_1_thread_ms + outside)."""
+    outside = max(0.0, one_client["p50"] - one_client["stages"].get("forward", 0.0))
+    return {
+        "qps_ratio": cpus * forward_ms / (forward_1_thread_ms + outside),
+        "outside_forward_ms": outside,
+        "forward_cpu_ms": forward_1_thread_ms,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from descriptors.backbones import retrieval_image_size
 
@@ -390,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p50 at {one['clients']} client(s) / one bare forward: {one['p50'] / forward_ms:.2f} (target <= 1.5); "
           f"QPS / bare forward rate (target >= 0.85 at 8 clients): "
           + ", ".join(f"{r['clients']}: {r['qps'] / forward_qps:.2f}" for r in rows))
+    ceiling = qps_ratio_ceiling(one, forward_ms, forward_by[served_runtime, 1], cores) if one["clients"] == 1 else None
+    if ceiling is not None:
+        print(f"ceiling on this machine: QPS / bare forward rate <= {ceiling['qps_ratio']:.2f} "
+              f"({ceiling['outside_forward_ms']:.1f} ms of the 1-client query is outside the forward, one thread; "
+              f"the forward costs >= {ceiling['forward_cpu_ms']:.1f} ms of CPU (its 1-thread time); {cores} CPU(s))")
     if args.faiss_vectors and args.target is None:
         for share in faiss_share(index, args.faiss_vectors, one["p50"], images):
             print(
@@ -421,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             "qps": {str(r["clients"]): r["qps"] for r in rows},
             "p50_ms": {str(r["clients"]): r["p50"] for r in rows},
             "p99_ms": {str(r["clients"]): r["p99"] for r in rows},
+            "qps_ratio_ceiling": ceiling["qps_ratio"] if ceiling else None,
+            "outside_forward_ms": ceiling["outside_forward_ms"] if ceiling else None,
         }
         if compare is not None:
             payload["rerank_latency_ratio"] = compare["ratio"]
