@@ -7,7 +7,9 @@ Throughput: the same JPEG files (crops of scikit-image's sample photos, 800x600)
 (a) decoded + preprocessed up front, then only `backbone.extract` of one image at a time is timed
 (the bare forward, through the runtime the build uses), and
 (b) indexed end to end by `build_index` with an already loaded extractor (decode threads, forward,
-NMF, descriptor, shard commits, FAISS, catalog). ratio = (b) images/s / (a) images/s. Its ceiling
+NMF, descriptor, shard commits, FAISS, catalog), both decoding JPEGs as a long build does (the array
+decoder of `descriptors.images`, which a build of `ARRAY_DECODER_MIN_IMAGES` images enables; the same
+pixels as PIL's; `--pil-decoder`: PIL, as a shorter build). ratio = (b) images/s / (a) images/s. Its ceiling
 on this machine (`throughput_ratio_ceiling`): with every core busy, (b) <= cpus / (the forward's CPU
 + the CPU of decode + preprocessing and of CroW + NMF + rows, each measured alone) per image.
 RSS: `dff-index build` runs as a child process on N synthetic images; its peak RSS comes from
@@ -67,9 +69,11 @@ def write_synthetic_set(folder: Path, n: int, side: int) -> None:
 
 
 def preprocessed(extractor, paths: list[Path]) -> list:
+    """The backbone's inputs, decoded as the build's reader threads decode them."""
     from descriptors.images import decode_image
 
-    return [extractor.backbone.preprocess(decode_image(p), extractor.image_size) for p in paths]
+    size = extractor.image_size
+    return [extractor.backbone.preprocess(decode_image(p, reduce_to=size, pixels=True), size) for p in paths]
 
 
 def bare_forward_ips(extractor, tensors: list, batch: int = 1) -> tuple[float, float]:
@@ -153,6 +157,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare / end-to-end rounds")
     parser.add_argument("--threads", type=int, default=0, help="compute threads (0: the automatic choice, descriptors.threads)")
     parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS builds")
+    parser.add_argument("--pil-decoder", action="store_true",
+                        help="decode with PIL, as a build of fewer than images.ARRAY_DECODER_MIN_IMAGES does "
+                             "(default: torchvision's array decoder, as a longer build does)")
     parser.add_argument("--json", default=None, help="write the numbers to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
@@ -180,11 +187,16 @@ def main() -> None:
             args.rounds = 0
         results["torch_threads"] = torch.get_num_threads()
         extractor = make_extractor(config) if not args.rss_only else None
+        from descriptors.images import enable_array_decoder
+
+        # the steady state of a long build (images.array_decoder_pays): same pixels as PIL's
+        results["array_decoder"] = False if args.pil_decoder else enable_array_decoder()
         nmf, nmf_cpu = nmf_ips(extractor, paths[: min(16, len(paths))]) if paths else (float("nan"), float("nan"))
         results["descriptor_stage_images_per_s"] = nmf
         results["descriptor_stage_cpu_ms_per_image"] = nmf_cpu
         print(f"torch threads {torch.get_num_threads()}, runtime {extractor.backbone.runtime if extractor else '-'}, "
-              f"{args.descriptor}, load average before: {os.getloadavg()[0]:.1f}")
+              f"{args.descriptor}, JPEG decoder {'torchvision (array)' if results['array_decoder'] else 'PIL'}, "
+              f"load average before: {os.getloadavg()[0]:.1f}")
         print(f"{'descriptor stage alone (CroW+NMF+rows)':<42} {nmf:9.2f} images/s")
         # Rounds interleave the bare forward and the end-to-end runs so that both see the same
         # background load (the shared machine's load swings by 2x within minutes); the ratio is

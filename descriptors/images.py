@@ -96,13 +96,24 @@ class RGBPixels:
 
 _array_decoder: list = []  # [torchvision.io] once enable_array_decoder() succeeded
 
+# a job of at least this many images enables the array decoder (`array_decoder_pays`): it saves
+# 1.2 (800 x 600) to 2.1 (1024 x 768 Paris) ms of CPU per image against torchvision's ~2.2 s
+# import, so it pays from ~1,000-1,800 images on
+ARRAY_DECODER_MIN_IMAGES = 2000
+
+
+def array_decoder_pays(images: float) -> bool:
+    """Whether a job of ``images`` images should `enable_array_decoder` (the import's cost back)."""
+    return images >= ARRAY_DECODER_MIN_IMAGES
+
 
 def enable_array_decoder() -> bool:
     """Let ``decode_image(pixels=True)`` use torchvision's JPEG decoder; False where it is missing.
 
-    Opt-in, for long-running programs (dff-serve calls it at start-up): importing torchvision
-    costs ~2.2 s of CPU per process on the 2-core machine (it imports its models and ops), more
-    than the decoder saves on a small `dff-index add`. torchvision 0.29 deprecates its image
+    Opt-in, for long-running programs (dff-serve calls it at start-up) and long jobs (`dff-index
+    build` / `add` of `array_decoder_pays` images, per process): importing torchvision costs ~2.2 s
+    of CPU per process on the 2-core machine (it imports its models and ops), more than the decoder
+    saves on a small `dff-index add`. torchvision 0.29 deprecates its image
     decoding in favour of TorchCodec; if it goes, PIL's path stays."""
     if not _array_decoder:
         try:

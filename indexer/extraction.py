@@ -118,7 +118,12 @@ def iter_extraction(
     max_pixels: int,
     bar=None,
 ) -> Iterator[tuple[int, list, list]]:
-    """`run_extraction` as a generator of `(group_index, decoded, results)` (stages.iter_stages)."""
+    """`run_extraction` as a generator of `(group_index, decoded, results)` (stages.iter_stages).
+    A call of `images.array_decoder_pays` images decodes JPEGs with the array decoder (same pixels)."""
+    from descriptors.images import array_decoder_pays, enable_array_decoder
+
+    if array_decoder_pays(sum(len(items) for _, items in groups)):
+        enable_array_decoder()
     prepare, forward, finish = extraction_callables(extractor, stores_rows)
     mapper, finisher = (forward, finish) if config.overlap_nmf else (lambda images: finish(forward(images)), None)
     yield from iter_stages(

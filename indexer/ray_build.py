@@ -72,8 +72,13 @@ class ExtractorIdentity:
 class ShardExtractor:
     """A Ray Data actor: one backbone per worker; one shard of work items per call."""
 
-    def __init__(self, config: IndexConfig, stores_rows: bool) -> None:
+    def __init__(self, config: IndexConfig, stores_rows: bool, images_per_worker: float = 0.0) -> None:
+        from descriptors.images import array_decoder_pays, enable_array_decoder
+
         from .extraction import make_extractor
+
+        if array_decoder_pays(images_per_worker):  # each call sees a few shards only: the job's share decides
+            enable_array_decoder()
 
         if not config.threads:
             # one torch team per worker, as wide as the CPUs Ray reserved for it
@@ -163,7 +168,8 @@ def run_extraction_on_ray(
         compute=ray.data.ActorPoolStrategy(size=workers),  # `concurrency=` is deprecated since Ray 2.51
         num_cpus=config.cpus_per_worker,
         num_gpus=config.gpus_per_worker or None,
-        fn_constructor_kwargs={"config": config, "stores_rows": stores_rows},
+        fn_constructor_kwargs={"config": config, "stores_rows": stores_rows,
+                               "images_per_worker": sum(len(items) for _, items in groups) / workers},
         batch_format="numpy",
     )
     identity = None

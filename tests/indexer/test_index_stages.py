@@ -162,3 +162,27 @@ def test_built_vectors_equal_the_plain_image_by_image_computation(tmp_path: Path
             act = backbone.forward(x[None]).float()[0]
         rows = local_descriptors([act], extractor.config)[0]
         np.testing.assert_allclose(built[image_id], extractor.global_descriptor(rows, None), rtol=0, atol=1e-6)
+
+
+def test_a_long_job_decodes_with_the_array_decoder_and_builds_the_same_index(tmp_path: Path, monkeypatch) -> None:
+    """A build of `images.array_decoder_pays` images enables torchvision's JPEG decoder (once the
+    job is long enough to pay for its import); its pixels are PIL's, so the index is the same."""
+    import numpy as np
+    from indexer_fixtures import write_variants
+
+    from descriptors import images
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.extraction import make_extractor
+
+    write_variants(tmp_path / "photos", 6, size=150)
+    config = IndexConfig(image_size=96, k=4, max_iter=50, batch_size=4, workers=2, shard_size=4, threads=2)
+    extractor = make_extractor(config)
+    monkeypatch.setattr(images, "_array_decoder", [])  # whatever another test enabled: restored after
+    monkeypatch.setattr(images, "ARRAY_DECODER_MIN_IMAGES", 7)  # one more than the job: PIL
+    build_index(tmp_path / "photos", tmp_path / "pil", config, progress=False, extractor=extractor)
+    assert images._array_decoder == []
+    monkeypatch.setattr(images, "ARRAY_DECODER_MIN_IMAGES", 6)  # the job's size: the array decoder
+    build_index(tmp_path / "photos", tmp_path / "array", config, progress=False, extractor=extractor)
+    assert images._array_decoder, "a job of ARRAY_DECODER_MIN_IMAGES images enables the array decoder"
+    np.testing.assert_array_equal(np.load(tmp_path / "array" / "vectors.npy"), np.load(tmp_path / "pil" / "vectors.npy"))
