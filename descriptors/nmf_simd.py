@@ -174,14 +174,7 @@ def _mu_update_rows(kp: int):
 
     @intrinsic
     def mu_update(typingctx, F, P, G, out):
-        sig = types.void(F, P, G, out)
-
-        def codegen(context, builder, signature, args):
-            arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args, strict=True)]
-            _emit_mu_update(builder, kp, *arrays)
-            return context.get_dummy_value()
-
-        return sig, codegen
+        return types.void(F, P, G, out), _codegen_on_arrays(_emit_mu_update, kp)
 
     return mu_update
 
@@ -193,16 +186,21 @@ def _gram_rows(kp: int):
 
     @intrinsic
     def gram_rows(typingctx, F, gram):
-        sig = types.void(F, gram)
-
-        def codegen(context, builder, signature, args):
-            arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args, strict=True)]
-            _emit_gram(builder, kp, *arrays)
-            return context.get_dummy_value()
-
-        return sig, codegen
+        return types.void(F, gram), _codegen_on_arrays(_emit_gram, kp)
 
     return gram_rows
+
+
+def _codegen_on_arrays(emit, kp: int):
+    """An intrinsic's codegen that hands its array arguments' data structures to ``emit(builder,
+    kp, *arrays)`` and returns nothing."""
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args, strict=True)]
+        emit(builder, kp, *arrays)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 def _blocks(kp: int) -> list[tuple[int, int]]:
