@@ -213,9 +213,10 @@ def interleaved_overhead(backbone, xs: list, acts, ks, batch: int, max_iter: int
     group = _same_size_group(acts, batch)
     defaults, index = DescriptorConfig(), IndexConfig()
     settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
+    same_size = [a for a in acts if tuple(a.shape) == tuple(group[0].shape)]
     posts = {}
     for k in ks:
-        factors = factorize_activations([a for a in acts if tuple(a.shape) == tuple(group[0].shape)], k, **settings)
+        factors = factorize_activations(same_size, k, **settings)
         config = DescriptorConfig(method=index.descriptor, k=k)
         posts[k] = (factors, config, *post_models(rows_from_factors(factors, config), whiten_dim, index.rerank_dim))
     set_sparse_solver(NEW_SOLVER)
