@@ -5,7 +5,8 @@ matrix (`mu_update_rows`: ~1.2x on the whole kernel at K = 8, as it saves the tr
 layouts). The update and the Gram matrix are two passes over the rows: in one pass the partner's
 Gram rows and the new Gram's accumulators (2 x kp vectors at kp = 8) did not fit the 16 AVX
 registers, and the spills made the pass 1.6x slower than the two (12.8 vs 7.8 us per 1280 x 8
-factor; same values, bit for bit).
+factor; same values, bit for bit); the Gram pass runs per tile of 8 accumulators for the same
+reason (kp = 16: 44.5 -> 30.4 us for the whole step).
 
 Why: the products ``X V^T`` and ``X^T U`` are ~85% of an NMF iteration (issue 16). Written as
 numba loops over 8 scalar accumulators, LLVM kept them scalar (no SLP vectorization of the
@@ -279,22 +280,30 @@ def _emit_mu_update(builder: ir.IRBuilder, kp: int, F_a, P_a, G_a, out_a) -> Non
     close([])
 
 
+GRAM_TILE = 8  # Gram accumulators per pass over the rows: 8 vectors, the row and a splat fit 16 registers
+
+
 def _emit_gram(builder: ir.IRBuilder, kp: int, F_a, gram_a) -> None:
+    """gram[a, block] = sum_j F[j, a] * F[j, block], one pass over the rows per tile of up to
+    GRAM_TILE rows a of one block: each accumulator's multiply-adds come in row order whatever
+    the tiling (the same sums), and no pass holds more accumulators than the registers do (at
+    kp = 16 one pass held 32 and spilled them on every row)."""
     i64, f32 = ir.IntType(64), ir.FloatType()
-    blocks = _blocks(kp)
-    zeros = [ir.Constant(ir.VectorType(f32, w), [0.0] * w) for _ in range(kp) for _, w in blocks]
-    j, grams, close = _row_loop(builder, builder.extract_value(F_a.shape, 0), zeros)  # gram[a, block], a-major
-    base = builder.mul(j, i64(kp))
-    row = [builder.load(_vector_at(builder, F_a.data, builder.add(base, i64(o)), w), align=4) for o, w in blocks]
-    updated = []
-    for a in range(kp):  # gram[a, block] += F[j, a] * F[j, block]
-        x = builder.load(builder.gep(F_a.data, [builder.add(base, i64(a))]))
-        for n_block, (_, w) in enumerate(blocks):
-            updated.append(_multiply_add(builder, grams[a * len(blocks) + n_block], _splat(builder, x, w), row[n_block]))
-    close(updated)
-    for a in range(kp):
-        for n_block, (o, w) in enumerate(blocks):
-            builder.store(grams[a * len(blocks) + n_block], _vector_at(builder, gram_a.data, i64(a * kp + o), w), align=4)
+    m = builder.extract_value(F_a.shape, 0)
+    for o, w in _blocks(kp):
+        for a0 in range(0, kp, GRAM_TILE):
+            tile = range(a0, min(kp, a0 + GRAM_TILE))
+            zeros = [ir.Constant(ir.VectorType(f32, w), [0.0] * w) for _ in tile]
+            j, sums, close = _row_loop(builder, m, zeros)
+            base = builder.mul(j, i64(kp))
+            row = builder.load(_vector_at(builder, F_a.data, builder.add(base, i64(o)), w), align=4)
+            updated = []
+            for acc, a in zip(sums, tile, strict=True):  # gram[a, block] += F[j, a] * F[j, block]
+                x = builder.load(builder.gep(F_a.data, [builder.add(base, i64(a))]))
+                updated.append(_multiply_add(builder, acc, _splat(builder, x, w), row))
+            close(updated)
+            for acc, a in zip(sums, tile, strict=True):
+                builder.store(acc, _vector_at(builder, gram_a.data, i64(a * kp + o), w), align=4)
 
 
 _mu4, _mu8, _mu12, _mu16, _mu20, _mu24, _mu28, _mu32 = (_mu_update_rows(kp) for kp in MU_ROW_WIDTHS)
