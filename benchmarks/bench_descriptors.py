@@ -170,18 +170,24 @@ def post_stage(factors, config: DescriptorConfig, whitening, codec) -> None:
             encode_rows(rows, whitening, codec)
 
 
-def _same_size_group(acts, batch: int) -> list:
-    """`batch` maps of the most common size (repeated when fewer): the build's batches are of one size."""
+def nmf_inputs(acts, batch: int, max_iter: int) -> tuple[list, list, dict]:
+    """(the maps of the most common size, `batch` of them (repeated when fewer: the build's batches
+    are of one size), the NMF settings: `max_iter` and the product's tol and seed)."""
     common_shape = Counter(tuple(a.shape) for a in acts).most_common(1)[0][0]
     same_size = [a for a in acts if tuple(a.shape) == common_shape]
-    return (same_size * batch)[:batch]
+    defaults = DescriptorConfig()
+    return same_size, (same_size * batch)[:batch], {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
+
+
+def post_case(factors, method: str, k: int, whiten_dim: int) -> tuple:
+    """(config, whitening, codec) of `post_stage` for these factors: `method` at K = `k` with the
+    models an index of their rows would have (IndexConfig's re-ranking dimension)."""
+    config = DescriptorConfig(method=method, k=k)
+    return (config, *post_models(rows_from_factors(factors, config), whiten_dim, IndexConfig().rerank_dim))
 
 
 def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: list, whiten_dim: int) -> dict:
-    group = _same_size_group(acts, batch)
-    same_size = [a for a in acts if tuple(a.shape) == tuple(group[0].shape)]
-    defaults = DescriptorConfig()
-    settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
+    same_size, group, settings = nmf_inputs(acts, batch, max_iter)
     index = IndexConfig()
     descriptors_timed = [index.descriptor] + [m for m in ("nmf-v", "nmf-vu") if m != index.descriptor]
     nmf_ms: dict[str, dict[str, float]] = {"new": {}, "old": {}, "hals": {}}
@@ -195,8 +201,7 @@ def nmf_and_post(acts, ks, batch: int, max_iter: int, repeat: int, rows_out: lis
         set_sparse_solver(None)
         factors = factorize_activations(same_size, k, **settings)
         for method in descriptors_timed:
-            config = DescriptorConfig(method=method, k=k)
-            whitening, codec = post_models(rows_from_factors(factors, config), whiten_dim, index.rerank_dim)
+            config, whitening, codec = post_case(factors, method, k, whiten_dim)
             post_ms[method][f"k{k}"] = 1000 * timed(lambda f=factors, c=config, w=whitening, r=codec: post_stage(f, c, w, r), repeat) / len(factors)
             rows_out.append((f"post {method}, K={k}{' (default)' if method == index.descriptor else ''}", post_ms[method][f"k{k}"]))
     return {
@@ -210,15 +215,11 @@ def interleaved_overhead(backbone, xs: list, acts, ks, batch: int, max_iter: int
     solver's NMF of the batch and the post stage per image; returns each K's per-round ratios
     (NMF + post) / forward. Why rounds: this VM's speed drifts 20-40% within minutes, so a ratio
     of a forward and an NMF timed a minute apart carries the drift; within a round it cancels."""
-    group = _same_size_group(acts, batch)
-    defaults, index = DescriptorConfig(), IndexConfig()
-    settings = {"max_iter": max_iter, "tol": defaults.tol, "seed": defaults.seed}
-    same_size = [a for a in acts if tuple(a.shape) == tuple(group[0].shape)]
+    same_size, group, settings = nmf_inputs(acts, batch, max_iter)
     posts = {}
     for k in ks:
         factors = factorize_activations(same_size, k, **settings)
-        config = DescriptorConfig(method=index.descriptor, k=k)
-        posts[k] = (factors, config, *post_models(rows_from_factors(factors, config), whiten_dim, index.rerank_dim))
+        posts[k] = (factors, *post_case(factors, IndexConfig().descriptor, k, whiten_dim))
     set_sparse_solver(NEW_SOLVER)
     run = {**settings, "algorithm": algorithm_of(NEW_SOLVER)}
     ratios: dict[str, list[float]] = {f"k{k}": [] for k in ks}

@@ -109,11 +109,10 @@ def end_to_end_ips(extractor, folder: Path, config, work: Path) -> tuple[float, 
 def nmf_ips(extractor, paths: list[Path]) -> tuple[float, float]:
     """(images/s, CPU ms per image of this process) of the descriptor stage alone (CroW + NMF +
     rows) on precomputed activations."""
-    from descriptors.images import decode_image
     from descriptors.nmf import warm_up
     from descriptors.pipeline import local_descriptors
 
-    acts = [extractor.backbone.extract([extractor.backbone.preprocess(decode_image(p), extractor.image_size)])[0] for p in paths]
+    acts = [extractor.backbone.extract([x])[0] for x in preprocessed(extractor, paths)]
     warm_up()  # the kernel's load (numba's disk cache) is not the stage's cost
     local_descriptors(acts[:2], extractor.config)
     start, cpu = time.perf_counter(), time.process_time()
